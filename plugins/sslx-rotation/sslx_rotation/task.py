@@ -1,0 +1,64 @@
+"""Rotation prediction: Gidaris, Singh & Komodakis 2018, "Unsupervised Representation Learning by Predicting
+Image Rotations" (ICLR).
+
+Each image is shown at 0, 90, 180 and 270 degrees; a classifier on the pooled backbone features predicts which.
+The paper found feeding all four rotations of an image in the same batch best (Sec. 3.2); ``all_rotations=false``
+draws one random rotation per image instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_engine.backbones.base import Backbone
+from ssl_engine.images import normalize
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.settings import TaskSetting
+from ssl_engine.task import PretextBatch, PretextTask, TaskOutput, accuracy
+
+ROTATIONS = 4
+
+
+def rotate_all(images: torch.Tensor) -> torch.Tensor:
+    """Every image at the four rotations: ``(B, C, H, W)`` -> ``(B, 4, C, H, W)`` (square images).
+
+    Rotation ``k`` is ``k * 90`` degrees counter-clockwise.
+    """
+    return torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(ROTATIONS)], dim=1)
+
+
+class RotationTask(PretextTask):
+    """Predict the rotation (0, 90, 180, 270 degrees) applied to an image.
+
+    Views: 4 per image (or 1 with ``all_rotations=false``); head on pooled features -> 4 logits; cross-entropy.
+    """
+
+    name = "rotation"
+    summary = "predict the rotation (0/90/180/270) of each image"
+    paper = "Gidaris, Singh & Komodakis 2018, Unsupervised Representation Learning by Predicting Image Rotations"
+    views = ROTATIONS
+    min_image_size = 8
+    default_image_size = 32
+    settings = (
+        TaskSetting("all_rotations", bool, True, "all four rotations of every image in the batch (paper), "
+                    "or one random rotation per image"),
+    )
+
+    def build_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, ROTATIONS)})
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        batch = images.shape[0]
+        rotated = rotate_all(normalize(images))  # (B, 4, C, H, W)
+        if self.config["all_rotations"]:
+            targets = torch.arange(ROTATIONS, device=images.device).repeat(batch)  # (B*4,)
+            return PretextBatch(rotated.flatten(0, 1), targets, views=ROTATIONS)
+        targets = random.randint(0, ROTATIONS)  # (B,)
+        chosen = rotated[torch.arange(batch, device=images.device), targets]  # (B, C, H, W)
+        return PretextBatch(chosen, targets, views=1)
+
+    def forward(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch) -> TaskOutput:
+        logits = modules["head"](backbone.pooled(batch.inputs))  # (B*views, 4)
+        loss = self.context.loss_fn(logits.float(), batch.targets)
+        return TaskOutput({"rotation": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)

@@ -1,0 +1,232 @@
+"""The ``sslx`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ssl_engine import __version__
+from ssl_engine.checkpoint import CheckpointError
+from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.data.options import DataError
+from ssl_engine.plugins import PluginHost, PluginLoadError, get_host
+from ssl_engine.registry import UnknownNameError
+from ssl_engine.settings import SettingError
+from ssl_engine.task import ImageSizeError
+from ssl_engine.train.model import RunSetupError
+from ssl_engine.train.optim import OPTIMIZERS
+
+USER_ERRORS = (UnknownNameError, SettingError, RunSetupError, DataError, ImageSizeError, CheckpointError)
+
+
+def host_or_exit() -> PluginHost:
+    """The plugin host, with every plugin problem shown on stderr (fatal in strict mode)."""
+    try:
+        host = get_host()
+    except PluginLoadError as error:
+        raise click.ClickException(str(error)) from None
+    for problem in host.problems:
+        click.echo(f"warning: {problem}", err=True)
+    return host
+
+
+def parse_task(value: str) -> TaskSpec:
+    name, _, weight = value.partition("=")
+    try:
+        return TaskSpec(name.strip(), float(weight) if weight else 1.0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected NAME or NAME=WEIGHT", param_hint="--task") from None
+
+
+def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``TASK=NAME`` pairs of ``--head``/``--loss``."""
+    pairs = {}
+    for value in values:
+        task, sep, name = value.partition("=")
+        if not sep or not task or not name:
+            raise click.BadParameter(f"{value!r}: expected TASK=NAME", param_hint=option)
+        pairs[task] = name
+    return pairs
+
+
+def parse_settings(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``TASK.KEY=VALUE`` pairs of ``--set``."""
+    settings: dict[str, dict[str, str]] = {}
+    for value in values:
+        key, sep, setting_value = value.partition("=")
+        task, dot, name = key.partition(".")
+        if not sep or not dot or not task or not name:
+            raise click.BadParameter(f"{value!r}: expected TASK.SETTING=VALUE", param_hint="--set")
+        settings.setdefault(task, {})[name] = setting_value
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="sslx")
+def main() -> None:
+    """sslx: self-supervised pretraining for images, with pretext tasks as plugins.
+
+    \b
+    Examples:
+      sslx plugins                               # what is installed
+      sslx pretrain --task jigsaw                # pretrain on the embedded data, then linear probe
+      sslx pretrain --task rotation --steps 200 --out runs/rot
+      sslx evaluate runs/rot --protocol linear --json
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins: distribution, version, hooks and what each registered."""
+    host = host_or_exit()
+    listing = [asdict(info) for info in host.plugins.values()]
+    problems = [asdict(problem) for problem in host.problems]
+    if as_json:
+        click.echo(json.dumps({"plugins": listing, "problems": problems}, indent=2))
+        return
+    for info in host.plugins.values():
+        click.echo(f"{info.name}  ({info.distribution} {info.version})")
+        for kind, names in info.registered.items():
+            click.echo(f"  {kind + ('es' if kind.endswith('s') else 's'):<11} {', '.join(names)}")
+    for problem in host.problems:
+        click.echo(f"PROBLEM  {problem}")
+
+
+def fail(error: Exception) -> None:
+    """A user error: message on stderr, exit code 2."""
+    click.echo(f"Error: {error}", err=True)
+    sys.exit(2)
+
+
+@main.command()
+@click.option("--task", "tasks", multiple=True, required=True, metavar="NAME[=WEIGHT]",
+              help="Pretext task; repeat to mix tasks, =W weights its loss (default 1).")
+@click.option("--backbone", default="smallconv", show_default=True, help="Backbone name (see `sslx plugins`).")
+@click.option("--data", default="shapes", show_default=True, metavar="NAME|PATH",
+              help="Registered data set or a folder of images.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Where downloadable data sets live.")
+@click.option("--download", is_flag=True, help="Allow downloading the data set.")
+@click.option("--image-size", type=click.IntRange(8, 1024), help="Image side in px [default: the task's].")
+@click.option("--steps", type=click.IntRange(1), help="Optimisation steps (wins over --epochs) [default: 600].")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), help="Epochs over the pretraining split.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2))
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate [sgd 0.05, adamw 1e-3].")
+@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0))
+@click.option("--warmup", default=0.05, show_default=True, type=click.FloatRange(0, 1), help="Warm-up share of the steps.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/TASK-TIME].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--head", "heads", multiple=True, metavar="TASK=NAME", help="Give a task another registered head.")
+@click.option("--loss", "losses", multiple=True, metavar="TASK=NAME", help="Give a task another registered loss.")
+@click.option("--set", "settings", multiple=True, metavar="TASK.KEY=VALUE", help="A task setting, e.g. jigsaw.permutations=30.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Data-loading processes.")
+@click.option("--log-every", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1))
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="After training, linear-probe the backbone and a random-init one.")
+def pretrain(**options: Any) -> None:
+    """Pretrain a backbone on one or more pretext tasks.
+
+    \b
+    Examples:
+      sslx pretrain --task jigsaw
+      sslx pretrain --task rotation --backbone resnet18 --data cifar10 --download --epochs 30
+      sslx pretrain --task rotation --set rotation.views=2 --head rotation=mlp --out runs/rot
+    """
+    host = host_or_exit()
+    tasks = [parse_task(value) for value in options["tasks"]]
+    heads, losses = parse_pairs(options["heads"], "--head"), parse_pairs(options["losses"], "--loss")
+    settings = parse_settings(options["settings"])
+    names = {task.name for task in tasks}
+    for option, given in (("--head", heads), ("--loss", losses), ("--set", settings)):
+        stray = sorted(set(given) - names)
+        if stray:
+            fail(ValueError(f"{option} names task {stray[0]!r}, which is not in this run ({', '.join(sorted(names))})"))
+    for task in tasks:
+        task.head, task.loss, task.settings = heads.get(task.name), losses.get(task.name), settings.get(task.name, {})
+    config = PretrainConfig(
+        tasks=tasks,
+        backbone=options["backbone"],
+        data=options["data"],
+        data_dir=str(options["data_dir"]) if options["data_dir"] else None,
+        download=options["download"],
+        image_size=options["image_size"],
+        batch_size=options["batch_size"],
+        steps=options["steps"],
+        epochs=options["epochs"],
+        optimizer=options["optimizer"],
+        lr=options["lr"],
+        weight_decay=options["weight_decay"],
+        warmup_fraction=options["warmup"],
+        seed=options["seed"],
+        device=options["device"],
+        workers=options["workers"],
+        log_every=options["log_every"],
+        checkpoint_every=options["checkpoint_every"],
+        probe=options["probe"],
+    )
+    out = options["out"] or Path("runs") / f"{'+'.join(t.name for t in tasks)}-{datetime.now():%Y%m%d-%H%M%S}"
+    from ssl_engine.train.loop import RunDirectoryError, Trainer
+    from ssl_engine.train.probe import probe_against_random
+
+    try:
+        trainer = Trainer(config, host.registry, out, resume=options["resume"])
+    except (*USER_ERRORS, RunDirectoryError, ValueError) as error:
+        fail(error)
+    click.echo(
+        f"pretraining {', '.join(t.name for t in tasks)} on {config.data} ({trainer.image_size} px), backbone "
+        f"{config.backbone}, {trainer.total} steps on {trainer.device}, run directory {out}",
+        err=True,
+    )
+    result = trainer.train()
+    click.echo(f"finished {result.steps} steps: " + ", ".join(f"{k} {v:.4g}" for k, v in result.final.items()))
+    if config.probe and trainer.source.labelled:
+        click.echo("linear probe (frozen features, classifier chosen on val, test top-1):", err=True)
+        report = probe_against_random(trainer)
+        click.echo(f"  {'pretrained ' + '+'.join(t.name for t in tasks):<30} {report['pretrained']['accuracy']:.4f}")
+        click.echo(f"  {'random init':<30} {report['random_init']['accuracy']:.4f}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--protocol", default="linear", show_default=True, help="Evaluation protocol (see `sslx plugins`).")
+@click.option("--data", help="Labelled data set or folder [default: the run's].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Where downloadable data sets live.")
+@click.option("--download", is_flag=True, help="Allow downloading the data set.")
+@click.option("--task", help="Whose representation, in a mixed run [default: the first task].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate(run_dir: Path, protocol: str, data: str | None, data_dir: Path | None, download: bool,
+             task: str | None, device: str, as_json: bool) -> None:
+    """Evaluate a run's representation downstream.
+
+    \b
+    Examples:
+      sslx evaluate runs/jigsaw --protocol linear
+      sslx evaluate runs/jigsaw --protocol linear --data fashion-mnist --json
+    """
+    host = host_or_exit()
+    from ssl_engine.train.probe import evaluate_run
+
+    try:
+        result = evaluate_run(run_dir, protocol, host.registry, data=data, data_dir=data_dir, download=download,
+                              task=task, device=device)
+    except USER_ERRORS as error:
+        fail(error)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{protocol} top-1 accuracy on {result['data']} test: {result['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Resolving ``--data NAME|PATH`` to the data sets of each split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ssl_engine.data.folder import describe_folder, image_folder
+from ssl_engine.data.options import DataError, DataOptions
+from ssl_engine.registry import Registry, UnknownNameError
+
+DEFAULT_DATA = "shapes"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data set, by registered name or folder path.
+
+    Attributes:
+        name: the registered name, or the folder path as given.
+        labelled: whether its splits carry labels (evaluation needs them).
+        color: whether its images are colour (grayscale ones are promoted to RGB, but colour tasks refuse them).
+        pretrain_split: the split pretraining reads (e.g. STL-10's ``unlabeled``).
+    """
+
+    name: str
+    labelled: bool
+    color: bool
+    pretrain_split: str
+    options: DataOptions
+    _factory: Any = None
+    _path: Path | None = None
+
+    def split(self, split: str, image_size: int) -> Dataset[tuple[torch.Tensor, int]]:
+        """The data set of ``split`` with images ``(3, image_size, image_size)``."""
+        if self._path is not None:
+            return image_folder(self._path, split, image_size, self.options.val_fraction)
+        dataset: Dataset[tuple[torch.Tensor, int]] = self._factory(split, image_size, self.options)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise DataError(f"the {split} split of data set {self.name!r} is empty")
+        return dataset
+
+
+def resolve_data(data: str, registry: Registry, options: DataOptions) -> DataSource:
+    """A registered name, else an existing path; otherwise :class:`UnknownNameError` listing the names.
+
+    Raises:
+        UnknownNameError: ``data`` is neither registered nor a path that exists.
+        DataError: the path exists but holds no usable images.
+    """
+    if data in registry.names("dataset"):
+        entry = registry.get("dataset", data)
+        return DataSource(
+            data,
+            labelled=bool(entry.meta.get("labelled", True)),
+            color=bool(entry.meta.get("color", True)),
+            pretrain_split=str(entry.meta.get("pretrain_split", "train")),
+            options=options,
+            _factory=entry.obj,
+        )
+    looks_like_path = "/" in data or data.startswith(".") or Path(data).exists()
+    if not looks_like_path:
+        raise UnknownNameError("data set", data, registry.names("dataset") + ["<path to an image folder>"])
+    path = Path(data).expanduser()
+    layout = describe_folder(path)
+    return DataSource(str(path), labelled=layout != "unlabelled", color=True, pretrain_split="train",
+                      options=options, _path=path)

@@ -1,0 +1,1 @@
+"""Heads registered by the core: ``linear`` and ``mlp`` classifiers, the ``upconv`` decoder."""

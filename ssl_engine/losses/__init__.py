@@ -1,0 +1,1 @@
+"""Losses registered by the core: ``cross_entropy``, ``label_smoothing``, ``mse``, ``l1``."""

@@ -1,0 +1,219 @@
+"""Plugin discovery and loading.
+
+Plugins are found through entry points in the group ``ssl_engine``. Each hook implementation is called on its
+own, so everything registered is attributed to its plugin and distribution, and a plugin that fails to import,
+raises in a hook or registers a name already taken is recorded as a :class:`PluginProblem` (shown by
+``sslx plugins`` and warned about on every command) while the other plugins keep working.
+
+Environment switches:
+    ``SSLX_DISABLE_PLUGINS``: comma-separated plugin names not to load.
+    ``SSLX_LOAD_PLUGINS``: comma-separated plugin names to load exclusively (the core is always loaded).
+    ``SSLX_STRICT_PLUGINS=1``: any plugin problem is fatal (:class:`PluginLoadError`).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from ssl_engine import hookspecs
+from ssl_engine.registry import DuplicateNameError, Registered, Registry
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+CORE_PLUGIN = "core"
+
+
+@dataclass
+class PluginInfo:
+    """What ``sslx plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    """A plugin that could not be loaded or whose registration failed, with who is to blame."""
+
+    plugin: str
+    distribution: str
+    stage: str  # "import", a hook name, or "register"
+    message: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r} ({self.distribution}) failed at {self.stage}: {self.message}"
+
+
+class PluginLoadError(RuntimeError):
+    """Raised in strict mode when any plugin problem occurred."""
+
+
+def _env_names(variable: str) -> set[str] | None:
+    value = os.environ.get(variable, "").strip()
+    return {part.strip() for part in value.split(",") if part.strip()} if value else None
+
+
+class PluginHost:
+    """A pluggy manager plus the registry its plugins filled.
+
+    Build one with :meth:`from_entry_points` (what the CLI does) or :meth:`from_plugins` (tests and embedding:
+    inline plugin objects, no entry points).
+    """
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.plugins: dict[str, PluginInfo] = {}
+        self.problems: list[PluginProblem] = []
+
+    @classmethod
+    def from_plugins(
+        cls, plugins: Iterable[tuple[str, object]], *, include_core: bool = True, strict: bool = False
+    ) -> PluginHost:
+        """A host over the given ``(name, plugin object)`` pairs (plus the core's own unless told not)."""
+        host = cls()
+        if include_core:
+            from ssl_engine import builtin
+
+            host.add(CORE_PLUGIN, builtin, distribution="sslx", version=_version("sslx"))
+        for name, plugin in plugins:
+            host.add(name, plugin)
+        host.collect()
+        host._maybe_fail(strict)
+        return host
+
+    @classmethod
+    def from_entry_points(cls, *, strict: bool | None = None) -> PluginHost:
+        """Discover, import and collect every installed plugin, honouring the environment switches."""
+        if strict is None:
+            strict = os.environ.get("SSLX_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+        host = cls()
+        disabled = _env_names("SSLX_DISABLE_PLUGINS") or set()
+        only = _env_names("SSLX_LOAD_PLUGINS")
+        seen: set[str] = set()
+        for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = entry_point.dist
+            dist_name = dist.name if dist is not None else "?"
+            version = dist.version if dist is not None else "?"
+            if entry_point.name in seen:
+                # Two installs (e.g. an editable and a regular one) exposing the same plugin name.
+                host.problems.append(
+                    PluginProblem(entry_point.name, dist_name, "import", "another plugin has the same name")
+                )
+                continue
+            seen.add(entry_point.name)
+            is_core = entry_point.name == CORE_PLUGIN
+            if not is_core and (entry_point.name in disabled or (only is not None and entry_point.name not in only)):
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # a broken plugin must not take the others down
+                host.problems.append(
+                    PluginProblem(entry_point.name, dist_name, "import", _describe(error))
+                )
+                continue
+            host.add(entry_point.name, plugin, distribution=dist_name, version=version)
+        if CORE_PLUGIN not in host.plugins:
+            # Running from a source tree that was never installed: the core still works.
+            from ssl_engine import builtin
+
+            host.add(CORE_PLUGIN, builtin, distribution="sslx", version=_version("sslx"))
+        host.collect()
+        host._maybe_fail(strict)
+        return host
+
+    def add(self, name: str, plugin: object, *, distribution: str = "?", version: str = "?") -> None:
+        """Register a plugin object with pluggy (no hooks are called yet)."""
+        try:
+            self.manager.register(plugin, name=name)
+        except Exception as error:  # pluggy validates hook signatures here
+            self.problems.append(PluginProblem(name, distribution, "register", _describe(error)))
+            return
+        hooks = sorted(
+            hook_name
+            for hook_name in hookspecs.HOOK_NAMES
+            if any(impl.plugin_name == name for impl in getattr(self.manager.hook, hook_name).get_hookimpls())
+        )
+        self.plugins[name] = PluginInfo(name, distribution, version, hooks=hooks)
+
+    def collect(self) -> None:
+        """Call every hook implementation once, each with a ``register`` bound to its plugin."""
+        kinds = {
+            "register_tasks": "task",
+            "register_heads": "head",
+            "register_losses": "loss",
+            "register_backbones": "backbone",
+            "register_datasets": "dataset",
+            "register_evaluators": "evaluator",
+        }
+        for hook_name, kind in kinds.items():
+            # pluggy returns implementations last-registered first; call them in install order instead.
+            for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+                info = self.plugins[impl.plugin_name]
+                register = self._register_callback(kind, info)
+                try:
+                    impl.function(**{arg: register for arg in impl.argnames})
+                except Exception as error:
+                    self.problems.append(PluginProblem(info.name, info.distribution, hook_name, _describe(error)))
+
+    def _register_callback(self, kind: str, info: PluginInfo) -> Callable[..., None]:
+        def register(name_or_obj: Any, obj: Any = None, *, help: str = "", **meta: Any) -> None:
+            if kind == "task":
+                from ssl_engine.task import PretextTask
+
+                task_class = name_or_obj
+                if not (isinstance(task_class, type) and issubclass(task_class, PretextTask)):
+                    raise TypeError(f"register_tasks expects a PretextTask subclass, got {task_class!r}")
+                task_class.check_declaration()
+                name, obj, help = task_class.name, task_class, help or task_class.summary
+            else:
+                name = name_or_obj
+                if not isinstance(name, str) or obj is None:
+                    raise TypeError(f"register(name, factory, ...) expected for {kind}s, got {name_or_obj!r}")
+            entry = Registered(kind, name, obj, info.name, info.distribution, help, dict(meta))
+            try:
+                self.registry.add(entry)
+            except DuplicateNameError as error:
+                self.problems.append(PluginProblem(info.name, info.distribution, "register", str(error)))
+                return
+            info.registered.setdefault(kind, []).append(name)
+
+        return register
+
+    def _maybe_fail(self, strict: bool) -> None:
+        if strict and self.problems:
+            raise PluginLoadError("plugin problems (strict mode):\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+def _describe(error: BaseException) -> str:
+    last = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+_host: PluginHost | None = None
+
+
+def get_host(*, refresh: bool = False) -> PluginHost:
+    """The process-wide host built from entry points (built once, on first use)."""
+    global _host
+    if _host is None or refresh:
+        _host = PluginHost.from_entry_points()
+    return _host

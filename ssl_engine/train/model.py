@@ -1,0 +1,129 @@
+"""The trainable pieces of a run: the shared backbone and, per task, its modules and auxiliary modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssl_engine.backbones.base import Backbone
+from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.registry import Registry, UnknownNameError
+from ssl_engine.settings import resolve_settings
+from ssl_engine.task import PretextTask, Representation, TaskContext
+
+
+class RunSetupError(ValueError):
+    """The run can't be built as asked (incompatible tasks, a head of the wrong kind, ...)."""
+
+
+@dataclass
+class TaskRuntime:
+    """One task of the run with its networks."""
+
+    spec: TaskSpec
+    task: PretextTask
+    modules: nn.ModuleDict
+    aux: nn.ModuleDict
+
+
+def resolve_image_size(config: PretrainConfig, registry: Registry) -> int:
+    """``--image-size`` or else the largest default image size of the run's tasks."""
+    if config.image_size is not None:
+        return config.image_size
+    return max(registry.get("task", spec.name).obj.default_image_size for spec in config.tasks)
+
+
+def task_classes(config: PretrainConfig, registry: Registry) -> list[type[PretextTask]]:
+    """The run's task classes, checked for a valid mix (raises :class:`UnknownNameError`/:class:`RunSetupError`)."""
+    if not config.tasks:
+        raise RunSetupError("no task given; pass --task NAME")
+    names = [spec.name for spec in config.tasks]
+    if len(set(names)) != len(names):
+        raise RunSetupError(f"a task is given twice: {', '.join(names)}")
+    classes = [registry.get("task", name).obj for name in names]
+    if len(classes) > 1:
+        loners = [cls.name for cls in classes if not cls.shares_backbone]
+        if loners:
+            raise RunSetupError(
+                f"task {loners[0]!r} cannot share the backbone with other tasks, so it can't be mixed with "
+                f"{', '.join(n for n in names if n != loners[0])}"
+            )
+    return classes
+
+
+class PretrainModel(nn.Module):
+    """Backbone + tasks, built from a config through the registry.
+
+    Args:
+        config: the run's config.
+        registry: where tasks, heads, losses and backbones are looked up.
+        image_size: side of the training images.
+    """
+
+    def __init__(self, config: PretrainConfig, registry: Registry, image_size: int) -> None:
+        super().__init__()
+        backbone_factory = registry.get("backbone", config.backbone).obj
+
+        def make_backbone(in_channels: int = 3) -> Backbone:
+            return backbone_factory(in_channels, image_size)  # type: ignore[no-any-return]
+
+        self.backbone = make_backbone(3)
+        self.task_modules = nn.ModuleDict()
+        self.aux_modules = nn.ModuleDict()
+        self.runtimes: list[TaskRuntime] = []
+        for spec, task_class in zip(config.tasks, task_classes(config, registry), strict=True):
+            task_class.check_images(image_size)
+            head_name = spec.head or task_class.default_head
+            head = registry.get("head", head_name)
+            if head.meta.get("kind", "classifier") != task_class.head_kind:
+                fitting = [e.name for e in registry.entries("head") if e.meta.get("kind", "classifier") == task_class.head_kind]
+                raise RunSetupError(
+                    f"head {head_name!r} is a {head.meta.get('kind', 'classifier')} head; task {spec.name!r} needs a "
+                    f"{task_class.head_kind} head: {', '.join(sorted(fitting))}"
+                )
+            loss_name = spec.loss or task_class.default_loss
+            loss = registry.get("loss", loss_name)
+            if loss.meta.get("kind", "classification") != task_class.loss_kind:
+                fitting = [e.name for e in registry.entries("loss") if e.meta.get("kind", "classification") == task_class.loss_kind]
+                raise RunSetupError(
+                    f"loss {loss_name!r} is a {loss.meta.get('kind', 'classification')} loss; task {spec.name!r} needs "
+                    f"a {task_class.loss_kind} loss: {', '.join(sorted(fitting))}"
+                )
+            context = TaskContext(
+                settings=resolve_settings(spec.name, task_class.settings, spec.settings),
+                image_size=image_size,
+                in_channels=3,
+                feature_dim=self.backbone.feature_dim,
+                feature_stride=self.backbone.stride,
+                make_head=head.obj,
+                loss_fn=loss.obj(),
+                make_backbone=make_backbone,
+            )
+            task = task_class(context)
+            modules, aux = task.build_modules(), task.build_aux_modules()
+            self.task_modules[spec.name] = modules
+            self.aux_modules[spec.name] = aux
+            self.runtimes.append(TaskRuntime(spec, task, modules, aux))
+
+    def main_parameters_modules(self) -> list[nn.Module]:
+        """What the main optimizer trains: the backbone and every task's modules (not aux)."""
+        return [self.backbone, self.task_modules]
+
+    def representation(self, task: str | None = None) -> Representation:
+        """The downstream representation of ``task`` (default: the run's first task)."""
+        for runtime in self.runtimes:
+            if task is None or runtime.spec.name == task:
+                return runtime.task.representation(self.backbone, runtime.modules)
+        raise UnknownNameError("task of this run", str(task), [r.spec.name for r in self.runtimes])
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every module's state under the checkpoint layout's ``model/``, ``task/`` and ``aux/`` prefixes."""
+        from ssl_engine.checkpoint import module_tensors
+
+        tensors = module_tensors("model", self.backbone.state_dict())
+        for name in self.task_modules:
+            tensors |= module_tensors(f"task/{name}", self.task_modules[name].state_dict())
+            tensors |= module_tensors(f"aux/{name}", self.aux_modules[name].state_dict())
+        return tensors

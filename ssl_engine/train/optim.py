@@ -1,0 +1,31 @@
+"""Optimisers by name, with the usual defaults for self-supervised pretraining."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+
+
+def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, object]]:
+    """Two groups: weights decayed, biases and normalisation parameters not (as in SimCLR/MoCo practice)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for parameter in module.parameters():
+            if parameter.requires_grad:
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(name: str, modules: Iterable[nn.Module], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``sgd`` (momentum 0.9, Nesterov) or ``adamw`` over ``modules``."""
+    groups = parameter_groups(modules, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
