@@ -24,7 +24,11 @@ from ssl_engine.losses.regression import mean_absolute_error, mean_squared_error
 
 @hookimpl
 def register_backbones(register: Callable[..., None]) -> None:
-    register("smallconv", lambda in_channels, image_size: SmallConvNet(in_channels), help="fast 6-layer convnet, 256-d")
+    register(
+        "smallconv",
+        lambda in_channels, image_size: SmallConvNet(in_channels),
+        help="fast 6-layer convnet, 256-d",
+    )
     for name, builder in (
         ("resnet18", torchvision.models.resnet18),
         ("resnet34", torchvision.models.resnet34),
@@ -42,7 +46,12 @@ def register_datasets(register: Callable[..., None]) -> None:
     register("shapes", _shapes, help="embedded: 10 procedurally drawn object classes, any size, no download")
     register("cifar10", torchvision_sets.cifar10, help="CIFAR-10 (torchvision; --download or --data-dir)")
     register("cifar100", torchvision_sets.cifar100, help="CIFAR-100 (torchvision; --download or --data-dir)")
-    register("stl10", torchvision_sets.stl10, pretrain_split="unlabeled", help="STL-10; pretrains on its unlabeled split")
+    register(
+        "stl10",
+        torchvision_sets.stl10,
+        pretrain_split="unlabeled",
+        help="STL-10; pretrains on its unlabeled split",
+    )
     register("svhn", torchvision_sets.svhn, help="SVHN (torchvision; --download or --data-dir)")
     register("mnist", torchvision_sets.mnist, color=False, help="MNIST (torchvision; --download or --data-dir)")
     register(
@@ -63,7 +72,12 @@ def register_heads(register: Callable[..., None]) -> None:
 @hookimpl
 def register_losses(register: Callable[..., None]) -> None:
     register("cross_entropy", cross_entropy, kind="classification", help="cross-entropy")
-    register("label_smoothing", label_smoothing_cross_entropy, kind="classification", help="cross-entropy, smoothing 0.1")
+    register(
+        "label_smoothing",
+        label_smoothing_cross_entropy,
+        kind="classification",
+        help="cross-entropy, smoothing 0.1",
+    )
     register("mse", mean_squared_error, kind="regression", help="l2 (mean squared error)")
     register("l1", mean_absolute_error, kind="regression", help="l1 (mean absolute error)")
 

@@ -60,7 +60,9 @@ def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[di
     return tensors, json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, prefix: str, tensors: Mapping[str, torch.Tensor], groups_json: str) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, prefix: str, tensors: Mapping[str, torch.Tensor], groups_json: str
+) -> None:
     """Inverse of :func:`optimizer_tensors`."""
     saved = json.loads(groups_json)
     state: dict[int, dict[str, Any]] = {}

@@ -106,11 +106,22 @@ def fail(error: Exception) -> None:
 
 
 @main.command()
-@click.option("--task", "tasks", multiple=True, required=True, metavar="NAME[=WEIGHT]",
-              help="Pretext task; repeat to mix tasks, =W weights its loss (default 1).")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    required=True,
+    metavar="NAME[=WEIGHT]",
+    help="Pretext task; repeat to mix tasks, =W weights its loss (default 1).",
+)
 @click.option("--backbone", default="smallconv", show_default=True, help="Backbone name (see `sslx plugins`).")
-@click.option("--data", default="shapes", show_default=True, metavar="NAME|PATH",
-              help="Registered data set or a folder of images.")
+@click.option(
+    "--data",
+    default="shapes",
+    show_default=True,
+    metavar="NAME|PATH",
+    help="Registered data set or a folder of images.",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Where downloadable data sets live.")
 @click.option("--download", is_flag=True, help="Allow downloading the data set.")
 @click.option("--image-size", type=click.IntRange(8, 1024), help="Image side in px [default: the task's].")
@@ -120,19 +131,37 @@ def fail(error: Exception) -> None:
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate [sgd 0.05, adamw 1e-3].")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0))
-@click.option("--warmup", default=0.05, show_default=True, type=click.FloatRange(0, 1), help="Warm-up share of the steps.")
+@click.option(
+    "--warmup",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Warm-up share of the steps.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/TASK-TIME].")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/TASK-TIME]."
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--head", "heads", multiple=True, metavar="TASK=NAME", help="Give a task another registered head.")
 @click.option("--loss", "losses", multiple=True, metavar="TASK=NAME", help="Give a task another registered loss.")
-@click.option("--set", "settings", multiple=True, metavar="TASK.KEY=VALUE", help="A task setting, e.g. jigsaw.permutations=30.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="TASK.KEY=VALUE",
+    help="A task setting, e.g. jigsaw.permutations=30.",
+)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Data-loading processes.")
 @click.option("--log-every", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1))
-@click.option("--probe/--no-probe", default=True, show_default=True,
-              help="After training, linear-probe the backbone and a random-init one.")
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    show_default=True,
+    help="After training, linear-probe the backbone and a random-init one.",
+)
 def pretrain(**options: Any) -> None:
     """Pretrain a backbone on one or more pretext tasks.
 
@@ -152,7 +181,11 @@ def pretrain(**options: Any) -> None:
         if stray:
             fail(ValueError(f"{option} names task {stray[0]!r}, which is not in this run ({', '.join(sorted(names))})"))
     for task in tasks:
-        task.head, task.loss, task.settings = heads.get(task.name), losses.get(task.name), settings.get(task.name, {})
+        task.head, task.loss, task.settings = (
+            heads.get(task.name),
+            losses.get(task.name),
+            settings.get(task.name, {}),
+        )
     config = PretrainConfig(
         tasks=tasks,
         backbone=options["backbone"],
@@ -205,8 +238,16 @@ def pretrain(**options: Any) -> None:
 @click.option("--task", help="Whose representation, in a mixed run [default: the first task].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(run_dir: Path, protocol: str, data: str | None, data_dir: Path | None, download: bool,
-             task: str | None, device: str, as_json: bool) -> None:
+def evaluate(
+    run_dir: Path,
+    protocol: str,
+    data: str | None,
+    data_dir: Path | None,
+    download: bool,
+    task: str | None,
+    device: str,
+    as_json: bool,
+) -> None:
     """Evaluate a run's representation downstream.
 
     \b
@@ -218,8 +259,16 @@ def evaluate(run_dir: Path, protocol: str, data: str | None, data_dir: Path | No
     from ssl_engine.train.probe import evaluate_run
 
     try:
-        result = evaluate_run(run_dir, protocol, host.registry, data=data, data_dir=data_dir, download=download,
-                              task=task, device=device)
+        result = evaluate_run(
+            run_dir,
+            protocol,
+            host.registry,
+            data=data,
+            data_dir=data_dir,
+            download=download,
+            task=task,
+            device=device,
+        )
     except USER_ERRORS as error:
         fail(error)
     if as_json:

@@ -118,9 +118,7 @@ class PluginHost:
             try:
                 plugin = entry_point.load()
             except Exception as error:  # a broken plugin must not take the others down
-                host.problems.append(
-                    PluginProblem(entry_point.name, dist_name, "import", _describe(error))
-                )
+                host.problems.append(PluginProblem(entry_point.name, dist_name, "import", _describe(error)))
                 continue
             host.add(entry_point.name, plugin, distribution=dist_name, version=version)
         if CORE_PLUGIN not in host.plugins:
@@ -157,8 +155,8 @@ class PluginHost:
             "register_evaluators": "evaluator",
         }
         for hook_name, kind in kinds.items():
-            # pluggy returns implementations last-registered first; call them in install order instead.
-            for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+            # get_hookimpls() lists implementations in registration order, so the core (added first) wins clashes.
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 info = self.plugins[impl.plugin_name]
                 register = self._register_callback(kind, info)
                 try:

@@ -245,7 +245,9 @@ class PretextTask:
         """
         raise NotImplementedError
 
-    def forward(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch) -> TaskOutput:
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
         """Run the networks on the pretext batch and compute the named loss terms and the pretext metric."""
         raise NotImplementedError
 

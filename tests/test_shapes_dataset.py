@@ -187,9 +187,7 @@ def test_rotation_is_predictable(train_batch: tuple[torch.Tensor, torch.Tensor])
     features = F.adaptive_avg_pool2d(rotated, 8).flatten(1)
     turns = torch.arange(4).repeat_interleave(400)
     held_out = torch.arange(len(turns)) % 400 >= 300
-    accuracy = _linear_probe_accuracy(
-        features[~held_out], turns[~held_out], features[held_out], turns[held_out], 4
-    )
+    accuracy = _linear_probe_accuracy(features[~held_out], turns[~held_out], features[held_out], turns[held_out], 4)
     # Chance is 0.25; about 0.65 is typical.
     assert accuracy > 0.45, accuracy
 

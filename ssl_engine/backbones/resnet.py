@@ -35,7 +35,7 @@ class ResNetBackbone(Backbone):
         small = image_size <= SMALL_IMAGE_MAX
         if small:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()  # type: ignore[assignment]
+            net.maxpool = nn.Identity()
         elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)

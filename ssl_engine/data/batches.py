@@ -68,7 +68,9 @@ class BatchStream:
         self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
         self.global_batch = batch_size * world
         if self.count < self.global_batch:
-            raise ValueError(f"the data set has {self.count} images, fewer than one global batch of {self.global_batch}")
+            raise ValueError(
+                f"the data set has {self.count} images, fewer than one global batch of {self.global_batch}"
+            )
         self.steps_per_epoch = self.count // self.global_batch
         self.images, self.labels = images, labels
 

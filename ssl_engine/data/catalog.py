@@ -67,5 +67,11 @@ def resolve_data(data: str, registry: Registry, options: DataOptions) -> DataSou
         raise UnknownNameError("data set", data, registry.names("dataset") + ["<path to an image folder>"])
     path = Path(data).expanduser()
     layout = describe_folder(path)
-    return DataSource(str(path), labelled=layout != "unlabelled", color=True, pretrain_split="train",
-                      options=options, _path=path)
+    return DataSource(
+        str(path),
+        labelled=layout != "unlabelled",
+        color=True,
+        pretrain_split="train",
+        options=options,
+        _path=path,
+    )

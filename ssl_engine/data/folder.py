@@ -83,7 +83,8 @@ def image_folder(path: Path, split: str, image_size: int, val_fraction: float = 
         return ImageFiles([(p, -1) for p in _images_in(path)], image_size, [])
     if layout == "split":
         classes = [p.name for p in _class_dirs(path / "train")]
-        if (path / split).is_dir():
+        holds_val = (path / "val").is_dir()
+        if (path / split).is_dir() and (split != "train" or holds_val):
             files, found = _labelled(path / split)
             index = {name: i for i, name in enumerate(classes)}
             unknown = sorted(set(found) - set(index))

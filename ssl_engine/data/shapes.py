@@ -79,9 +79,7 @@ def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, a: float, b: fl
     return (_length((x - cx) * (1 / a), (y - cy) * (1 / b)) - 1) * min(a, b)
 
 
-def _capsule(
-    x: np.ndarray, y: np.ndarray, ax: float, ay: float, bx: float, by: float, r: float
-) -> np.ndarray:
+def _capsule(x: np.ndarray, y: np.ndarray, ax: float, ay: float, bx: float, by: float, r: float) -> np.ndarray:
     """Line segment from (ax, ay) to (bx, by) with half-thickness r."""
     px, py = x - ax, y - ay
     ex, ey = bx - ax, by - ay
@@ -108,9 +106,7 @@ def _trapezoid(
     x: np.ndarray, y: np.ndarray, cx: float, y0: float, y1: float, half_bottom: float, half_top: float
 ) -> np.ndarray:
     """Symmetric trapezoid around x = cx from y0 (half-width half_bottom) up to y1 (half-width half_top)."""
-    return _polygon(
-        x, y, [(cx - half_bottom, y0), (cx + half_bottom, y0), (cx + half_top, y1), (cx - half_top, y1)]
-    )
+    return _polygon(x, y, [(cx - half_bottom, y0), (cx + half_bottom, y0), (cx + half_top, y1), (cx - half_top, y1)])
 
 
 def _union(*fields: np.ndarray) -> np.ndarray:
@@ -204,9 +200,7 @@ def _car(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> list[_Part]:
         ),
         0.04 - np.abs(x - mid),
     )
-    wheels = _union(
-        _circle(x, y, -length * 0.6, wheel_y, wheel_r), _circle(x, y, length * 0.6, wheel_y, wheel_r)
-    )
+    wheels = _union(_circle(x, y, -length * 0.6, wheel_y, wheel_r), _circle(x, y, length * 0.6, wheel_y, wheel_r))
     hubs = _union(
         _circle(x, y, -length * 0.6, wheel_y, wheel_r * 0.4),
         _circle(x, y, length * 0.6, wheel_y, wheel_r * 0.4),

@@ -59,5 +59,5 @@ def stl10(split: str, image_size: int, options: DataOptions) -> ResizedImages:
     part = {"val": "train"}.get(split, split)
     root = str(options.root / "stl10")
     base = _open("stl10", lambda: torchvision.datasets.STL10(root, split=part, download=options.download), options)
-    indices = holdout_split(len(base), options.val_fraction, split) if split in ("train", "val") else None
+    indices = holdout_split(len(base), options.val_fraction, split) if split in ("train", "val") else None  # type: ignore[arg-type]
     return ResizedImages(base, image_size, indices, label_of=lambda label: int(label) if label >= 0 else -1)

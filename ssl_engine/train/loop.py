@@ -76,7 +76,9 @@ def prepare_run_dir(out: Path, resume: bool) -> LoadedCheckpoint | None:
         latest = latest_checkpoint(out)
         return read_checkpoint(latest) if latest is not None else None
     if out.exists() and any(out.iterdir()):
-        raise RunDirectoryError(f"run directory {out} already exists; pass --resume to continue it or pick another --out")
+        raise RunDirectoryError(
+            f"run directory {out} already exists; pass --resume to continue it or pick another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return None
 
@@ -107,18 +109,23 @@ class Trainer:
         self.image_size = resolve_image_size(config, registry)
         registry.get("backbone", config.backbone)
         self.source = resolve_data(
-            config.data, registry, DataOptions(Path(config.data_dir) if config.data_dir else None, config.download)
+            config.data,
+            registry,
+            DataOptions(Path(config.data_dir) if config.data_dir else None, config.download),
         )
         for spec in config.tasks:
             registry.get("task", spec.name).obj.check_images(self.image_size, self.source.color)
+        # Building the model validates settings, heads and losses; it is cheap, so it comes before the run
+        # directory is touched and before the data is read.
+        torch.manual_seed(config.seed)
+        self.model = PretrainModel(config, registry, self.image_size).to(self.device)
         self.resumed = prepare_run_dir(out, resume)
         if resume:
             self._check_resumable()
-        # Everything that can fail on bad input has been checked; now the expensive parts.
-        torch.manual_seed(config.seed)
-        self.model = PretrainModel(config, registry, self.image_size).to(self.device)
         self.lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
-        self.optimizer = make_optimizer(config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay)
+        self.optimizer = make_optimizer(
+            config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
+        )
         self.aux_optimizers = {
             runtime.spec.name: make_optimizer(config.optimizer, [runtime.aux], self.lr, config.weight_decay)
             for runtime in self.model.runtimes
@@ -127,7 +134,9 @@ class Trainer:
         dataset = self.source.split(self.source.pretrain_split, self.image_size)
         in_memory = len(dataset) * 3 * self.image_size**2 <= IN_MEMORY_LIMIT_BYTES  # type: ignore[arg-type]
         images, labels = materialize(dataset) if in_memory else (None, None)
-        self.stream = BatchStream(dataset, config.batch_size, config.seed, workers=config.workers, images=images, labels=labels)
+        self.stream = BatchStream(
+            dataset, config.batch_size, config.seed, workers=config.workers, images=images, labels=labels
+        )
         self.total = total_steps(config, self.stream.steps_per_epoch)
         self.step = 0
         if self.resumed is not None:
@@ -267,4 +276,3 @@ class Trainer:
         progress.close()
         self.save_checkpoint()
         return RunResult(self.out, self.step, {k: v for k, v in logged.items() if k != "lr"})
-

@@ -9,7 +9,7 @@ from torch import nn
 
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.config import PretrainConfig, TaskSpec
-from ssl_engine.registry import Registry, UnknownNameError
+from ssl_engine.registry import Registered, Registry, UnknownNameError
 from ssl_engine.settings import resolve_settings
 from ssl_engine.task import PretextTask, Representation, TaskContext
 
@@ -53,6 +53,21 @@ def task_classes(config: PretrainConfig, registry: Registry) -> list[type[Pretex
     return classes
 
 
+DEFAULT_KINDS = {"head": "classifier", "loss": "classification"}
+
+
+def pick_of_kind(registry: Registry, what: str, name: str, kind: str, task: str) -> Registered:
+    """A registered head or loss, checked to be of the ``kind`` the task needs (else the fitting ones listed)."""
+    entry = registry.get(what, name)
+    entry_kind = entry.meta.get("kind", DEFAULT_KINDS[what])
+    if entry_kind != kind:
+        fitting = sorted(e.name for e in registry.entries(what) if e.meta.get("kind", DEFAULT_KINDS[what]) == kind)
+        raise RunSetupError(
+            f"{what} {name!r} is a {entry_kind} {what}; task {task!r} needs a {kind} {what}: {', '.join(fitting)}"
+        )
+    return entry
+
+
 class PretrainModel(nn.Module):
     """Backbone + tasks, built from a config through the registry.
 
@@ -67,7 +82,7 @@ class PretrainModel(nn.Module):
         backbone_factory = registry.get("backbone", config.backbone).obj
 
         def make_backbone(in_channels: int = 3) -> Backbone:
-            return backbone_factory(in_channels, image_size)  # type: ignore[no-any-return]
+            return backbone_factory(in_channels, image_size)
 
         self.backbone = make_backbone(3)
         self.task_modules = nn.ModuleDict()
@@ -75,22 +90,8 @@ class PretrainModel(nn.Module):
         self.runtimes: list[TaskRuntime] = []
         for spec, task_class in zip(config.tasks, task_classes(config, registry), strict=True):
             task_class.check_images(image_size)
-            head_name = spec.head or task_class.default_head
-            head = registry.get("head", head_name)
-            if head.meta.get("kind", "classifier") != task_class.head_kind:
-                fitting = [e.name for e in registry.entries("head") if e.meta.get("kind", "classifier") == task_class.head_kind]
-                raise RunSetupError(
-                    f"head {head_name!r} is a {head.meta.get('kind', 'classifier')} head; task {spec.name!r} needs a "
-                    f"{task_class.head_kind} head: {', '.join(sorted(fitting))}"
-                )
-            loss_name = spec.loss or task_class.default_loss
-            loss = registry.get("loss", loss_name)
-            if loss.meta.get("kind", "classification") != task_class.loss_kind:
-                fitting = [e.name for e in registry.entries("loss") if e.meta.get("kind", "classification") == task_class.loss_kind]
-                raise RunSetupError(
-                    f"loss {loss_name!r} is a {loss.meta.get('kind', 'classification')} loss; task {spec.name!r} needs "
-                    f"a {task_class.loss_kind} loss: {', '.join(sorted(fitting))}"
-                )
+            head = pick_of_kind(registry, "head", spec.head or task_class.default_head, task_class.head_kind, spec.name)
+            loss = pick_of_kind(registry, "loss", spec.loss or task_class.default_loss, task_class.loss_kind, spec.name)
             context = TaskContext(
                 settings=resolve_settings(spec.name, task_class.settings, spec.settings),
                 image_size=image_size,

@@ -13,7 +13,8 @@ DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 
 def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, object]]:
     """Two groups: weights decayed, biases and normalisation parameters not (as in SimCLR/MoCo practice)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in modules:
         for parameter in module.parameters():
             if parameter.requires_grad:

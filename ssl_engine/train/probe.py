@@ -32,13 +32,23 @@ def probe_against_random(trainer: Trainer, protocol: str = "linear") -> dict[str
     The report is also written to ``RUN_DIR/probe.json``.
     """
     config, registry = trainer.config, trainer.registry
-    args = {"source": trainer.source, "image_size": trainer.image_size, "device": trainer.device, "seed": config.seed}
+    args = {
+        "source": trainer.source,
+        "image_size": trainer.image_size,
+        "device": trainer.device,
+        "seed": config.seed,
+    }
     trained = run_protocol(protocol, registry, trainer.model.representation(), args)
     torch.manual_seed(config.seed)
     random_model = PretrainModel(config, registry, trainer.image_size).to(trainer.device)
     baseline = run_protocol(protocol, registry, random_model.representation(), args)
-    report = {"protocol": protocol, "data": config.data, "step": trainer.step, "pretrained": trained,
-              "random_init": baseline}
+    report = {
+        "protocol": protocol,
+        "data": config.data,
+        "step": trainer.step,
+        "pretrained": trained,
+        "random_init": baseline,
+    }
     (trainer.out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -58,7 +68,10 @@ def evaluate_run(
     registry.get("evaluator", protocol)  # unknown protocol -> error listing the valid ones, before any work
     run = load_run(run_dir, registry)
     data_name = data or run.config.data
-    options = DataOptions(data_dir if data_dir is not None else (Path(run.config.data_dir) if run.config.data_dir else None), download)
+    options = DataOptions(
+        data_dir if data_dir is not None else (Path(run.config.data_dir) if run.config.data_dir else None),
+        download,
+    )
     source = resolve_data(data_name, registry, options)
     if not source.labelled:
         raise DataError(f"data {data_name!r} has no labels; evaluation needs a labelled data set")

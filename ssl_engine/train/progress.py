@@ -19,7 +19,9 @@ class Progress:
         enabled: False on ranks other than 0 (one display under torchrun).
     """
 
-    def __init__(self, total: int, start: int = 0, every: int = 10, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, start: int = 0, every: int = 10, enabled: bool = True, stream: TextIO | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.total, self.every, self.enabled = total, every, enabled
         self.interactive = enabled and self.stream.isatty()

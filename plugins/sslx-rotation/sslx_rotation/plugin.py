@@ -3,7 +3,6 @@
 from collections.abc import Callable
 
 from ssl_engine.hookspecs import hookimpl
-
 from sslx_rotation.task import RotationTask
 
 

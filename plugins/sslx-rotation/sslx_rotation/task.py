@@ -41,8 +41,12 @@ class RotationTask(PretextTask):
     min_image_size = 8
     default_image_size = 32
     settings = (
-        TaskSetting("all_rotations", bool, True, "all four rotations of every image in the batch (paper), "
-                    "or one random rotation per image"),
+        TaskSetting(
+            "all_rotations",
+            bool,
+            True,
+            "all four rotations of every image in the batch (paper), or one random rotation per image",
+        ),
     )
 
     def build_modules(self) -> nn.ModuleDict:
@@ -58,7 +62,9 @@ class RotationTask(PretextTask):
         chosen = rotated[torch.arange(batch, device=images.device), targets]  # (B, C, H, W)
         return PretextBatch(chosen, targets, views=1)
 
-    def forward(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch) -> TaskOutput:
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
         logits = modules["head"](backbone.pooled(batch.inputs))  # (B*views, 4)
         loss = self.context.loss_fn(logits.float(), batch.targets)
         return TaskOutput({"rotation": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
