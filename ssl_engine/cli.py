@@ -221,7 +221,8 @@ def pretrain(**options: Any) -> None:
         err=True,
     )
     result = trainer.train()
-    click.echo(f"finished {result.steps} steps: " + ", ".join(f"{k} {v:.4g}" for k, v in result.final.items()))
+    shown = trainer.headline(result.final) if result.final else {}
+    click.echo(f"finished {result.steps} steps: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     if config.probe and trainer.source.labelled:
         click.echo("linear probe (frozen features, classifier chosen on val, test top-1):", err=True)
         report = probe_against_random(trainer)

@@ -178,3 +178,23 @@ def test_console_script_runs_in_a_fresh_process(sslx, tmp_path: Path) -> None:  
     assert result.returncode == 0, result.stderr
     assert "step 2/2" in result.stderr and "\r" not in result.stderr and "\x1b" not in result.stderr
     assert checkpoints(tmp_path / "R")
+
+
+def test_python_api_loads_the_trained_backbone(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from ssl_engine import load_backbone, load_representation
+    from ssl_engine.checkpoint import read_checkpoint
+
+    run = tmp_path / "R"
+    assert (
+        invoke(
+            "pretrain", "--task", "rotation", "--steps", "2", "--batch-size", "8", "--out", run, "--no-probe"
+        ).exit_code
+        == 0
+    )
+    backbone = load_backbone(run)
+    saved = read_checkpoint(checkpoints(run)[-1]).module_state("model")
+    assert all(torch.equal(value, saved[key]) for key, value in backbone.state_dict().items())
+    features = load_representation(run)(torch.rand(2, 3, 32, 32))
+    assert features.shape == (2, backbone.feature_dim)
