@@ -7,8 +7,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adamw")
-DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+from ssl_engine.train.lars import LARS
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+# The trust ratio of LARS makes its step independent of the gradient scale, hence the large base rate (SimCLR).
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "lars": 1.0}
 
 
 def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, object]]:
@@ -19,14 +22,19 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[
         for parameter in module.parameters():
             if parameter.requires_grad:
                 (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+    ]
 
 
 def make_optimizer(name: str, modules: Iterable[nn.Module], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """``sgd`` (momentum 0.9, Nesterov) or ``adamw`` over ``modules``."""
+    """``sgd`` (momentum 0.9, Nesterov), ``adamw`` or ``lars`` over ``modules``."""
     groups = parameter_groups(modules, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=0.9)
     raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
