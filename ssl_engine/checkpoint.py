@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,9 +146,30 @@ def read_checkpoint(path: Path) -> LoadedCheckpoint:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint in ``run_dir`` (temporary files never match), or ``None``."""
-    found = sorted(run_dir.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    """The newest checkpoint file in ``run_dir`` (temporary files never match), or ``None``."""
+    found = checkpoint_paths(run_dir)
     return found[-1] if found else None
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """The run's checkpoint files, oldest first (temporary files never match)."""
+    return sorted(run_dir.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+
+
+def latest_complete_checkpoint(run_dir: Path) -> LoadedCheckpoint | None:
+    """The newest checkpoint that reads back; a corrupted or truncated newer one is reported and skipped."""
+    for path in reversed(checkpoint_paths(run_dir)):
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as error:
+            warnings.warn(f"{error}; falling back to the previous checkpoint", stacklevel=2)
+    return None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints."""
+    for path in checkpoint_paths(run_dir)[:-keep]:
+        path.unlink(missing_ok=True)
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ssl_engine import __version__
 from ssl_engine.checkpoint import CheckpointError
-from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.config import ConfigError, PretrainConfig, TaskSpec, apply_overrides
 from ssl_engine.data.options import DataError
 from ssl_engine.plugins import PluginHost, PluginLoadError, get_host
 from ssl_engine.registry import UnknownNameError
 from ssl_engine.settings import SettingError
 from ssl_engine.task import ImageSizeError
+from ssl_engine.train.interrupt import TrainingInterrupted
 from ssl_engine.train.model import RunSetupError
 from ssl_engine.train.optim import OPTIMIZERS
 
@@ -55,9 +57,9 @@ def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return pairs
 
 
-def parse_settings(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+def parse_settings(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``TASK.KEY=VALUE`` pairs of ``--set``."""
-    settings: dict[str, dict[str, str]] = {}
+    settings: dict[str, dict[str, Any]] = {}
     for value in values:
         key, sep, setting_value = value.partition("=")
         task, dot, name = key.partition(".")
@@ -105,14 +107,54 @@ def fail(error: Exception) -> None:
     sys.exit(2)
 
 
+# Command-line option -> PretrainConfig field (the options that map one to one).
+CONFIG_OPTIONS = {
+    "backbone": "backbone",
+    "data": "data",
+    "data_dir": "data_dir",
+    "download": "download",
+    "image_size": "image_size",
+    "batch_size": "batch_size",
+    "steps": "steps",
+    "epochs": "epochs",
+    "optimizer": "optimizer",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup": "warmup_fraction",
+    "seed": "seed",
+    "device": "device",
+    "workers": "workers",
+    "log_every": "log_every",
+    "checkpoint_every": "checkpoint_every",
+    "keep_checkpoints": "keep_checkpoints",
+    "probe": "probe",
+}
+
+
+def given_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The config fields the user set on the command line (not click's defaults)."""
+    context = click.get_current_context()
+    given = {}
+    for option, field_name in CONFIG_OPTIONS.items():
+        if context.get_parameter_source(option) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            value = options[option]
+            given[field_name] = str(value) if isinstance(value, Path) else value
+    return given
+
+
 @main.command()
 @click.option(
     "--task",
     "tasks",
     multiple=True,
-    required=True,
     metavar="NAME[=WEIGHT]",
-    help="Pretext task; repeat to mix tasks, =W weights its loss (default 1).",
+    help="Pretext task; repeat to mix tasks on one backbone, =W weights its loss (default 1).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Experiment file (TOML) holding any of these options; options given here override it.",
 )
 @click.option("--backbone", default="smallconv", show_default=True, help="Backbone name (see `sslx plugins`).")
 @click.option(
@@ -127,23 +169,32 @@ def fail(error: Exception) -> None:
 @click.option("--image-size", type=click.IntRange(8, 1024), help="Image side in px [default: the task's].")
 @click.option("--steps", type=click.IntRange(1), help="Optimisation steps (wins over --epochs) [default: 600].")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), help="Epochs over the pretraining split.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2))
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate [sgd 0.05, adamw 1e-3].")
-@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2), help="Images per step.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True, help="Optimiser.")
+@click.option(
+    "--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate [sgd 0.05, adamw 1e-3, lars 1]."
+)
+@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0), help="l2 on weights.")
 @click.option(
     "--warmup",
     default=0.05,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Warm-up share of the steps.",
+    help="Share of the steps spent warming up linearly, before the cosine decay.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds initialisation, data order, pseudo-labels.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+    help="Where to train; auto picks CUDA (bf16 autocast), then MPS, then the CPU.",
+)
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/TASK-TIME]."
 )
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest complete checkpoint.")
+@click.option("--force", is_flag=True, help="With --resume, accept changed options other than budget and logging.")
 @click.option("--head", "heads", multiple=True, metavar="TASK=NAME", help="Give a task another registered head.")
 @click.option("--loss", "losses", multiple=True, metavar="TASK=NAME", help="Give a task another registered loss.")
 @click.option(
@@ -151,11 +202,24 @@ def fail(error: Exception) -> None:
     "settings",
     multiple=True,
     metavar="TASK.KEY=VALUE",
-    help="A task setting, e.g. jigsaw.permutations=30.",
+    help="A task setting, e.g. jigsaw.permutations=30 (see `sslx plugins`).",
 )
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Data-loading processes.")
-@click.option("--log-every", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(1))
+@click.option("--log-every", default=10, show_default=True, type=click.IntRange(1), help="Steps between metric lines.")
+@click.option(
+    "--checkpoint-every",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Steps between checkpoints (one is always written at the end).",
+)
+@click.option(
+    "--keep-checkpoints",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many of the newest checkpoints to keep.",
+)
 @click.option(
     "--probe/--no-probe",
     default=True,
@@ -169,64 +233,62 @@ def pretrain(**options: Any) -> None:
     Examples:
       sslx pretrain --task jigsaw
       sslx pretrain --task rotation --backbone resnet18 --data cifar10 --download --epochs 30
-      sslx pretrain --task rotation --set rotation.views=2 --head rotation=mlp --out runs/rot
+      sslx pretrain --task rotation --task jigsaw=0.5 --head rotation=mlp --set jigsaw.permutations=30
+      sslx pretrain --config exp.toml --steps 100
+      sslx pretrain --out runs/rot --resume --steps 2000
     """
     host = host_or_exit()
-    tasks = [parse_task(value) for value in options["tasks"]]
-    heads, losses = parse_pairs(options["heads"], "--head"), parse_pairs(options["losses"], "--loss")
-    settings = parse_settings(options["settings"])
-    names = {task.name for task in tasks}
-    for option, given in (("--head", heads), ("--loss", losses), ("--set", settings)):
-        stray = sorted(set(given) - names)
-        if stray:
-            fail(ValueError(f"{option} names task {stray[0]!r}, which is not in this run ({', '.join(sorted(names))})"))
-    for task in tasks:
-        task.head, task.loss, task.settings = (
-            heads.get(task.name),
-            losses.get(task.name),
-            settings.get(task.name, {}),
-        )
-    config = PretrainConfig(
-        tasks=tasks,
-        backbone=options["backbone"],
-        data=options["data"],
-        data_dir=str(options["data_dir"]) if options["data_dir"] else None,
-        download=options["download"],
-        image_size=options["image_size"],
-        batch_size=options["batch_size"],
-        steps=options["steps"],
-        epochs=options["epochs"],
-        optimizer=options["optimizer"],
-        lr=options["lr"],
-        weight_decay=options["weight_decay"],
-        warmup_fraction=options["warmup"],
-        seed=options["seed"],
-        device=options["device"],
-        workers=options["workers"],
-        log_every=options["log_every"],
-        checkpoint_every=options["checkpoint_every"],
-        probe=options["probe"],
-    )
-    out = options["out"] or Path("runs") / f"{'+'.join(t.name for t in tasks)}-{datetime.now():%Y%m%d-%H%M%S}"
-    from ssl_engine.train.loop import RunDirectoryError, Trainer
+    from ssl_engine.train.loop import RunDirectoryError, Trainer, saved_config
     from ssl_engine.train.probe import probe_against_random
 
+    tasks = [parse_task(value) for value in options["tasks"]]
+    out: Path | None = options["out"]
     try:
-        trainer = Trainer(config, host.registry, out, resume=options["resume"])
-    except (*USER_ERRORS, RunDirectoryError, ValueError) as error:
+        if options["resume"]:
+            if out is None:
+                raise click.UsageError("--resume needs --out RUN_DIR")
+            base = saved_config(out)
+        elif options["config_file"] is not None:
+            base = PretrainConfig.load(options["config_file"])
+        else:
+            base = PretrainConfig(tasks=[])
+        config = apply_overrides(
+            base,
+            given_options(options),
+            tasks,
+            parse_pairs(options["heads"], "--head"),
+            parse_pairs(options["losses"], "--loss"),
+            parse_settings(options["settings"]),
+        )
+        if not config.tasks:
+            raise click.UsageError("no task given: pass --task NAME (or a --config file with [tasks.NAME])")
+        if out is None:
+            out = Path("runs") / f"{'+'.join(t.name for t in config.tasks)}-{datetime.now():%Y%m%d-%H%M%S}"
+        trainer = Trainer(config, host.registry, out, resume=options["resume"], force=options["force"])
+    except click.UsageError:
+        raise
+    except (*USER_ERRORS, ConfigError, RunDirectoryError, ValueError) as error:
         fail(error)
     click.echo(
-        f"pretraining {', '.join(t.name for t in tasks)} on {config.data} ({trainer.image_size} px), backbone "
-        f"{config.backbone}, {trainer.total} steps on {trainer.device}, run directory {out}",
+        f"pretraining {', '.join(t.name for t in config.tasks)} on {config.data} ({trainer.image_size} px), "
+        f"backbone {config.backbone}, {trainer.total} steps on {trainer.device}, run directory {out}",
         err=True,
     )
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except TrainingInterrupted as stop:
+        click.echo(f"{stop}; resume with: sslx pretrain --out {out} --resume", err=True)
+        sys.exit(stop.exit_code)
+    except FloatingPointError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(1)
     shown = trainer.headline(result.final) if result.final else {}
     click.echo(f"finished {result.steps} steps: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     if config.probe and trainer.source.labelled:
         click.echo("linear probe (frozen features, classifier chosen on val, test top-1):", err=True)
         report = probe_against_random(trainer)
-        click.echo(f"  {'pretrained ' + '+'.join(t.name for t in tasks):<30} {report['pretrained']['accuracy']:.4f}")
+        name = "+".join(t.name for t in config.tasks)
+        click.echo(f"  {'pretrained ' + name:<30} {report['pretrained']['accuracy']:.4f}")
         click.echo(f"  {'random init':<30} {report['random_init']['accuracy']:.4f}")
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssl_engine.backbones.base import Backbone
-from ssl_engine.checkpoint import CheckpointError, LoadedCheckpoint, latest_checkpoint, read_checkpoint
-from ssl_engine.config import PretrainConfig
+from ssl_engine.checkpoint import CheckpointError, LoadedCheckpoint, latest_complete_checkpoint
+from ssl_engine.config import CONFIG_FILE, PretrainConfig
 from ssl_engine.plugins import get_host
 from ssl_engine.registry import Registry
 from ssl_engine.task import Representation
@@ -33,12 +33,11 @@ def load_run(run_dir: str | Path, registry: Registry | None = None) -> LoadedRun
         CheckpointError: ``run_dir`` is not a run directory or holds no checkpoint.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise CheckpointError(f"{run_dir} is not an sslx run directory (no config.json)")
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise CheckpointError(f"run directory {run_dir} holds no checkpoint yet")
-    checkpoint = read_checkpoint(path)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir} is not an sslx run directory (no {CONFIG_FILE})")
+    checkpoint = latest_complete_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"run directory {run_dir} holds no readable checkpoint")
     config = PretrainConfig.from_dict(json.loads(checkpoint.metadata["config"]))
     image_size = int(checkpoint.metadata["image_size"])
     model = PretrainModel(config, registry or get_host().registry, image_size)

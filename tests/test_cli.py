@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_pretrain_writes_a_safetensors_checkpoint_and_evaluate_reads_it(invoke, 
     assert metadata["format"] == FORMAT and metadata["step"] == "4"
     assert any(k.startswith("model/") for k in keys) and any(k.startswith("task/rotation/head") for k in keys)
     assert any(k.startswith("optim/main/") for k in keys) and "rng/torch" in keys
-    assert json.loads((run / "config.json").read_text())["tasks"][0]["name"] == "rotation"
+    assert tomllib.loads((run / "config.toml").read_text())["tasks"] == {"rotation": {"weight": 1.0}}
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 4 and "rotation/accuracy" in lines[-1] and "images_per_s" in lines[-1]
 

@@ -15,15 +15,15 @@ from ssl_engine import __version__
 from ssl_engine.checkpoint import (
     LoadedCheckpoint,
     checkpoint_path,
-    latest_checkpoint,
+    latest_complete_checkpoint,
     optimizer_tensors,
-    read_checkpoint,
+    prune_checkpoints,
     restore_optimizer,
     restore_rng,
     rng_tensors,
     write_atomic,
 )
-from ssl_engine.config import PretrainConfig
+from ssl_engine.config import CONFIG_FILE, RESUMABLE_CHANGES, PretrainConfig
 from ssl_engine.data.augment import random_crop_flip
 from ssl_engine.data.batches import IN_MEMORY_LIMIT_BYTES, BatchStream, materialize
 from ssl_engine.data.catalog import resolve_data
@@ -31,6 +31,7 @@ from ssl_engine.data.options import DataOptions
 from ssl_engine.images import to_float
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
+from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
 from ssl_engine.train.model import PretrainModel, resolve_image_size, task_classes
 from ssl_engine.train.optim import DEFAULT_LR, make_optimizer
 from ssl_engine.train.progress import Progress
@@ -68,19 +69,47 @@ class RunResult:
     probe: dict[str, Any] | None = None
 
 
+def saved_config(out: Path) -> PretrainConfig:
+    """The resolved config kept in a run directory (for ``--resume``)."""
+    if not (out / CONFIG_FILE).is_file():
+        raise RunDirectoryError(f"--resume: {out} is not a run directory (no {CONFIG_FILE})")
+    return PretrainConfig.load(out / CONFIG_FILE)
+
+
+def check_resume_changes(saved: PretrainConfig, config: PretrainConfig, force: bool) -> None:
+    """Refuse a resume whose config differs in anything but budget, logging and placement (unless ``force``)."""
+    changed = [(key, old, new) for key, old, new in saved.differences(config) if key not in RESUMABLE_CHANGES]
+    if changed and not force:
+        details = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+        raise RunDirectoryError(f"--resume would change the run ({details}); pass --force to accept")
+
+
 def prepare_run_dir(out: Path, resume: bool) -> LoadedCheckpoint | None:
-    """Create ``out`` for a new run, or find its latest checkpoint for ``--resume``."""
+    """Create ``out`` for a new run, or find its latest complete checkpoint for ``--resume``."""
     if resume:
-        if not (out / "config.json").exists():
-            raise RunDirectoryError(f"--resume: {out} is not a run directory (no config.json)")
-        latest = latest_checkpoint(out)
-        return read_checkpoint(latest) if latest is not None else None
+        saved_config(out)
+        return latest_complete_checkpoint(out)
     if out.exists() and any(out.iterdir()):
         raise RunDirectoryError(
             f"run directory {out} already exists; pass --resume to continue it or pick another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines up to ``step``: later ones belong to steps a resumed run trains again (a line cut
+    short by a crash is dropped too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError):
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def total_steps(config: PretrainConfig, steps_per_epoch: int) -> int:
@@ -102,7 +131,9 @@ class Trainer:
         resume: continue from the latest checkpoint in ``out``.
     """
 
-    def __init__(self, config: PretrainConfig, registry: Registry, out: Path, resume: bool = False) -> None:
+    def __init__(
+        self, config: PretrainConfig, registry: Registry, out: Path, resume: bool = False, force: bool = False
+    ) -> None:
         self.config, self.registry, self.out = config, registry, out
         self.device = pick_device(config.device)
         task_classes(config, registry)  # names and mix checked before anything is created
@@ -119,9 +150,9 @@ class Trainer:
         # directory is touched and before the data is read.
         torch.manual_seed(config.seed)
         self.model = PretrainModel(config, registry, self.image_size).to(self.device)
-        self.resumed = prepare_run_dir(out, resume)
         if resume:
-            self._check_resumable()
+            check_resume_changes(saved_config(out), config, force)
+        self.resumed = prepare_run_dir(out, resume)
         self.lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
         self.optimizer = make_optimizer(
             config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
@@ -142,16 +173,6 @@ class Trainer:
         if self.resumed is not None:
             self._restore(self.resumed)
 
-    def _check_resumable(self) -> None:
-        saved = json.loads((self.out / "config.json").read_text())
-        mine = json.loads(self.config.to_json())
-        # The budget and logging frequency may change on resume; anything else would make a different run.
-        free = {"steps", "epochs", "log_every", "checkpoint_every", "probe", "device", "workers"}
-        changed = sorted(key for key in mine if key not in free and saved.get(key) != mine[key])
-        if changed:
-            details = "; ".join(f"{key}: {saved.get(key)!r} -> {mine[key]!r}" for key in changed)
-            raise RunDirectoryError(f"--resume with a different config ({details})")
-
     def _restore(self, checkpoint: LoadedCheckpoint) -> None:
         self.model.backbone.load_state_dict(checkpoint.module_state("model"))
         for name in self.model.task_modules:
@@ -163,6 +184,7 @@ class Trainer:
             restore_optimizer(optimizer, f"optim/aux/{name}", checkpoint.tensors, groups[name])
         restore_rng(checkpoint.tensors, checkpoint.metadata["python_rng"])
         self.step = checkpoint.step
+        truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     def save_checkpoint(self) -> Path:
         tensors = self.model.state_tensors()
@@ -188,6 +210,7 @@ class Trainer:
             },
         )
         (self.out / "latest").write_text(path.name + "\n")
+        prune_checkpoints(self.out, self.config.keep_checkpoints)
         return path
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -215,13 +238,17 @@ class Trainer:
                 pretext = runtime.task.pseudo_labels(images, random)
                 output = runtime.task.forward(self.model.backbone, runtime.modules, runtime.aux, pretext)
                 task_loss = runtime.task.weighted_total(output.losses)
+                if not torch.isfinite(task_loss):
+                    terms = ", ".join(f"{term}={float(value):.4g}" for term, value in output.losses.items())
+                    raise FloatingPointError(
+                        f"non-finite loss of task {name!r} at step {step + 1} ({terms}); nothing was saved for "
+                        f"this step (try a lower --lr)"
+                    )
                 total = total + runtime.spec.weight * task_loss
                 outputs.append((runtime, pretext, output))
                 logged[f"{name}/loss"] = float(task_loss.detach())
                 logged |= {f"{name}/{term}": float(value.detach()) for term, value in output.losses.items()}
                 logged |= {f"{name}/{metric}": float(value) for metric, value in output.metrics.items()}
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {float(total)} at step {step}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -254,15 +281,20 @@ class Trainer:
 
     def train(self) -> RunResult:
         """Run from the current step to the end of the budget, logging and checkpointing as configured."""
-        if self.resumed is None:
-            (self.out / "config.json").write_text(self.config.to_json() + "\n")
+        # Written on resume too, so the kept config shows the budget the run now has.
+        (self.out / CONFIG_FILE).write_text(self.config.to_toml())
         progress = Progress(self.total, start=self.step, every=self.config.log_every)
         logged: dict[str, float] = {}
         last = time.perf_counter()
-        with open(self.out / "metrics.jsonl", "a") as metrics:
+        stop = StopRequest()
+        with open(self.out / "metrics.jsonl", "a") as metrics, stop.installed():
             for images, _ in self.stream.batches(self.step):
                 if self.step >= self.total:
                     break
+                if stop.signal_number is not None:
+                    progress.close()
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(stop.signal_number, self.step)
                 logged = self.train_step(images)
                 now = time.perf_counter()
                 images_per_s = len(images) / max(now - last, 1e-9)
