@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +82,12 @@ def main() -> None:
       sslx pretrain --task rotation --steps 200 --out runs/rot
       sslx evaluate runs/rot --protocol linear --json
     """
+    warnings.showwarning = show_warning
+
+
+def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Warnings as one plain line on stderr (no source lines)."""
+    click.echo(f"warning: {message}", err=True)
 
 
 @main.command()

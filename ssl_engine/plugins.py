@@ -8,6 +8,7 @@ raises in a hook or registers a name already taken is recorded as a :class:`Plug
 Environment switches:
     ``SSLX_DISABLE_PLUGINS``: comma-separated plugin names not to load.
     ``SSLX_LOAD_PLUGINS``: comma-separated plugin names to load exclusively (the core is always loaded).
+    ``SSLX_NO_PLUGINS=1``: load no third-party plugin at all (only the core), e.g. to run past a broken install.
     ``SSLX_STRICT_PLUGINS=1``: any plugin problem is fatal (:class:`PluginLoadError`).
 """
 
@@ -57,6 +58,10 @@ class PluginLoadError(RuntimeError):
     """Raised in strict mode when any plugin problem occurred."""
 
 
+def _env_flag(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _env_names(variable: str) -> set[str] | None:
     value = os.environ.get(variable, "").strip()
     return {part.strip() for part in value.split(",") if part.strip()} if value else None
@@ -96,10 +101,10 @@ class PluginHost:
     def from_entry_points(cls, *, strict: bool | None = None) -> PluginHost:
         """Discover, import and collect every installed plugin, honouring the environment switches."""
         if strict is None:
-            strict = os.environ.get("SSLX_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+            strict = _env_flag("SSLX_STRICT_PLUGINS")
         host = cls()
         disabled = _env_names("SSLX_DISABLE_PLUGINS") or set()
-        only = _env_names("SSLX_LOAD_PLUGINS")
+        only = set() if _env_flag("SSLX_NO_PLUGINS") else _env_names("SSLX_LOAD_PLUGINS")
         seen: set[str] = set()
         for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = entry_point.dist

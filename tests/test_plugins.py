@@ -120,8 +120,11 @@ def test_broken_import_is_reported_by_plugin_and_distribution(tmp_path: Path, ss
     [problem] = [p for p in listing["problems"] if p["plugin"] == "broken"]
     assert problem["distribution"] == "sslx-broken" and "missing dep xyz" in problem["message"]
     assert "rotation" in {name for p in listing["plugins"] for name in p["registered"].get("task", [])}
-    # every command warns about it; strict mode makes it fatal
+    # every command warns about it; strict mode makes it fatal; the switches let a user run past it
     assert "sslx-broken" in result.stderr
+    for switch in ({"SSLX_DISABLE_PLUGINS": "broken"}, {"SSLX_NO_PLUGINS": "1"}):
+        quiet = sslx("plugins", "--json", env={**env, **switch})
+        assert quiet.returncode == 0 and "broken" not in quiet.stdout + quiet.stderr
     strict = sslx("plugins", env={**env, "SSLX_STRICT_PLUGINS": "1"})
     assert strict.returncode != 0 and "broken" in strict.stderr
 
@@ -136,3 +139,4 @@ def test_env_switches_disable_and_limit_plugins(sslx) -> None:  # type: ignore[n
     assert {"rotation", "jigsaw"} <= everything
     assert "rotation" not in tasks({"SSLX_DISABLE_PLUGINS": "rotation"})
     assert tasks({"SSLX_LOAD_PLUGINS": "rotation"}) == {"rotation"}
+    assert tasks({"SSLX_NO_PLUGINS": "1"}) == set()

@@ -4,10 +4,16 @@ Layouts accepted for ``--data PATH``:
     ``PATH/train/<class>/*.png`` (+ ``val/``, ``test/``): the splits as given (val held out of train if absent);
     ``PATH/<class>/*.jpg``: labelled, split 80/10/10 deterministically;
     ``PATH/*.jpg``: unlabelled (label -1), every image in ``train``; it can be pretrained on, not evaluated.
+
+Every file is decoded once when the data set is opened: grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit
+images are converted to 8-bit RGB; files that can't be decoded (zero-byte, truncated, corrupt, not an image) are
+skipped and counted, and a warning names how many and the first few. Images of any size are resized (up or down)
+to ``--image-size``. A split left with no readable image is an error before training starts.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,13 +34,43 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _images_in(p))
 
 
-class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
-    """Image files with labels; decoded and resized on access (in worker processes when there are any)."""
+class UnreadableImagesWarning(UserWarning):
+    """Some files of a folder data set could not be decoded and were skipped."""
 
-    def __init__(self, files: list[tuple[Path, int]], image_size: int, classes: list[str]) -> None:
-        self.files = files
+
+def readable(path: Path) -> bool:
+    """Whether the file decodes completely as an image."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # PIL raises all of these on bad files
+        return False
+
+
+class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
+    """Image files with labels, checked once on opening; decoded and resized on access (in workers if any).
+
+    Attributes:
+        files: the readable ``(path, label)`` pairs.
+        skipped: the files that could not be decoded.
+    """
+
+    def __init__(self, files: list[tuple[Path, int]], image_size: int, classes: list[str], where: Path) -> None:
+        self.files = [(path, label) for path, label in files if readable(path)]
+        self.skipped = sorted({path for path, _ in files} - {path for path, _ in self.files})
         self.image_size = image_size
         self.classes = classes
+        if self.skipped:
+            first = ", ".join(path.name for path in self.skipped[:5])
+            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            warnings.warn(
+                f"skipped {len(self.skipped)} unreadable image(s) of {len(files)} in {where}: {first}{more}",
+                UnreadableImagesWarning,
+                stacklevel=2,
+            )
+        if files and not self.files:
+            raise DataError(f"data folder {where} has no readable image ({len(files)} file(s) failed to decode)")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -80,7 +116,7 @@ def image_folder(path: Path, split: str, image_size: int, val_fraction: float = 
                 f"data folder {path} is unlabelled (no class subfolders): it can be pretrained on, not used for "
                 f"the {split} split of an evaluation"
             )
-        return ImageFiles([(p, -1) for p in _images_in(path)], image_size, [])
+        return ImageFiles([(p, -1) for p in _images_in(path)], image_size, [], path)
     if layout == "split":
         classes = [p.name for p in _class_dirs(path / "train")]
         holds_val = (path / "val").is_dir()
@@ -90,12 +126,12 @@ def image_folder(path: Path, split: str, image_size: int, val_fraction: float = 
             unknown = sorted(set(found) - set(index))
             if unknown:
                 raise DataError(f"{path / split} has classes not in {path / 'train'}: {', '.join(unknown)}")
-            return ImageFiles([(p, index[found[label]]) for p, label in files], image_size, classes)
+            return ImageFiles([(p, index[found[label]]) for p, label in files], image_size, classes, path / split)
         if split == "test":
             raise DataError(f"data folder {path} has train/ but no test/ split")
         files, _ = _labelled(path / "train")
         chosen = holdout_split(len(files), val_fraction, split)
-        return ImageFiles([files[i] for i in chosen], image_size, classes)
+        return ImageFiles([files[i] for i in chosen], image_size, classes, path)
     files, classes = _labelled(path)
     # 80/10/10: test is held out first, then val out of the rest.
     rest = holdout_split(len(files), 0.1, "train", seed=1)
@@ -103,4 +139,4 @@ def image_folder(path: Path, split: str, image_size: int, val_fraction: float = 
         chosen = holdout_split(len(files), 0.1, "val", seed=1)
     else:
         chosen = [rest[i] for i in holdout_split(len(rest), 1 / 9, split)]
-    return ImageFiles([files[i] for i in chosen], image_size, classes)
+    return ImageFiles([files[i] for i in chosen], image_size, classes, path)

@@ -25,6 +25,11 @@ def to_rgb_tensor(image: Any, image_size: int) -> torch.Tensor:
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         image = Image.fromarray(image)
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16-bit (I;16*) and 32-bit images: scale the full range to 8 bits instead of letting PIL clip at 255.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (image_size, image_size):

@@ -150,6 +150,7 @@ class Trainer:
         # directory is touched and before the data is read.
         torch.manual_seed(config.seed)
         self.model = PretrainModel(config, registry, self.image_size).to(self.device)
+        dataset = self.source.split(self.source.pretrain_split, self.image_size)  # opened (and checked), not read
         if resume:
             check_resume_changes(saved_config(out), config, force)
         self.resumed = prepare_run_dir(out, resume)
@@ -162,7 +163,6 @@ class Trainer:
             for runtime in self.model.runtimes
             if any(True for _ in runtime.aux.parameters())
         }
-        dataset = self.source.split(self.source.pretrain_split, self.image_size)
         in_memory = len(dataset) * 3 * self.image_size**2 <= IN_MEMORY_LIMIT_BYTES  # type: ignore[arg-type]
         images, labels = materialize(dataset) if in_memory else (None, None)
         self.stream = BatchStream(
