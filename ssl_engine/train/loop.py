@@ -150,6 +150,9 @@ class Trainer:
         # directory is touched and before the data is read.
         torch.manual_seed(config.seed)
         self.model = PretrainModel(config, registry, self.image_size).to(self.device)
+        for runtime in self.model.runtimes:
+            # The kept config pins every setting's parsed value, defaults included, so it reproduces the run.
+            runtime.spec.settings = dict(runtime.task.config)
         dataset = self.source.split(self.source.pretrain_split, self.image_size)  # opened (and checked), not read
         if resume:
             check_resume_changes(saved_config(out), config, force)
