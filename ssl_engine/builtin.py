@@ -13,6 +13,8 @@ from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.data import idx_files, torchvision_sets
 from ssl_engine.data.options import DataOptions
 from ssl_engine.data.shapes import ShapesDataset
+from ssl_engine.eval.finetune import finetune_protocol
+from ssl_engine.eval.knn import knn_protocol
 from ssl_engine.eval.linear import linear_protocol
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
@@ -85,3 +87,5 @@ def register_losses(register: Callable[..., None]) -> None:
 @hookimpl
 def register_evaluators(register: Callable[..., None]) -> None:
     register("linear", linear_protocol, help="linear classifier on frozen features; weight decay chosen on val")
+    register("finetune", finetune_protocol, help="all parameters trained with a fresh linear head; epoch chosen on val")
+    register("knn", knn_protocol, help="weighted cosine kNN on frozen features (k=200, T=0.1); no training")

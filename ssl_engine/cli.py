@@ -58,6 +58,17 @@ def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return pairs
 
 
+def parse_options(values: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs of ``sslx evaluate --set``."""
+    options = {}
+    for value in values:
+        key, sep, option_value = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r}: expected KEY=VALUE", param_hint="--set")
+        options[key] = option_value
+    return options
+
+
 def parse_settings(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``TASK.KEY=VALUE`` pairs of ``--set``."""
     settings: dict[str, dict[str, Any]] = {}
@@ -306,6 +317,18 @@ def pretrain(**options: Any) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Where downloadable data sets live.")
 @click.option("--download", is_flag=True, help="Allow downloading the data set.")
 @click.option("--task", help="Whose representation, in a mixed run [default: the first task].")
+@click.option(
+    "--label-fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Use only this share of the train labels, sampled per class and seeded (e.g. 0.01, 0.1).",
+)
+@click.option(
+    "--set",
+    "protocol_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Protocol option, e.g. k=20 or temperature=0.07 (knn), epochs=10 or lr=0.005 (finetune).",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(
@@ -315,14 +338,18 @@ def evaluate(
     data_dir: Path | None,
     download: bool,
     task: str | None,
+    label_fraction: float | None,
+    protocol_options: tuple[str, ...],
     device: str,
     as_json: bool,
 ) -> None:
-    """Evaluate a run's representation downstream.
+    """Evaluate a run's representation downstream (linear, finetune or knn protocol).
 
     \b
     Examples:
       sslx evaluate runs/jigsaw --protocol linear
+      sslx evaluate runs/jigsaw --protocol knn --set k=20 --json
+      sslx evaluate runs/jigsaw --protocol finetune --label-fraction 0.1
       sslx evaluate runs/jigsaw --protocol linear --data fashion-mnist --json
     """
     host = host_or_exit()
@@ -338,6 +365,8 @@ def evaluate(
             download=download,
             task=task,
             device=device,
+            label_fraction=label_fraction,
+            options=parse_options(protocol_options),
         )
     except USER_ERRORS as error:
         fail(error)

@@ -74,6 +74,17 @@ class BatchStream:
         self.steps_per_epoch = self.count // self.global_batch
         self.images, self.labels = images, labels
 
+    @classmethod
+    def for_dataset(
+        cls, dataset: Dataset[tuple[torch.Tensor, int]], batch_size: int, seed: int, *, workers: int = 2, **kwargs: int
+    ) -> BatchStream:
+        """A stream that holds the data set in memory when it fits in :data:`IN_MEMORY_LIMIT_BYTES`."""
+        count = len(dataset)  # type: ignore[arg-type]
+        image, _ = dataset[0]
+        in_memory = count * image.numel() <= IN_MEMORY_LIMIT_BYTES
+        images, labels = materialize(dataset) if in_memory else (None, None)
+        return cls(dataset, batch_size, seed, workers=workers, images=images, labels=labels, **kwargs)
+
     def batches(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches from global step ``start_step`` on (resuming mid-epoch skips no data and repeats none)."""
         epoch, within = divmod(start_step, self.steps_per_epoch)

@@ -15,7 +15,6 @@ from torch.nn import functional as F
 
 from ssl_engine.data.options import DataError
 from ssl_engine.eval.context import EvalContext
-from ssl_engine.eval.features import extract_features
 
 WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2)
 
@@ -47,15 +46,12 @@ def linear_protocol(context: EvalContext) -> dict[str, Any]:
     """Top-1 test accuracy of the best-on-val linear classifier on frozen features."""
     if not context.source.labelled:
         raise DataError(f"data set {context.source.name!r} has no labels; the linear protocol needs them")
-    splits = {}
-    for split in ("train", "val", "test"):
-        dataset = context.source.split(split, context.image_size)
-        splits[split] = extract_features(context.representation, dataset, context.device, context.batch_size)
-    train_x, train_y = splits["train"]
-    if (train_y < 0).any():
-        raise DataError(f"the train split of {context.source.name!r} has unlabelled images")
+    splits = {split: context.features(split) for split in ("train", "val", "test")}
+    keep = context.train_indices(splits["train"][1])
+    train_x, train_y = splits["train"][0][keep], splits["train"][1][keep]
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     normalised = {split: ((x - mean) / std, y) for split, (x, y) in splits.items()}
+    normalised["train"] = ((train_x - mean) / std, train_y)
     classes = int(max(y.max() for _, y in splits.values())) + 1
     by_decay = {}
     for decay in WEIGHT_DECAYS:

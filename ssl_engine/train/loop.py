@@ -25,7 +25,7 @@ from ssl_engine.checkpoint import (
 )
 from ssl_engine.config import CONFIG_FILE, RESUMABLE_CHANGES, PretrainConfig
 from ssl_engine.data.augment import random_crop_flip
-from ssl_engine.data.batches import IN_MEMORY_LIMIT_BYTES, BatchStream, materialize
+from ssl_engine.data.batches import BatchStream
 from ssl_engine.data.catalog import resolve_data
 from ssl_engine.data.options import DataOptions
 from ssl_engine.images import to_float
@@ -166,11 +166,7 @@ class Trainer:
             for runtime in self.model.runtimes
             if any(True for _ in runtime.aux.parameters())
         }
-        in_memory = len(dataset) * 3 * self.image_size**2 <= IN_MEMORY_LIMIT_BYTES  # type: ignore[arg-type]
-        images, labels = materialize(dataset) if in_memory else (None, None)
-        self.stream = BatchStream(
-            dataset, config.batch_size, config.seed, workers=config.workers, images=images, labels=labels
-        )
+        self.stream = BatchStream.for_dataset(dataset, config.batch_size, config.seed, workers=config.workers)
         self.total = total_steps(config, self.stream.steps_per_epoch)
         self.step = 0
         if self.resumed is not None:

@@ -63,26 +63,48 @@ def evaluate_run(
     download: bool = False,
     task: str | None = None,
     device: str = "auto",
+    label_fraction: float | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's representation with ``protocol``; the result is also written into the run directory."""
+    """Evaluate a run's representation with ``protocol``; the result is also written into the run directory.
+
+    Frozen features are cached in ``RUN_DIR/features/`` (keyed by data, image size, checkpoint step and task), so
+    further protocols and label fractions don't extract them again.
+    """
     registry.get("evaluator", protocol)  # unknown protocol -> error listing the valid ones, before any work
+    if label_fraction is not None and not 0 < label_fraction <= 1:
+        raise DataError(f"--label-fraction must be in (0, 1], got {label_fraction}")
     run = load_run(run_dir, registry)
     data_name = data or run.config.data
-    options = DataOptions(
+    data_options = DataOptions(
         data_dir if data_dir is not None else (Path(run.config.data_dir) if run.config.data_dir else None),
         download,
     )
-    source = resolve_data(data_name, registry, options)
+    source = resolve_data(data_name, registry, data_options)
     if not source.labelled:
         raise DataError(f"data {data_name!r} has no labels; evaluation needs a labelled data set")
     target = pick_device(device)
+    representation = run.model.representation(task).to(target)
+    task_name = task or run.config.tasks[0].name
+    safe_name = data_name.replace("/", "_").strip("_.")
     result = run_protocol(
         protocol,
         registry,
-        run.model.representation(task).to(target),
-        {"source": source, "image_size": run.image_size, "device": target, "seed": run.config.seed},
+        representation,
+        {
+            "source": source,
+            "image_size": run.image_size,
+            "device": target,
+            "seed": run.config.seed,
+            "label_fraction": label_fraction,
+            "options": dict(options or {}),
+            "cache_dir": run_dir / "features",
+            "cache_key": f"{safe_name}-{run.image_size}px-step{run.checkpoint.step}-{task_name}",
+        },
     )
-    result |= {"run": str(run_dir), "data": data_name, "step": run.checkpoint.step}
-    safe_name = data_name.replace("/", "_").strip("_.")
-    (run_dir / f"eval-{protocol}-{safe_name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    result |= {"run": str(run_dir), "data": data_name, "step": run.checkpoint.step, "task": task_name}
+    if label_fraction is not None:
+        result["label_fraction"] = label_fraction
+    suffix = f"-labels{label_fraction:g}" if label_fraction is not None else ""
+    (run_dir / f"eval-{protocol}-{safe_name}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -1,0 +1,135 @@
+"""SimCLR: Chen, Kornblith, Norouzi & Hinton 2020, "A Simple Framework for Contrastive Learning of Visual
+Representations" (ICML).
+
+Two random views of every image (:mod:`sslx_simclr.augment`) go through the backbone and a projection head
+``g`` (an MLP); NT-Xent (:mod:`sslx_simclr.loss`) pulls the two projections of an image together and pushes them
+away from the other ``2N - 2`` views of the global batch. Downstream, the head is dropped: the representation is
+the backbone's pooled output ``h``, which the paper found better than ``g(h)`` by over 10% (Sec. 4.2).
+
+Defaults follow the paper's CIFAR-10 setup (Appendix B.9), the closest to this engine's small images: 32 px,
+colour strength 0.5, no blur, temperature 0.5, projection to 128 dimensions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_engine.backbones.base import Backbone
+from ssl_engine.images import normalize
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.settings import TaskSetting
+from ssl_engine.task import PretextBatch, PretextTask, TaskContext, TaskOutput, accuracy
+from sslx_simclr.augment import SimCLRAugmentation
+from sslx_simclr.loss import NTXentLoss
+
+VIEWS = 2
+
+
+class SimCLRTask(PretextTask):
+    """Tell which of the other views of the batch shows the same image as this one.
+
+    Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
+    view's positive, ``2 * (offset + b) + (1 - v)`` for view ``v`` of local image ``b``, where ``offset`` is the
+    process's first image in the global batch. On several processes the views are gathered rank by rank, so these
+    rows index the gathered views as long as rank ``r`` holds the ``r``-th slice of the global batch (the layout
+    the design prescribes; the loss refuses targets that point outside the gathered views or at the view itself).
+
+    Head: ``make_head(D, projection_dim)``, by default the registered ``mlp`` (Linear-BN-ReLU-Linear, hidden 512).
+    Loss: the registered classification loss (default cross-entropy) over the similarity logits, i.e. NT-Xent.
+    Metric: ``accuracy``, how often the positive is the most similar of the ``2N - 1`` other views.
+    """
+
+    name = "simclr"
+    summary = "contrastive: match the two augmented views of each image among the global batch (NT-Xent)"
+    paper = (
+        "Chen, Kornblith, Norouzi & Hinton 2020, A Simple Framework for Contrastive Learning of Visual Representations"
+    )
+    views = VIEWS
+    default_image_size = 32
+    default_head = "mlp"
+    settings = (
+        TaskSetting(
+            "temperature",
+            float,
+            0.5,
+            "NT-Xent temperature (paper: 0.5 on CIFAR-10, 0.1 on ImageNet)",
+            minimum=0.01,
+            maximum=10.0,
+        ),
+        TaskSetting("projection_dim", int, 128, "output size of the projection head (paper: 128)", minimum=1),
+        TaskSetting(
+            "strength",
+            float,
+            0.5,
+            "colour distortion strength s: jitter 0.8 s, hue 0.2 s (paper: 0.5 on CIFAR-10, 1 on ImageNet)",
+            minimum=0.0,
+            maximum=2.5,  # torchvision's bound: hue shifts up to half the colour wheel
+        ),
+        TaskSetting(
+            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
+        ),
+        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
+        TaskSetting(
+            "min_scale",
+            float,
+            0.08,
+            "smallest crop, a fraction of the image area (paper: 0.08)",
+            minimum=0.01,
+            maximum=1,
+        ),
+        TaskSetting("blur", bool, False, "Gaussian-blur half the views (paper: ImageNet only, not small images)"),
+    )
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        config = self.config
+        self.augmentation = SimCLRAugmentation(
+            strength=config["strength"],
+            jitter_probability=config["jitter_probability"],
+            gray_probability=config["gray_probability"],
+            min_scale=config["min_scale"],
+            blur=config["blur"],
+            views=VIEWS,
+        )
+        self.loss = NTXentLoss(config["temperature"], cross_entropy=context.loss_fn)
+
+    def build_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.config["projection_dim"])})
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        """Two augmented views of every image and the global row of each view's positive.
+
+        Args:
+            images: ``(B, 3, S, S)`` float in [0, 1].
+            random: per-sample randomness.
+
+        Returns:
+            inputs ``(B * 2, 3, S, S)`` normalised; targets ``(B * 2,)`` int64; views 2; extras: the drawn
+            parameters of every view (``boxes``, ``flips``, ``jittered``, ``jitter``, ``jitter_order``, ``gray``
+            and, with ``blur``, ``blurred`` and ``sigma``; see :meth:`SimCLRAugmentation.draw`), each ``(B, 2, ...)``.
+        """
+        # Sampling weights and colour arithmetic stay in float32 even inside the trainer's bfloat16 autocast.
+        with torch.autocast(images.device.type, enabled=False):
+            views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
+        rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
+        return PretextBatch(normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
+
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
+        """Embed both views of every image and score them with NT-Xent.
+
+        Args:
+            backbone: the shared backbone.
+            modules: ``{"head": (B * 2, D) -> (B * 2, projection_dim)}``.
+            aux: unused.
+            batch: from :meth:`pseudo_labels`.
+
+        Returns:
+            The ``contrastive`` loss, ``accuracy``, and the similarity logits ``(B * 2, W * B * 2)`` over every
+            view of the global batch (``-inf`` at each view's own column).
+        """
+        projections = modules["head"](backbone.pooled(batch.inputs))  # (B*2, P)
+        loss, logits = self.loss(projections, batch.targets)
+        return TaskOutput({"contrastive": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
