@@ -376,5 +376,35 @@ def evaluate(
         click.echo(f"{protocol} top-1 accuracy on {result['data']} test: {result['accuracy']:.4f}")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file.")
+@click.option("--task", help="Whose representation, in a mixed run [default: the first task].")
+def export(run_dir: Path, out: Path, task: str | None) -> None:
+    """Export a run's representation for downstream use (torchvision's layout for ResNets).
+
+    \b
+    Examples:
+      sslx export runs/rot --out backbone.safetensors
+    """
+    host = host_or_exit()
+    from ssl_engine.export import export_representation
+
+    try:
+        report = export_representation(run_dir, out, host.registry, task)
+    except USER_ERRORS as error:
+        fail(error)
+    click.echo(f"wrote {report.path} ({report.architecture}): {report.message}")
+
+
+def _add_command_modules() -> None:
+    """Subcommands that live in their own modules."""
+    from ssl_engine.scaffold import new_plugin
+
+    main.add_command(new_plugin)
+
+
+_add_command_modules()
+
 if __name__ == "__main__":
     main()

@@ -42,6 +42,8 @@ class ResNetBackbone(Backbone):
         self.stages = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
         self.feature_dim = net.fc.in_features
         self.stride = 8 if small else 32
+        self.architecture = builder.__name__
+        self.small_stem = small
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(images))

@@ -1,0 +1,95 @@
+"""Exporting a run's representation for use outside sslx.
+
+A ResNet backbone is written in the key layout of the torchvision model it came from, so
+``torchvision.models.resnet18().load_state_dict(weights, strict=False)`` loads everything but the classifier
+(``fc``). With the small-image stem (inputs of 64 px and under) the torchvision model needs two changes first::
+
+    model = torchvision.models.resnet18()
+    model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = torch.nn.Identity()
+
+Any other representation (the small convnet, split-brain's pair of networks) is exported in sslx's own layout
+(the representation module's ``state_dict``), with a message saying so. Inputs are RGB in [0, 1] normalised with
+ImageNet's mean and std (``ssl_engine.images.normalize``) unless the metadata's ``input`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ssl_engine.backbones.resnet import ResNetBackbone
+from ssl_engine.images import normalize
+from ssl_engine.registry import Registry
+from ssl_engine.run import load_run
+
+SMALL_STEM_LINES = (
+    "model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)",
+    "model.maxpool = torch.nn.Identity()",
+)
+
+
+@dataclass
+class ExportReport:
+    """What was written and how to use it."""
+
+    path: Path
+    layout: str  # "torchvision" or "sslx"
+    architecture: str
+    message: str
+
+
+def torchvision_key(key: str) -> str:
+    """``stem.0.weight`` -> ``conv1.weight``, ``stem.1.*`` -> ``bn1.*``, ``stages.2.*`` -> ``layer3.*``."""
+    head, _, rest = key.partition(".")
+    index, _, tail = rest.partition(".")
+    if head == "stem":
+        return {"0": "conv1", "1": "bn1"}[index] + "." + tail
+    if head == "stages":
+        return f"layer{int(index) + 1}.{tail}"
+    raise KeyError(key)
+
+
+def export_representation(run_dir: Path, out: Path, registry: Registry, task: str | None = None) -> ExportReport:
+    """Write the representation of ``task`` (default: the run's first) to ``out`` as safetensors."""
+    run = load_run(run_dir, registry)
+    representation = run.model.representation(task)
+    task_name = task or run.config.tasks[0].name
+    backbone = getattr(representation, "backbone", None)
+    standard_input = getattr(representation, "prepare", None) is normalize
+    metadata = {
+        "format": "sslx.export",
+        "run": str(run_dir),
+        "task": task_name,
+        "step": str(run.checkpoint.step),
+        "image_size": str(run.image_size),
+        "input": "rgb normalised with ImageNet mean/std" if standard_input else f"prepared by task {task_name!r}",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(backbone, ResNetBackbone) and type(representation).__name__ == "Representation":
+        state = {torchvision_key(k): v.contiguous() for k, v in backbone.state_dict().items()}
+        metadata |= {"layout": "torchvision", "architecture": backbone.architecture,
+                     "small_stem": json.dumps(backbone.small_stem)}  # fmt: skip
+        save_file(state, str(out), metadata=metadata)
+        lines = [f"model = torchvision.models.{backbone.architecture}()"]
+        if backbone.small_stem:
+            lines += list(SMALL_STEM_LINES)
+        lines.append(f"model.load_state_dict(safetensors.torch.load_file({str(out)!r}), strict=False)  # all but fc")
+        note = (
+            "" if standard_input else f"\nNote: task {task_name!r} feeds the network a prepared input, not plain RGB."
+        )
+        message = "exported in torchvision's layout; load it with:\n  " + "\n  ".join(lines) + note
+        return ExportReport(out, "torchvision", backbone.architecture, message)
+    state = {k: v.contiguous() for k, v in representation.state_dict().items()}
+    architecture = type(backbone).__name__ if backbone is not None else type(representation).__name__
+    metadata |= {"layout": "sslx", "architecture": architecture, "config": run.config.to_json()}
+    save_file(state, str(out), metadata=metadata)
+    message = (
+        f"the representation of task {task_name!r} ({architecture}) is not a torchvision model, so it was exported "
+        f"in sslx's own layout (the Representation module's state_dict); load it with "
+        f"ssl_engine.load_representation({str(run_dir)!r}) or rebuild the module and load_state_dict"
+    )
+    return ExportReport(out, "sslx", architecture, message)

@@ -1,0 +1,51 @@
+"""Exported ResNet-18 backbones load into torchvision's resnet18 as documented and give the same features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ssl_engine import load_representation
+from ssl_engine.images import normalize
+
+
+@pytest.mark.parametrize("image_size", [16, 72])  # the small-image stem, and torchvision's own stem
+def test_exported_resnet18_loads_into_torchvision_and_matches(invoke, tmp_path: Path, image_size: int) -> None:  # type: ignore[no-untyped-def]
+    run, out = tmp_path / "R", tmp_path / "backbone.safetensors"
+    trained = invoke("pretrain", "--task", "rotation", "--backbone", "resnet18", "--image-size", str(image_size),
+                     "--steps", "1", "--batch-size", "4", "--no-probe", "--out", run)  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    exported = invoke("export", run, "--out", out)
+    assert exported.exit_code == 0, exported.output
+    assert "torchvision's layout" in exported.output
+    model = torchvision.models.resnet18()
+    if image_size <= 64:
+        assert "model.maxpool = torch.nn.Identity()" in exported.output
+        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = torch.nn.Identity()  # type: ignore[assignment]
+    else:
+        assert "maxpool" not in exported.output
+    missing, unexpected = model.load_state_dict(load_file(str(out)), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    model.fc = torch.nn.Identity()  # type: ignore[assignment]
+    images = torch.rand(3, 3, image_size, image_size)
+    ours = load_representation(run).eval()(images)
+    theirs = model.eval()(normalize(images))
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_non_torchvision_representation_is_exported_in_sslx_layout(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, out = tmp_path / "R", tmp_path / "rep.safetensors"
+    assert invoke("pretrain", "--task", "rotation", "--steps", "1", "--batch-size", "4", "--no-probe",
+                  "--out", run).exit_code == 0  # fmt: skip
+    exported = invoke("export", run, "--out", out)
+    assert exported.exit_code == 0 and "not a torchvision model" in exported.output
+    with safe_open(str(out), framework="pt") as handle:
+        assert handle.metadata()["layout"] == "sslx"
+        representation = load_representation(run)
+        assert set(handle.keys()) == set(representation.state_dict())
