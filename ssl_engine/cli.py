@@ -146,6 +146,7 @@ CONFIG_OPTIONS = {
     "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints",
     "probe": "probe",
+    "online_probe": "online_probe",
 }
 
 
@@ -243,6 +244,11 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
     default=True,
     show_default=True,
     help="After training, linear-probe the backbone and a random-init one.",
+)
+@click.option(
+    "--online-probe",
+    is_flag=True,
+    help="Train a linear classifier on detached features during the run and log probe/accuracy.",
 )
 def pretrain(**options: Any) -> None:
     """Pretrain a backbone on one or more pretext tasks.

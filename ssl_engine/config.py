@@ -81,6 +81,7 @@ class PretrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     probe: bool = True
+    online_probe: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; ``tasks`` as an ordered table keyed by task name."""

@@ -112,3 +112,24 @@ def test_bad_protocol_options_are_named(invoke, trained_run: Path) -> None:  # t
     assert result.exit_code == 2 and "k='many' should be int" in result.output
     result = invoke("evaluate", trained_run, "--label-fraction", "0")
     assert result.exit_code == 2 and "--label-fraction" in result.output
+
+
+def test_online_probe_logs_accuracy_is_checkpointed_and_needs_labels(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
+    from tests.conftest import write_images
+
+    run = tmp_path / "R"
+    args = ("pretrain", "--task", "rotation", "--batch-size", "8", "--image-size", "16", "--no-probe",
+            "--online-probe", "--log-every", "1", "--out", run)  # fmt: skip
+    assert invoke(*args, "--steps", "2").exit_code == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= line["probe/accuracy"] <= 1 and line["probe/loss"] > 0 for line in lines)
+    saved = read_checkpoint(checkpoint_paths(run)[-1])
+    assert "probe/classifier.weight" in saved.tensors and any(k.startswith("optim/probe/") for k in saved.tensors)
+    assert saved.tensors["probe/classifier.weight"].shape == (10, 256)
+    assert invoke("pretrain", "--out", run, "--resume", "--steps", "3").exit_code == 0
+    flat = tmp_path / "flat"
+    write_images(flat, 20)
+    refused = invoke("pretrain", "--task", "rotation", "--data", flat, "--online-probe", "--batch-size", "4",
+                     "--out", tmp_path / "F")  # fmt: skip
+    assert refused.exit_code == 2 and "--online-probe needs labels" in refused.output

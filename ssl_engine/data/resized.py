@@ -62,6 +62,11 @@ class ResizedImages(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def classes(self) -> list[str]:
+        """The base data set's class names, when it has them."""
+        return list(getattr(self.base, "classes", []) or [])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[self.indices[index]]
         return to_rgb_tensor(image, self.image_size), self.label_of(label)

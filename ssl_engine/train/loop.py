@@ -16,6 +16,7 @@ from ssl_engine.checkpoint import (
     LoadedCheckpoint,
     checkpoint_path,
     latest_complete_checkpoint,
+    module_tensors,
     optimizer_tensors,
     prune_checkpoints,
     restore_optimizer,
@@ -32,7 +33,8 @@ from ssl_engine.images import to_float
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
-from ssl_engine.train.model import PretrainModel, resolve_image_size, task_classes
+from ssl_engine.train.model import PretrainModel, RunSetupError, resolve_image_size, task_classes
+from ssl_engine.train.online_probe import OnlineProbe, count_classes
 from ssl_engine.train.optim import DEFAULT_LR, make_optimizer
 from ssl_engine.train.progress import Progress
 from ssl_engine.train.schedule import warmup_cosine
@@ -168,6 +170,12 @@ class Trainer:
         }
         self.stream = BatchStream.for_dataset(dataset, config.batch_size, config.seed, workers=config.workers)
         self.total = total_steps(config, self.stream.steps_per_epoch)
+        self.online_probe: OnlineProbe | None = None
+        if config.online_probe:
+            if not self.source.labelled:
+                raise RunSetupError(f"--online-probe needs labels; data {config.data!r} has none")
+            classes = count_classes(dataset, self.stream.labels)
+            self.online_probe = OnlineProbe(self.model.representation().feature_dim, classes).to(self.device)
         self.step = 0
         if self.resumed is not None:
             self._restore(self.resumed)
@@ -181,6 +189,9 @@ class Trainer:
         restore_optimizer(self.optimizer, "optim/main", checkpoint.tensors, groups["main"])
         for name, optimizer in self.aux_optimizers.items():
             restore_optimizer(optimizer, f"optim/aux/{name}", checkpoint.tensors, groups[name])
+        if self.online_probe is not None and "probe" in groups:
+            self.online_probe.load_state_dict(checkpoint.module_state("probe"))
+            restore_optimizer(self.online_probe.optimizer, "optim/probe", checkpoint.tensors, groups["probe"])
         restore_rng(checkpoint.tensors, checkpoint.metadata["python_rng"])
         self.step = checkpoint.step
         truncate_metrics(self.out / "metrics.jsonl", self.step)
@@ -193,6 +204,10 @@ class Trainer:
         for name, optimizer in self.aux_optimizers.items():
             aux_tensors, groups[name] = optimizer_tensors(f"optim/aux/{name}", optimizer)
             tensors |= aux_tensors
+        if self.online_probe is not None:
+            tensors |= module_tensors("probe", self.online_probe.state_dict())
+            probe_tensors, groups["probe"] = optimizer_tensors("optim/probe", self.online_probe.optimizer)
+            tensors |= probe_tensors
         random_tensors, python_rng = rng_tensors()
         tensors |= random_tensors
         path = checkpoint_path(self.out, self.step)
@@ -217,8 +232,8 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, images_uint8: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a uint8 batch ``(B, 3, S, S)``; returns the logged scalars."""
+    def train_step(self, images_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimisation step on a uint8 batch ``(B, 3, S, S)`` (labels only feed the online probe)."""
         config, step = self.config, self.step
         scale = warmup_cosine(step, self.total, round(config.warmup_fraction * self.total))
         for group in self.optimizer.param_groups:
@@ -252,6 +267,8 @@ class Trainer:
         total.backward()
         self.optimizer.step()
         logged["loss"] = float(total.detach())
+        if self.online_probe is not None and labels is not None:
+            logged |= self.online_probe.step(self.model.representation(), images, labels.to(self.device))
         # Auxiliary modules (discriminators) step after the main networks, on detached outputs.
         for runtime, pretext, output in outputs:
             aux_optimizer = self.aux_optimizers.get(runtime.spec.name)
@@ -276,6 +293,8 @@ class Trainer:
             key = f"{runtime.spec.name}/{runtime.task.metric}"
             if key in logged:
                 shown[key if len(self.model.runtimes) > 1 else runtime.task.metric] = logged[key]
+        if "probe/accuracy" in logged:
+            shown["probe"] = logged["probe/accuracy"]
         return shown
 
     def train(self) -> RunResult:
@@ -287,14 +306,14 @@ class Trainer:
         last = time.perf_counter()
         stop = StopRequest()
         with open(self.out / "metrics.jsonl", "a") as metrics, stop.installed():
-            for images, _ in self.stream.batches(self.step):
+            for images, labels in self.stream.batches(self.step):
                 if self.step >= self.total:
                     break
                 if stop.signal_number is not None:
                     progress.close()
                     self.save_checkpoint()
                     raise TrainingInterrupted(stop.signal_number, self.step)
-                logged = self.train_step(images)
+                logged = self.train_step(images, labels)
                 now = time.perf_counter()
                 images_per_s = len(images) / max(now - last, 1e-9)
                 last = now
