@@ -403,6 +403,66 @@ def export(run_dir: Path, out: Path, task: str | None) -> None:
     click.echo(f"wrote {report.path} ({report.architecture}): {report.message}")
 
 
+@main.command()
+@click.option("--tasks", required=True, metavar="T1,T2,...|all", help="Tasks to compare, or all installed ones.")
+@click.option("--data", default="shapes", show_default=True, metavar="NAME|PATH", help="Labelled data set.")
+@click.option("--steps", type=click.IntRange(1), help="Pretraining steps of every task (the budget) [default: 600].")
+@click.option("--protocols", default="linear,knn", show_default=True, help="Evaluation protocols, comma-separated.")
+@click.option("--backbone", default="smallconv", show_default=True, help="The backbone every row uses.")
+@click.option("--image-size", type=click.IntRange(8, 1024), help="Common image size [default: the tasks' largest].")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2), help="Images per step.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every row.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+    help="Where to train and evaluate.",
+)
+@click.option("--set", "protocol_options", multiple=True, metavar="KEY=VALUE", help="Protocol option, e.g. k=20.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Bench directory; re-running with the same one finishes what is missing.",
+)
+def bench(
+    tasks: str,
+    data: str,
+    steps: int | None,
+    protocols: str,
+    backbone: str,
+    image_size: int | None,
+    batch_size: int,
+    seed: int,
+    device: str,
+    protocol_options: tuple[str, ...],
+    out: Path,
+) -> None:
+    """Compare pretext tasks: same backbone, data and budget; random-init and supervised reference rows.
+
+    \b
+    Writes OUT/table.md, OUT/table.csv and OUT/chart.png, and prints the table.
+    Examples:
+      sslx bench --tasks rotation,jigsaw --steps 300 --out bench/shapes
+      sslx bench --tasks all --data fashion-mnist --image-size 32 --protocols linear,knn --out bench/fmnist
+    """
+    host = host_or_exit()
+    from ssl_engine.bench import Bench, BenchPlan, MissingExtraError
+
+    names = host.registry.names("task") if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    plan = BenchPlan(names, out, [p.strip() for p in protocols.split(",") if p.strip()], data, backbone, image_size,
+                     steps, batch_size, seed, device, parse_options(protocol_options))  # fmt: skip
+    try:
+        runner = Bench(plan, host.registry, echo=lambda line: click.echo(line, err=True))
+        runner.run()
+    except MissingExtraError as error:
+        click.echo(f"warning: {error}; the table was written without a chart", err=True)
+    except (*USER_ERRORS, ValueError) as error:
+        fail(error)
+    click.echo((out / "table.md").read_text())
+
+
 def _add_command_modules() -> None:
     """Subcommands that live in their own modules."""
     from ssl_engine.scaffold import new_plugin

@@ -1,0 +1,204 @@
+"""``sslx bench``: a fair, repeatable comparison of pretext tasks.
+
+Each task is pretrained with the same backbone, data, image size, optimiser and budget, then evaluated with the
+chosen protocols; two reference rows are added, the backbone at random initialisation and the same backbone
+trained with the labels (supervised). The table has methods as rows and protocols as columns, like the tables of
+Gidaris et al. 2018 and Chen et al. 2020, and is written as Markdown, CSV and a PNG chart. Every finished row is
+kept in ``OUT/rows/``, and an interrupted pretraining resumes from its checkpoint, so a bench can be re-run to
+finish what is missing without recomputing anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.data.options import DataError
+from ssl_engine.eval.context import EvalContext
+from ssl_engine.eval.supervised import train_supervised
+from ssl_engine.registry import Registry
+from ssl_engine.task import ImageSizeError, Representation
+from ssl_engine.train.loop import Trainer
+from ssl_engine.train.model import PretrainModel, resolve_image_size
+from ssl_engine.train.online_probe import count_classes
+
+RANDOM_INIT = "random init"
+SUPERVISED = "supervised"
+
+
+@dataclass
+class BenchPlan:
+    """What to compare and how."""
+
+    tasks: list[str]
+    out: Path
+    protocols: list[str] = field(default_factory=lambda: ["linear", "knn"])
+    data: str = "shapes"
+    backbone: str = "smallconv"
+    image_size: int | None = None
+    steps: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    protocol_options: dict[str, str] = field(default_factory=dict)
+
+
+def _slug(method: str) -> str:
+    return method.replace(" ", "-")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+class Bench:
+    """Runs a :class:`BenchPlan` row by row (skipping finished rows) and writes the table."""
+
+    def __init__(self, plan: BenchPlan, registry: Registry, echo: Callable[[str], None] = print) -> None:
+        self.plan, self.registry, self.echo = plan, registry, echo
+        for protocol in plan.protocols:
+            registry.get("evaluator", protocol)
+        for task in plan.tasks:
+            registry.get("task", task)
+        self.image_size = plan.image_size or resolve_image_size(
+            PretrainConfig([TaskSpec(t) for t in plan.tasks]), registry
+        )
+        (plan.out / "rows").mkdir(parents=True, exist_ok=True)
+
+    def config(self, task: str) -> PretrainConfig:
+        plan = self.plan
+        return PretrainConfig([TaskSpec(task)], backbone=plan.backbone, data=plan.data, image_size=self.image_size,
+                              batch_size=plan.batch_size, steps=plan.steps, seed=plan.seed, device=plan.device,
+                              probe=False)  # fmt: skip
+
+    def trainer(self, task: str, run_dir: Path) -> Trainer:
+        resume = (run_dir / "config.toml").exists()
+        return Trainer(self.config(task), self.registry, run_dir, resume=resume)
+
+    def representation(self, method: str) -> tuple[Representation, Trainer | None]:
+        """Train (or resume) what ``method`` needs and return its representation."""
+        runs = self.plan.out / "runs"
+        if method == RANDOM_INIT:
+            torch.manual_seed(self.plan.seed)
+            model = PretrainModel(self.config(self.plan.tasks[0]), self.registry, self.image_size)
+            return Representation(model.backbone), None
+        if method == SUPERVISED:
+            shutil.rmtree(runs / SUPERVISED, ignore_errors=True)  # a half-trained reference starts over
+            trainer = Trainer(self.config(self.plan.tasks[0]), self.registry, runs / SUPERVISED, resume=False)
+            classes = count_classes(trainer.source.split("train", self.image_size), trainer.stream.labels)
+            return train_supervised(trainer, classes), trainer
+        trainer = self.trainer(method, runs / method)
+        trainer.train()
+        return trainer.model.representation(), trainer
+
+    def row(self, method: str) -> dict[str, Any]:
+        """One row: ``{"method", "<protocol>": accuracy, ...}``, or ``n/a`` with the reason."""
+        path = self.plan.out / "rows" / f"{_slug(method)}.json"
+        if path.exists():
+            self.echo(f"{method}: done before, kept")
+            return dict(json.loads(path.read_text()))
+        self.echo(f"{method}: training and evaluating")
+        try:
+            representation, trainer = self.representation(method)
+        except (ImageSizeError, DataError) as error:
+            row: dict[str, Any] = {"method": method, "note": f"n/a: {error}"} | {p: None for p in self.plan.protocols}
+            _write_json(path, row)
+            return row
+        source = trainer.source if trainer is not None else self._source()
+        row = {"method": method, "steps": trainer.total if trainer is not None else 0}
+        for protocol in self.plan.protocols:
+            context = EvalContext(representation.to(self._device(trainer)), source, self.image_size,
+                                  self._device(trainer), seed=self.plan.seed,
+                                  options=dict(self.plan.protocol_options))  # fmt: skip
+            row[protocol] = float(self.registry.get("evaluator", protocol).obj(context)["accuracy"])
+        _write_json(path, row)
+        return row
+
+    def _source(self) -> Any:
+        from ssl_engine.data.catalog import resolve_data
+        from ssl_engine.data.options import DataOptions
+
+        return resolve_data(self.plan.data, self.registry, DataOptions())
+
+    def _device(self, trainer: Trainer | None) -> torch.device:
+        from ssl_engine.train.loop import pick_device
+
+        return trainer.device if trainer is not None else pick_device(self.plan.device)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every row (tasks, then the two references), then the table files."""
+        rows = [self.row(method) for method in [*self.plan.tasks, RANDOM_INIT, SUPERVISED]]
+        write_table(rows, self.plan, self.image_size)
+        return rows
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], plan: BenchPlan, image_size: int) -> str:
+    """The comparison as Markdown: test top-1 accuracy (%) per method and protocol."""
+    header = "| method | " + " | ".join(plan.protocols) + " |"
+    lines = [
+        f"Test top-1 accuracy (%) on {plan.data}; backbone {plan.backbone}, {image_size} px, batch {plan.batch_size}, "
+        f"{plan.steps or 'default'} pretraining steps, seed {plan.seed}.",
+        "",
+        header,
+        "|---" * (len(plan.protocols) + 1) + "|",
+    ]
+    for row in rows:
+        cells = " | ".join(_cell(row.get(p)) for p in plan.protocols)
+        lines.append(f"| {row['method']} | {cells} |")
+    notes = [f"- {row['method']}: {row['note']}" for row in rows if row.get("note")]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def write_table(rows: list[dict[str, Any]], plan: BenchPlan, image_size: int) -> None:
+    """``table.md``, ``table.csv`` and, when matplotlib is installed, ``chart.png`` in the bench directory."""
+    (plan.out / "table.md").write_text(markdown_table(rows, plan, image_size))
+    with open(plan.out / "table.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", *plan.protocols])
+        for row in rows:
+            writer.writerow([row["method"], *("" if row.get(p) is None else f"{row[p]:.4f}" for p in plan.protocols)])
+    draw_chart(rows, plan, plan.out / "chart.png")
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency is needed; the message says which extra to install."""
+
+
+def draw_chart(rows: list[dict[str, Any]], plan: BenchPlan, path: Path) -> None:
+    """Grouped bars: one group per method, one bar per protocol."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise MissingExtraError("the chart needs matplotlib: pip install 'sslx[plot]'") from None
+    figure, axes = pyplot.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6))
+    width = 0.8 / len(plan.protocols)
+    for index, protocol in enumerate(plan.protocols):
+        values = [100 * (row.get(protocol) or 0.0) for row in rows]
+        positions = [i + (index - (len(plan.protocols) - 1) / 2) * width for i in range(len(rows))]
+        axes.bar(positions, values, width, label=protocol)
+    axes.set_xticks(range(len(rows)), [row["method"] for row in rows], rotation=20)
+    axes.set_ylabel("test top-1 accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title(f"{plan.data}, {plan.backbone}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)

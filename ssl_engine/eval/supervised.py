@@ -1,0 +1,46 @@
+"""The supervised reference: the same backbone trained with the labels, same data, optimiser, schedule and budget.
+
+It is the upper reference row of a comparison table (the "ImageNet labels" row of the tables in Gidaris et al.
+2018 and Pathak et al. 2016): the backbone plus a linear classifier trained with cross-entropy on the train split.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ssl_engine.data.augment import random_crop_flip
+from ssl_engine.data.batches import BatchStream
+from ssl_engine.images import normalize, to_float
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.task import Representation
+from ssl_engine.train.loop import DEFAULT_STEPS, Trainer
+from ssl_engine.train.optim import make_optimizer
+from ssl_engine.train.schedule import warmup_cosine
+
+
+def train_supervised(trainer: Trainer, classes: int) -> Representation:
+    """Train ``trainer``'s backbone with labels for ``trainer.total`` steps; returns its representation.
+
+    ``trainer`` is only used for what it built (backbone, data stream, device, config); its tasks are ignored.
+    """
+    config, device = trainer.config, trainer.device
+    backbone = trainer.model.backbone
+    head = nn.Linear(backbone.feature_dim, classes).to(device)
+    optimizer = make_optimizer(config.optimizer, [backbone, head], trainer.lr, config.weight_decay)
+    stream: BatchStream = trainer.stream
+    total = trainer.total or DEFAULT_STEPS
+    for step, (images, labels) in zip(range(total), stream.batches(0), strict=False):
+        for group in optimizer.param_groups:
+            group["lr"] = trainer.lr * warmup_cosine(step, total, round(config.warmup_fraction * total))
+        batch = to_float(images.to(device))
+        batch = random_crop_flip(batch, BatchRandom(config.seed, step, "base-augment", len(batch), device=device))
+        backbone.train()
+        loss = F.cross_entropy(head(backbone.pooled(normalize(batch))), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if not torch.isfinite(loss):
+        raise FloatingPointError("the supervised reference diverged; lower --lr")
+    return Representation(backbone)

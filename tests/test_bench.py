@@ -1,0 +1,47 @@
+"""``sslx bench``: the comparison table with reference rows, written as Markdown, CSV and PNG, and resumable."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from PIL import Image
+
+
+def test_bench_writes_table_csv_chart_and_skips_finished_rows(invoke, image_folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "bench"
+    args = ("bench", "--tasks", "rotation,jigsaw", "--data", image_folder, "--image-size", "24", "--steps", "2",
+            "--batch-size", "8", "--protocols", "linear,knn", "--set", "k=5", "--out", out)  # fmt: skip
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    table = (out / "table.md").read_text()
+    assert "| method | linear | knn |" in table
+    for method in ("rotation", "jigsaw", "random init", "supervised"):
+        assert f"| {method} |" in table and f"{method}: training and evaluating" in first.output
+    with open(out / "table.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["method", "linear", "knn"] and [r[0] for r in rows[1:]] == [
+        "rotation", "jigsaw", "random init", "supervised"]  # fmt: skip
+    assert all(0 <= float(value) <= 1 for row in rows[1:] for value in row[1:])
+    with Image.open(out / "chart.png") as chart:
+        assert chart.format == "PNG" and chart.width > 300
+    assert table in first.output  # printed too
+    again = invoke(*args)
+    assert again.exit_code == 0
+    assert "training and evaluating" not in again.output and again.output.count("done before, kept") == 4
+    assert (out / "table.md").read_text() == table
+
+
+def test_bench_marks_tasks_that_cannot_run_as_na(invoke, image_folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "bench"
+    result = invoke("bench", "--tasks", "jigsaw", "--data", image_folder, "--image-size", "16", "--steps", "1",
+                    "--batch-size", "8", "--protocols", "knn", "--set", "k=5", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| jigsaw | n/a |" in (out / "table.md").read_text() and "needs images of at least" in result.output
+
+
+def test_bench_unknown_names_exit_2(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = invoke("bench", "--tasks", "rotation,telepathy", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "unknown task 'telepathy'" in result.output
+    result = invoke("bench", "--tasks", "rotation", "--protocols", "vibes", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "unknown evaluator 'vibes'" in result.output
