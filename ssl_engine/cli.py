@@ -104,7 +104,15 @@ def show_warning(message: Warning | str, category: type[Warning], *args: Any, **
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
-    """List installed plugins: distribution, version, hooks and what each registered."""
+    """List installed plugins: distribution, version, hooks and what each registered.
+
+    \b
+    Plugin problems (failed imports, hooks that raised, names already taken) are listed too.
+    Examples:
+      sslx plugins
+      sslx plugins --json
+      SSLX_DISABLE_PLUGINS=broken sslx plugins
+    """
     host = host_or_exit()
     listing = [asdict(info) for info in host.plugins.values()]
     problems = [asdict(problem) for problem in host.problems]
@@ -335,7 +343,13 @@ def pretrain(**options: Any) -> None:
     metavar="KEY=VALUE",
     help="Protocol option, e.g. k=20 or temperature=0.07 (knn), epochs=10 or lr=0.005 (finetune).",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+    help="Where to compute features and train classifiers.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(
     run_dir: Path,
@@ -461,6 +475,77 @@ def bench(
     except (*USER_ERRORS, ValueError) as error:
         fail(error)
     click.echo((out / "table.md").read_text())
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="The PNG to write [default: FIRST_RUN/curves.png]."
+)
+def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
+    """Draw loss, pretext-metric and learning-rate curves of one or several runs into one PNG.
+
+    \b
+    Examples:
+      sslx plot runs/rot
+      sslx plot runs/rot runs/jigsaw --out compare.png
+    """
+    host = host_or_exit()
+    from ssl_engine.bench import MissingExtraError
+    from ssl_engine.plot import plot_runs
+
+    try:
+        written = plot_runs(list(run_dirs), out or run_dirs[0] / "curves.png", host.registry)
+    except MissingExtraError as error:
+        raise click.ClickException(str(error)) from None
+    except (*USER_ERRORS, ValueError) as error:
+        fail(error)
+    click.echo(f"wrote {written}")
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--task", help="The task to draw (for a RUN_DIR: one of its tasks) [default: all of the run's].")
+@click.option("--data", help="Data set or folder the examples come from [default: shapes, or the run's].")
+@click.option("--image-size", type=click.IntRange(8, 1024), help="Image side in px [default: the task's].")
+@click.option("--count", default=6, show_default=True, type=click.IntRange(1, 64), help="Examples (rows).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the pseudo-labels drawn.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write [default: TASK.png, or RUN_DIR/show-TASK.png].",
+)
+def show(
+    run_dir: Path | None,
+    task: str | None,
+    data: str | None,
+    image_size: int | None,
+    count: int,
+    seed: int,
+    out: Path | None,
+) -> None:
+    """Draw real examples of a task's pretext batch (after a run: with the model's predictions).
+
+    \b
+    Examples:
+      sslx show --task rotation --out rotation.png
+      sslx show --task jigsaw --data cifar10 --data-dir ~/data
+      sslx show runs/rot
+    """
+    host = host_or_exit()
+    from ssl_engine.show import render
+
+    try:
+        pictures = render(host.registry, run_dir=run_dir, task=task, data=data, image_size=image_size, count=count,
+                          seed=seed)  # fmt: skip
+    except (*USER_ERRORS, ValueError) as error:
+        fail(error)
+    for name, picture in pictures.items():
+        path = out if out is not None and len(pictures) == 1 else None
+        if path is None:
+            path = run_dir / f"show-{name}.png" if run_dir is not None else Path(f"{name}.png")
+        picture.save(path)
+        click.echo(f"wrote {path}")
 
 
 def _add_command_modules() -> None:

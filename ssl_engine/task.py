@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ssl_engine.backbones.base import Backbone
@@ -257,6 +258,19 @@ class PretextTask:
         Detach anything that comes from the main networks. The default (no aux modules) returns nothing.
         """
         return {}
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """A picture of the pretext batch for ``sslx show`` (override to draw it the way the paper does).
+
+        Args:
+            images: the originals ``(N, 3, S, S)`` in [0, 1].
+            batch: ``pseudo_labels`` of those images.
+            output: the model's output on the batch after a run (``None`` before training).
+        """
+        from ssl_engine.show import default_drawing
+
+        predictions = output.predictions if output is not None else None
+        return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}")
 
     def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
         """The frozen features used downstream: by default the backbone on normalised RGB."""

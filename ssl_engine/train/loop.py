@@ -33,6 +33,7 @@ from ssl_engine.images import to_float
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
+from ssl_engine.train.metrics_log import MetricsLog
 from ssl_engine.train.model import PretrainModel, RunSetupError, resolve_image_size, task_classes
 from ssl_engine.train.online_probe import OnlineProbe, count_classes
 from ssl_engine.train.optim import DEFAULT_LR, make_optimizer
@@ -305,7 +306,7 @@ class Trainer:
         logged: dict[str, float] = {}
         last = time.perf_counter()
         stop = StopRequest()
-        with open(self.out / "metrics.jsonl", "a") as metrics, stop.installed():
+        with MetricsLog(self.out) as metrics, stop.installed():
             for images, labels in self.stream.batches(self.step):
                 if self.step >= self.total:
                     break
@@ -318,8 +319,7 @@ class Trainer:
                 images_per_s = len(images) / max(now - last, 1e-9)
                 last = now
                 if self.step % self.config.log_every == 0 or self.step == self.total:
-                    metrics.write(json.dumps({"step": self.step, "images_per_s": images_per_s, **logged}) + "\n")
-                    metrics.flush()
+                    metrics.write(self.step, {"images_per_s": images_per_s, **logged})
                 progress.update(self.step, self.headline(logged), images_per_s)
                 if self.step % self.config.checkpoint_every == 0 and self.step < self.total:
                     self.save_checkpoint()

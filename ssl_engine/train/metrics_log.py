@@ -1,0 +1,44 @@
+"""Where logged metrics go: ``RUN_DIR/metrics.jsonl`` always, TensorBoard event files when it is installed.
+
+TensorBoard is an optional extra (``pip install 'sslx[tensorboard]'``); its event files go to
+``RUN_DIR/tensorboard/`` so ``tensorboard --logdir runs`` shows every run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step and mirrors scalars to TensorBoard when available."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in __exit__
+        self.writer: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra
+            return
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        """Log ``values`` (scalars keyed like ``rotation/accuracy``) at ``step``."""
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
