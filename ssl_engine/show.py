@@ -39,7 +39,7 @@ def to_picture(image: torch.Tensor, size: int = CELL) -> Image.Image:
 
 
 def _caption(targets: torch.Tensor, predictions: torch.Tensor | None, index: int) -> str:
-    text = f"t={int(targets[index])}" if targets.dtype == torch.long else ""
+    text = f"t={int(targets[index])}" if targets.dtype == torch.long and targets.ndim == 1 else ""
     if predictions is not None and predictions.ndim == 2 and predictions.shape[0] == targets.shape[0]:
         text += f" p={int(predictions[index].argmax())}"
     return text

@@ -1,106 +1,70 @@
-"""The contract test: every installed pretext task, run on small CPU inputs (the timm way)."""
+"""The contract test: the conformance kit (:mod:`ssl_engine.testing`) over every installed pretext task, on small
+CPU inputs (the timm way), check by check; then once more for every alternative of each switch a task declares
+(boolean settings and string settings with choices), so code paths off the defaults keep the contract too."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-import torch
 
-from ssl_engine.config import PretrainConfig, TaskSpec
-from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.images import to_float
 from ssl_engine.plugins import get_host
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.task import ImageSizeError, PretextTask
-from ssl_engine.train.model import PretrainModel
+from ssl_engine.testing import CHECKS, ConformanceError, TaskUnderTest, check_pretext_task, prepare
 
-REGISTRY = get_host().registry
+HOST = get_host()
+REGISTRY = HOST.registry
 TASKS = REGISTRY.names("task")
-BATCH = 4
+# Known breaks of the contract, by test id, kept visible (strict: once fixed, the entry must go).
+KNOWN_DEVIATIONS = {
+    "splitbrain.loss_mode=regression": (
+        "declares loss_kind 'classification' but makes float targets and computes its own l2 in regression mode, "
+        "so --loss is accepted and ignored there"
+    ),
+}
+
+
+def param(*values: Any, id: str) -> Any:
+    """A test case, marked as an expected failure when it is a known deviation."""
+    deviation = KNOWN_DEVIATIONS.get(id)
+    marks = [pytest.mark.xfail(reason=deviation, raises=ConformanceError, strict=True)] if deviation else []
+    return pytest.param(*values, id=id, marks=marks)
 
 
 def test_the_project_tasks_are_installed() -> None:
     assert {"rotation", "jigsaw"} <= set(TASKS)
 
 
-def images_for(task_class: type[PretextTask]) -> torch.Tensor:
-    size = max(task_class.min_image_size, 32)
-    dataset = ShapesDataset("train", size, size=BATCH)
-    return to_float(torch.stack([dataset[i][0] for i in range(BATCH)]))  # (B, 3, S, S)
+def task_plugin(name: str) -> object:
+    """The installed plugin object that registers task ``name`` (so heads or losses it adds are there too)."""
+    return HOST.manager.get_plugin(REGISTRY.get("task", name).plugin)
 
 
-def build(name: str) -> tuple[PretrainModel, torch.Tensor]:
-    task_class = REGISTRY.get("task", name).obj
-    images = images_for(task_class)
-    torch.manual_seed(0)
-    model = PretrainModel(PretrainConfig([TaskSpec(name)]), REGISTRY, images.shape[-1])
-    return model, images
+def subject(name: str) -> TaskUnderTest:
+    return prepare(REGISTRY.get("task", name).obj, plugin=task_plugin(name))
 
 
-@pytest.mark.parametrize("name", TASKS)
-def test_declaration(name: str) -> None:
-    task_class = REGISTRY.get("task", name).obj
-    task_class.check_declaration()
-    assert task_class.summary and task_class.paper
-    with pytest.raises(ImageSizeError, match=str(task_class.min_image_size)):
-        task_class.check_images(task_class.min_image_size - 1)
+@pytest.mark.parametrize(
+    ("name", "check"), [param(name, check, id=f"{name}-{check}") for name in TASKS for check in CHECKS]
+)
+def test_task_keeps_the_contract(name: str, check: str) -> None:
+    CHECKS[check](subject(name))
 
 
-@pytest.mark.parametrize("name", TASKS)
-def test_pseudo_labels_shapes_and_determinism(name: str) -> None:
-    model, images = build(name)
-    [runtime] = model.runtimes
-    batch = runtime.task.pseudo_labels(images, BatchRandom(0, 7, name, BATCH))
-    again = runtime.task.pseudo_labels(images, BatchRandom(0, 7, name, BATCH))
-    assert batch.inputs.shape[0] == BATCH * batch.views
-    assert batch.views in (1, runtime.task.views)
-    assert torch.isfinite(batch.inputs).all()
-    assert torch.equal(batch.inputs, again.inputs) and torch.equal(batch.targets, again.targets)
-    if runtime.task.loss_kind == "classification":
-        assert batch.targets.dtype == torch.long
-        assert batch.targets.shape[0] in (BATCH, BATCH * batch.views)
-        logits = runtime.task.forward(model.backbone, runtime.modules, runtime.aux, batch).predictions
-        assert logits is not None
-        assert batch.targets.min() >= 0 and batch.targets.max() < logits.shape[1]
+def switch_variants() -> list[Any]:
+    """``(task, setting, value)`` for every non-default value of each task's boolean and choice settings."""
+    variants = []
+    for name in TASKS:
+        for setting in REGISTRY.get("task", name).obj.settings:
+            if setting.type is bool:
+                values: tuple[Any, ...] = (not setting.default,)
+            elif setting.type is str and setting.choices:
+                values = tuple(choice for choice in setting.choices if choice != setting.default)
+            else:
+                continue
+            variants += [param(name, setting.name, value, id=f"{name}.{setting.name}={value}") for value in values]
+    return variants
 
 
-@pytest.mark.parametrize("name", TASKS)
-def test_pseudo_labels_depend_only_on_place_in_global_batch(name: str) -> None:
-    """Two processes with half the batch each see exactly what one process with the whole batch sees."""
-    model, images = build(name)
-    [runtime] = model.runtimes
-    whole = runtime.task.pseudo_labels(images, BatchRandom(3, 11, name, BATCH))
-    half = BATCH // 2
-    parts = [
-        runtime.task.pseudo_labels(
-            images[rank * half : (rank + 1) * half],
-            BatchRandom(3, 11, name, half, global_batch=BATCH, offset=rank * half),
-        )
-        for rank in range(2)
-    ]
-    assert torch.allclose(torch.cat([p.inputs for p in parts]), whole.inputs, atol=1e-6)
-    if whole.targets.shape[0] in (BATCH, BATCH * whole.views):
-        assert torch.equal(torch.cat([p.targets for p in parts]), whole.targets)
-
-
-@pytest.mark.parametrize("name", TASKS)
-def test_loss_is_finite_and_gradients_reach_the_backbone(name: str) -> None:
-    model, images = build(name)
-    [runtime] = model.runtimes
-    model.train()
-    batch = runtime.task.pseudo_labels(images, BatchRandom(0, 0, name, BATCH))
-    output = runtime.task.forward(model.backbone, runtime.modules, runtime.aux, batch)
-    assert output.losses and all(torch.isfinite(term) and term.ndim == 0 for term in output.losses.values())
-    assert runtime.task.metric in output.metrics
-    runtime.task.weighted_total(output.losses).backward()
-    grads = [p.grad for p in model.backbone.parameters()]
-    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
-    for term in runtime.task.aux_losses(runtime.aux, batch, output).values():
-        assert torch.isfinite(term)
-
-
-@pytest.mark.parametrize("name", TASKS)
-def test_representation_gives_one_vector_per_image(name: str) -> None:
-    model, images = build(name)
-    features = model.representation().eval()(images)
-    assert features.shape == (BATCH, model.representation().feature_dim)
-    assert torch.isfinite(features).all()
+@pytest.mark.parametrize(("name", "setting", "value"), switch_variants())
+def test_every_switch_keeps_the_contract(name: str, setting: str, value: Any) -> None:
+    check_pretext_task(REGISTRY.get("task", name).obj, settings={setting: value}, plugin=task_plugin(name))

@@ -1,0 +1,1035 @@
+"""The conformance kit: the whole pretext-task contract of :mod:`ssl_engine.task`, for a plugin's own tests.
+
+A plugin's test suite calls it on its task class, installed or not::
+
+    from ssl_engine.testing import check_pretext_task
+    from sslx_flip.task import FlipTask
+
+    def test_flip_keeps_the_contract() -> None:
+        check_pretext_task(FlipTask)
+
+Everything runs on small inputs (4 real images of the embedded ``shapes`` data, 32 px or the task's minimum) on
+the CPU, unless ``device=`` says otherwise, through the engine's own model builder
+(:class:`~ssl_engine.train.model.PretrainModel` over a registry made by
+:meth:`~ssl_engine.plugins.PluginHost.from_plugins`), so a task passes here exactly when the engine can run it.
+Each broken rule raises :class:`ConformanceError`, an ``AssertionError`` (pytest shows it as a plain test
+failure), whose message starts with the rule's name::
+
+    rule 'targets-shape': task 'flip' returned targets of shape (3,) for a batch of 4 with 1 view(s); expected (4,)
+
+The checks can also be run one at a time (:data:`CHECKS`, e.g. ``check_determinism(FlipTask)``), or on a prepared
+:class:`TaskUnderTest` with settings, a head, a loss or the plugin object that registers the task
+(:func:`prepare`). A plugin's own behaviour tests can borrow the same set-up: ``prepare(FlipTask).build()`` is a
+built model and the task's runtime (its instance, modules and aux), ``prepare(FlipTask).images`` real images.
+
+The rules, grouped by the check (:data:`CHECKS`) that first enforces them:
+
+=========================== =========================================================================================
+rule                        what it asks of a task
+=========================== =========================================================================================
+**declaration**
+``declaration``             the class attributes make a usable task (:meth:`PretextTask.check_declaration`)
+``registration``            its plugin registers it under its ``name`` without problems
+``description``             ``summary`` and ``paper`` are filled in
+``image-size``              images below ``min_image_size`` are refused naming the minimum; the default is not below it
+``color``                   a task that ``needs_color`` refuses grayscale data
+**pseudo-labels**
+``build``                   the engine builds it (settings, head, loss); its modules are ``nn.ModuleDict`` objects
+``pseudo-labels``           ``pseudo_labels`` runs and returns a :class:`PretextBatch`
+``images-untouched``        the images given are not modified in place (other tasks of a mix see them next)
+``views``                   ``batch.views`` is the declared ``views`` (or 1)
+``inputs-shape``            inputs are ``(B * views, C, h, w)``
+``inputs-dtype``            inputs are floating point
+``inputs-finite``           inputs hold no NaN or infinity
+``inputs-normalised``       inputs are ready for the network (normalised), not images in [0, 1]
+``targets-shape``           targets have one row per image ``(B, ...)`` or per view ``(B * views, ...)``
+``targets-dtype``           classification targets are int64
+``targets-finite``          floating-point targets hold no NaN or infinity
+``device``                  every tensor it makes (views, targets, extras, losses, features) is on the images' device
+**determinism**
+``deterministic``           the same (seed, step, stream) gives identical pseudo-labels, whatever the global RNGs hold
+``varies-with-step``        a task drawing from its ``BatchRandom`` gets other pseudo-labels at other steps
+``global-batch``            two processes holding half the batch each make what one process with the whole batch makes
+**forward**
+``forward``                 ``forward`` runs and returns a :class:`TaskOutput`
+``loss-terms``              at least one named loss term; ``loss_weights`` are finite numbers
+``loss-scalar``             every loss term is a floating-point scalar (0-dim tensor)
+``loss-finite``             every loss term is finite
+``metric``                  the pretext metric (``metric``) is among the metrics; metrics are detached scalars
+``predictions``             a classification task returns its logits ``(N, K, ...)`` as predictions
+``targets-range``           classification targets lie in ``[0, K)``
+``gradients-to-backbone``   the weighted loss back-propagates into every parameter of the backbone
+**aux**
+``aux-losses``              aux loss terms are finite scalars
+``aux-only``                aux losses train only the aux modules (main outputs detached)
+``aux-trained``             aux modules with parameters get gradients from the aux losses
+**representation**
+``representation``          ``representation`` returns a module with an integer ``feature_dim``
+``representation-shape``    it maps ``(B, 3, S, S)`` images to ``(B, feature_dim)``
+``representation-finite``   its features hold no NaN or infinity
+**draw**
+``draw``                    ``draw`` pictures the pretext batch (a PIL image) before training and with an output
+**checkpoint**
+``checkpoint-roundtrip``    modules and aux saved as a checkpoint (safetensors) and loaded into a fresh build give
+                            identical pseudo-labels, losses, predictions and features
+**mix**
+``mix``                     the task builds and trains beside another task on one shared backbone
+``mix-isolated``            in a mix it computes exactly what it computes alone
+``mix-refused``             a task declaring ``shares_backbone = False`` is refused in a mix (``RunSetupError``)
+=========================== =========================================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random as python_random
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ssl_engine.backbones.base import Backbone
+from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.data.shapes import ShapesDataset
+from ssl_engine.hookspecs import hookimpl
+from ssl_engine.images import normalize, to_float
+from ssl_engine.plugins import PluginHost
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.registry import Registry
+from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskOutput, accuracy
+from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime
+
+__all__ = [
+    "CHECKS",
+    "REFERENCE_TASK",
+    "RULES",
+    "ConformanceError",
+    "ReferenceTask",
+    "TaskUnderTest",
+    "check_aux",
+    "check_checkpoint",
+    "check_declaration",
+    "check_determinism",
+    "check_draw",
+    "check_forward",
+    "check_mix",
+    "check_pretext_task",
+    "check_pseudo_labels",
+    "check_representation",
+    "prepare",
+]
+
+RULES: dict[str, str] = {
+    "declaration": "the class attributes make a usable task",
+    "registration": "its plugin registers it under its name without problems",
+    "description": "summary and paper are filled in",
+    "image-size": "images below min_image_size are refused naming the minimum; the default is not below it",
+    "color": "a task that needs_color refuses grayscale data",
+    "build": "the engine builds it; its modules are nn.ModuleDicts",
+    "pseudo-labels": "pseudo_labels runs and returns a PretextBatch",
+    "images-untouched": "the images given are not modified in place",
+    "views": "batch.views is the declared views (or 1)",
+    "inputs-shape": "inputs are (B * views, C, h, w)",
+    "inputs-dtype": "inputs are floating point",
+    "inputs-finite": "inputs hold no NaN or infinity",
+    "inputs-normalised": "inputs are normalised, not images in [0, 1]",
+    "targets-shape": "targets have one row per image or per view",
+    "targets-dtype": "classification targets are int64",
+    "targets-finite": "floating-point targets hold no NaN or infinity",
+    "device": "every tensor made is on the images' device",
+    "deterministic": "the same (seed, step, stream) gives identical pseudo-labels",
+    "varies-with-step": "a task drawing from its BatchRandom gets other pseudo-labels at other steps",
+    "global-batch": "two halves of the global batch make what the whole batch makes",
+    "forward": "forward runs and returns a TaskOutput",
+    "loss-terms": "at least one named loss term; loss_weights are finite numbers",
+    "loss-scalar": "every loss term is a floating-point scalar",
+    "loss-finite": "every loss term is finite",
+    "metric": "the pretext metric is among the metrics; metrics are detached scalars",
+    "predictions": "a classification task returns its logits (N, K, ...) as predictions",
+    "targets-range": "classification targets lie in [0, K)",
+    "gradients-to-backbone": "the weighted loss back-propagates into every parameter of the backbone",
+    "aux-losses": "aux loss terms are finite scalars",
+    "aux-only": "aux losses train only the aux modules",
+    "aux-trained": "aux modules with parameters get gradients from the aux losses",
+    "representation": "representation returns a module with an integer feature_dim",
+    "representation-shape": "it maps (B, 3, S, S) images to (B, feature_dim)",
+    "representation-finite": "its features hold no NaN or infinity",
+    "draw": "draw pictures the pretext batch (a PIL image) before training and with an output",
+    "checkpoint-roundtrip": "a checkpoint loaded into a fresh build gives identical outputs",
+    "mix": "the task builds and trains beside another task on one shared backbone",
+    "mix-isolated": "in a mix it computes exactly what it computes alone",
+    "mix-refused": "a task declaring shares_backbone = False is refused in a mix",
+}
+
+PLUGIN_UNDER_TEST = "under-test"
+REFERENCE_TASK = "kit_reference"
+# Steps tried before concluding that a task's draws never reach its pseudo-labels: with a coin per image and
+# B = 4 images, two steps agree by chance with probability 1/16, eight steps all agree with about 1e-10.
+OTHER_STEPS = 8
+SEED = 0
+STEP = 7
+# Results computed twice from the same weights may differ in the last bits (kernels pick algorithms per shape).
+RTOL, ATOL = 1e-5, 1e-6
+
+
+class ConformanceError(AssertionError):
+    """A task broke a rule of the contract; the message starts with ``rule '<rule>': task '<name>'``.
+
+    Attributes:
+        rule: the rule broken, a key of :data:`RULES`.
+        task: the task's name.
+    """
+
+    def __init__(self, rule: str, task: str, detail: str) -> None:
+        self.rule, self.task = rule, task
+        super().__init__(f"rule {rule!r}: task {task!r} {detail}")
+
+
+class ReferenceTask(PretextTask):
+    """A tiny known-good task the kit mixes the task under test with: was each image turned upside down?
+
+    Views: 1 per image; targets ``(B,)`` int64, 1 where the image was flipped vertically; a classifier on the
+    pooled features; cross-entropy term ``upside_down``; metric ``accuracy``.
+    """
+
+    name = REFERENCE_TASK
+    summary = "conformance-kit reference: was the image turned upside down?"
+    paper = "(none: the reference task of ssl_engine.testing)"
+    views = 1
+    min_image_size = 8
+
+    def build_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, 2)})
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        flipped = random.bernoulli(0.5)  # (B,)
+        views = torch.where(flipped[:, None, None, None], images.flip(2), images)  # (B, 3, S, S)
+        return PretextBatch(normalize(views), flipped.long())
+
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
+        logits = modules["head"](backbone.pooled(batch.inputs))  # (B, 2)
+        loss = self.context.loss_fn(logits.float(), batch.targets)
+        return TaskOutput({"upside_down": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+
+
+class _ReferencePlugin:
+    @hookimpl
+    def register_tasks(self, register: Callable[[type], None]) -> None:
+        register(ReferenceTask)
+
+
+class _PluginOf:
+    """An inline plugin registering one task class (the task under test, installed or not)."""
+
+    def __init__(self, task_class: type[PretextTask]) -> None:
+        self.task_class = task_class
+
+    @hookimpl
+    def register_tasks(self, register: Callable[[type], None]) -> None:
+        register(self.task_class)
+
+
+class _RecordingRandom(BatchRandom):
+    """A :class:`BatchRandom` that notes whether anything was drawn from it or from its split streams."""
+
+    drawn: list[bool]
+
+    def _slice(self, values: torch.Tensor) -> torch.Tensor:
+        self.drawn[0] = True
+        return super()._slice(values)
+
+    def split(self, stream: str) -> BatchRandom:
+        child = _RecordingRandom.__new__(_RecordingRandom)
+        child.__dict__.update(super().split(stream).__dict__)
+        child.drawn = self.drawn
+        return child
+
+
+@dataclass
+class TaskUnderTest:
+    """A task class with everything the checks need: a registry holding it, real images, the options.
+
+    Build one with :func:`prepare`. Models are built fresh by each check (:meth:`build`), so checks don't
+    depend on one another.
+
+    Attributes:
+        task_class: the task checked.
+        batch: images per batch ``B``.
+        image_size: side ``S`` of the images.
+        settings: task settings, as ``--set`` would give them.
+        head: a registered head to use instead of the task's default.
+        loss: a registered loss to use instead of the task's default.
+        plugin: the plugin object registering the task (default: an inline one registering just the class).
+        device: where everything runs.
+    """
+
+    task_class: type[PretextTask]
+    batch: int
+    image_size: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    head: str | None = None
+    loss: str | None = None
+    plugin: object | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def name(self) -> str:
+        return self.task_class.name
+
+    def fail(self, rule: str, detail: str) -> NoReturn:
+        """Raise the :class:`ConformanceError` of ``rule``."""
+        raise ConformanceError(rule, self.name, detail)
+
+    @cached_property
+    def registry(self) -> Registry:
+        """The core's pieces, the task's plugin and the kit's reference task."""
+        plugin = self.plugin if self.plugin is not None else _PluginOf(self.task_class)
+        host = PluginHost.from_plugins([(PLUGIN_UNDER_TEST, plugin), ("kit-reference", _ReferencePlugin())])
+        problems = [str(problem) for problem in host.problems if problem.plugin == PLUGIN_UNDER_TEST]
+        if problems:
+            self.fail("registration", "could not be registered: " + "; ".join(problems))
+        if self.name not in host.registry.names("task"):
+            self.fail("registration", "is not registered by its plugin (no register(TaskClass) call for it)")
+        registered = host.registry.get("task", self.name).obj
+        if registered is not self.task_class:
+            self.fail("registration", f"is registered as {registered.__qualname__}, not {self.task_class.__qualname__}")
+        return host.registry
+
+    @cached_property
+    def images(self) -> torch.Tensor:
+        """``(B, 3, S, S)`` float images in [0, 1] of the embedded shapes data, on the device."""
+        dataset = ShapesDataset("train", self.image_size, size=self.batch)
+        return to_float(torch.stack([dataset[i][0] for i in range(self.batch)])).to(self.device)
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(self.name, settings=dict(self.settings), head=self.head, loss=self.loss)
+
+    def build(self, seed: int = 0) -> tuple[PretrainModel, TaskRuntime]:
+        """A fresh model with the task alone, its weights initialised from ``seed``, in training mode."""
+        torch.manual_seed(seed)
+        try:
+            model = PretrainModel(PretrainConfig([self.spec()]), self.registry, self.image_size)
+        except ConformanceError:
+            raise
+        except Exception as error:
+            self.fail("build", f"could not be built: {type(error).__name__}: {error}")
+        [runtime] = model.runtimes
+        for what, modules in (("build_modules", runtime.modules), ("build_aux_modules", runtime.aux)):
+            if not isinstance(modules, nn.ModuleDict):
+                self.fail("build", f"{what} returned {type(modules).__name__}, expected nn.ModuleDict")
+        return model.to(self.device).train(), runtime
+
+    def random(
+        self, step: int = STEP, *, seed: int = SEED, local_batch: int | None = None, offset: int = 0
+    ) -> _RecordingRandom:
+        """The task's :class:`BatchRandom` at ``step``, as the trainer makes it (a slice with ``local_batch``)."""
+        local = self.batch if local_batch is None else local_batch
+        random = _RecordingRandom(
+            seed, step, self.name, local, global_batch=self.batch, offset=offset, device=self.device
+        )
+        random.drawn = [False]
+        return random
+
+    def pseudo_labels(self, task: PretextTask, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        """``task.pseudo_labels`` with failures turned into the ``pseudo-labels`` rule."""
+        try:
+            batch = task.pseudo_labels(images, random)
+        except Exception as error:
+            self.fail("pseudo-labels", f"raised {type(error).__name__} in pseudo_labels: {error}")
+        if not isinstance(batch, PretextBatch):
+            self.fail("pseudo-labels", f"returned {type(batch).__name__} from pseudo_labels, expected PretextBatch")
+        return batch
+
+    def forward(self, model: PretrainModel, runtime: TaskRuntime, batch: PretextBatch) -> TaskOutput:
+        """``task.forward`` (with the global RNG seeded, for dropout) with failures turned into rules."""
+        torch.manual_seed(SEED)
+        try:
+            output = runtime.task.forward(model.backbone, runtime.modules, runtime.aux, batch)
+        except Exception as error:
+            self.fail("forward", f"raised {type(error).__name__} in forward: {error}")
+        if not isinstance(output, TaskOutput):
+            self.fail("forward", f"returned {type(output).__name__} from forward, expected TaskOutput")
+        return output
+
+    def on_device(self, what: str, tensor: torch.Tensor) -> None:
+        if tensor.device != self.device:
+            self.fail("device", f"made {what} on {tensor.device}, but the images are on {self.device}")
+
+
+def prepare(
+    task_class: type[PretextTask],
+    *,
+    image_size: int | None = None,
+    batch: int = 4,
+    settings: Mapping[str, Any] | None = None,
+    head: str | None = None,
+    loss: str | None = None,
+    plugin: object | None = None,
+    device: torch.device | str = "cpu",
+) -> TaskUnderTest:
+    """Get a task class ready for the checks.
+
+    Args:
+        task_class: the :class:`PretextTask` subclass, installed or not.
+        image_size: image side; default ``max(min_image_size, 32)``.
+        batch: images per batch (at least 2: the global-batch check splits it in two halves).
+        settings: task settings (``{"permutations": 30}``), validated as ``--set`` values are.
+        head: a registered head to give the task (``--head``).
+        loss: a registered loss to give the task (``--loss``).
+        plugin: the plugin object that registers the task (e.g. the ``sslx_mytask.plugin`` module), needed when
+            the task uses heads or losses its plugin registers; default an inline plugin registering the class.
+        device: where to run (``"cuda"`` checks the device rule on a GPU).
+
+    Returns:
+        The :class:`TaskUnderTest` the ``check_*`` functions take.
+    """
+    if not (isinstance(task_class, type) and issubclass(task_class, PretextTask)):
+        raise TypeError(f"the conformance kit checks PretextTask subclasses, got {task_class!r}")
+    if batch < 2:
+        raise ValueError(f"batch must be at least 2 (the global-batch check halves it), got {batch}")
+    size = image_size if image_size is not None else max(task_class.min_image_size, 32)
+    return TaskUnderTest(task_class, batch, size, dict(settings or {}), head, loss, plugin, device=torch.device(device))
+
+
+Subject = TaskUnderTest | type[PretextTask]
+
+
+def _subject(task: Subject) -> TaskUnderTest:
+    return task if isinstance(task, TaskUnderTest) else prepare(task)
+
+
+@contextlib.contextmanager
+def _global_state_kept() -> Iterator[None]:
+    """Run a check on one CPU thread, restoring the caller's thread count and global RNG states afterwards.
+
+    The checks reseed the global RNGs. One thread is as fast as several on inputs this small, and much faster when
+    test processes share the cores (spinning worker threads then fight over them).
+    """
+    torch_state = torch.get_rng_state()
+    python_state = python_random.getstate()
+    numpy_state = np.random.get_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(torch_state)
+        python_random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _scramble_global_rngs(seed: int) -> None:
+    """Put every global RNG a task might wrongly draw from into a state of its own."""
+    torch.manual_seed(seed)
+    python_random.seed(seed)
+    np.random.seed(seed)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return str(tuple(tensor.shape))
+
+
+def _difference(a: torch.Tensor, b: torch.Tensor, *, exact: bool) -> str | None:
+    """How ``b`` differs from ``a`` (``None`` when equal, exactly or within the tolerances)."""
+    if a.shape != b.shape:
+        return f"shape {_shape(a)} vs {_shape(b)}"
+    if a.dtype != b.dtype:
+        return f"dtype {a.dtype} vs {b.dtype}"
+    if a.is_floating_point() and not exact:
+        if torch.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True):
+            return None
+    elif torch.equal(a, b):
+        return None
+    differ = a != b if not a.is_floating_point() else ~torch.isclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True)
+    detail = f"{int(differ.sum())} of {a.numel()} values differ"
+    if a.is_floating_point():
+        detail += f", by up to {float((a.float() - b.float()).abs().nan_to_num(float('inf')).max()):.3g}"
+    return detail
+
+
+def _batch_difference(a: PretextBatch, b: PretextBatch, *, extras: bool = True) -> str | None:
+    for what, first, second in (("inputs", a.inputs, b.inputs), ("targets", a.targets, b.targets)):
+        difference = _difference(first, second, exact=True)
+        if difference is not None:
+            return f"{what}: {difference}"
+    if a.views != b.views:
+        return f"views: {a.views} vs {b.views}"
+    if extras:
+        if set(a.extras) != set(b.extras):
+            return f"extras keys: {sorted(a.extras)} vs {sorted(b.extras)}"
+        for key in a.extras:
+            difference = _difference(a.extras[key], b.extras[key], exact=True)
+            if difference is not None:
+                return f"extras[{key!r}]: {difference}"
+    return None
+
+
+# --- declaration ---------------------------------------------------------------------------------------------------
+def check_declaration(task: Subject) -> None:
+    """The class attributes, the registration, and the refusal of data the task can't use.
+
+    Rules: ``declaration``, ``registration``, ``description``, ``image-size``, ``color``.
+    """
+    subject = _subject(task)
+    cls = subject.task_class
+    try:
+        cls.check_declaration()
+    except Exception as error:
+        subject.fail("declaration", f"has an invalid declaration: {error}")
+    subject.registry  # noqa: B018 - building it checks the registration
+    for attribute in ("summary", "paper"):
+        if not isinstance(getattr(cls, attribute), str) or not getattr(cls, attribute).strip():
+            subject.fail("description", f"has no `{attribute}` (one line for listings / the paper it implements)")
+    if cls.default_image_size < cls.min_image_size:
+        subject.fail(
+            "image-size",
+            f"has default_image_size {cls.default_image_size} below its min_image_size {cls.min_image_size}",
+        )
+    too_small = cls.min_image_size - 1
+    try:
+        cls.check_images(too_small)
+    except ImageSizeError as error:
+        if str(cls.min_image_size) not in str(error):
+            subject.fail("image-size", f"refuses {too_small} px images without naming its minimum: {error}")
+    else:
+        subject.fail("image-size", f"accepts {too_small} px images, below its min_image_size {cls.min_image_size}")
+    if cls.needs_color:
+        try:
+            cls.check_images(max(cls.min_image_size, cls.default_image_size), channels_are_color=False)
+        except ImageSizeError:
+            pass
+        else:
+            subject.fail("color", "declares needs_color but accepts grayscale data")
+
+
+# --- pseudo-labels -------------------------------------------------------------------------------------------------
+def check_pseudo_labels(task: Subject) -> None:
+    """Shapes, dtypes, device and finiteness of what ``pseudo_labels`` makes, and the images left untouched.
+
+    Rules: ``build``, ``pseudo-labels``, ``images-untouched``, ``views``, ``inputs-*``, ``targets-shape``,
+    ``targets-dtype``, ``targets-finite``, ``device``.
+    """
+    subject = _subject(task)
+    with _global_state_kept():
+        _, runtime = subject.build()
+        images = subject.images.clone()
+        batch = subject.pseudo_labels(runtime.task, images, subject.random())
+    if not torch.equal(images, subject.images):
+        subject.fail(
+            "images-untouched",
+            "modified the images given to pseudo_labels in place; the other tasks of a mixed run see the same "
+            "tensor next (work on a copy, e.g. `images.flip(2)` instead of `images.flip_(2)`)",
+        )
+    _check_pretext_batch(subject, batch, subject.batch)
+
+
+def _check_pretext_batch(subject: TaskUnderTest, batch: PretextBatch, images: int) -> None:
+    declared = subject.task_class.views
+    if batch.views not in (1, declared):
+        subject.fail("views", f"returned views={batch.views}; it declares views={declared} (or 1 may be returned)")
+    inputs, targets = batch.inputs, batch.targets
+    for what, tensor in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(tensor, torch.Tensor):
+            subject.fail("pseudo-labels", f"returned {what} of type {type(tensor).__name__}, expected a tensor")
+    for key, value in batch.extras.items():
+        if not isinstance(value, torch.Tensor):
+            subject.fail("pseudo-labels", f"returned extras[{key!r}] of type {type(value).__name__}, expected a tensor")
+    rows = images * batch.views
+    if inputs.ndim != 4 or inputs.shape[0] != rows:
+        subject.fail(
+            "inputs-shape",
+            f"returned inputs of shape {_shape(inputs)} for a batch of {images} with {batch.views} view(s); "
+            f"expected ({rows}, C, h, w), the views stacked sample-major on the batch axis",
+        )
+    if not inputs.is_floating_point():
+        subject.fail("inputs-dtype", f"returned inputs of dtype {inputs.dtype}; the network needs floats")
+    if not torch.isfinite(inputs).all():
+        subject.fail("inputs-finite", f"returned inputs with {int((~torch.isfinite(inputs)).sum())} NaN/inf values")
+    if inputs.min() >= 0 and inputs.max() <= 1:
+        subject.fail(
+            "inputs-normalised",
+            "returned inputs that all lie in [0, 1], i.e. not normalised; pass them through "
+            "ssl_engine.images.normalize (or standardise them) so they are ready for the network",
+        )
+    per_sample = sorted({images, rows})
+    if targets.ndim == 0 or targets.shape[0] not in per_sample:
+        if subject.task_class.loss_kind == "classification" and targets.ndim <= 1:
+            expected = " or ".join(f"({n},)" for n in per_sample)
+        else:
+            expected = "a first axis of " + " or ".join(map(str, per_sample)) + " (one row per image or per view)"
+        subject.fail(
+            "targets-shape",
+            f"returned targets of shape {_shape(targets)} for a batch of {images} with {batch.views} view(s); "
+            f"expected {expected}",
+        )
+    if subject.task_class.loss_kind == "classification" and targets.dtype != torch.long:
+        subject.fail("targets-dtype", f"returned classification targets of dtype {targets.dtype}, expected int64")
+    if targets.is_floating_point() and not torch.isfinite(targets).all():
+        subject.fail("targets-finite", f"returned targets with {int((~torch.isfinite(targets)).sum())} NaN/inf values")
+    subject.on_device("its inputs", inputs)
+    subject.on_device("its targets", targets)
+    for key, value in batch.extras.items():
+        subject.on_device(f"extras[{key!r}]", value)
+
+
+# --- determinism ---------------------------------------------------------------------------------------------------
+def check_determinism(task: Subject) -> None:
+    """Pseudo-labels depend only on (seed, step, stream, place in the global batch).
+
+    Rules: ``deterministic``, ``varies-with-step``, ``global-batch``.
+    """
+    subject = _subject(task)
+    with _global_state_kept():
+        _, runtime = subject.build()
+        images = subject.images
+        first_random = subject.random()
+        _scramble_global_rngs(1)
+        first = subject.pseudo_labels(runtime.task, images, first_random)
+        _scramble_global_rngs(2)
+        again = subject.pseudo_labels(runtime.task, images, subject.random())
+        difference = _batch_difference(first, again)
+        if difference is not None:
+            subject.fail(
+                "deterministic",
+                f"made different pseudo-labels from the same seed, step and stream ({difference}); draw every "
+                f"random number from the BatchRandom given (not torch.rand, random or numpy)",
+            )
+        if first_random.drawn[0]:
+            for step in range(STEP + 1, STEP + 1 + OTHER_STEPS):
+                other = subject.pseudo_labels(runtime.task, images, subject.random(step))
+                if _batch_difference(first, other, extras=False) is not None:
+                    break
+            else:
+                subject.fail(
+                    "varies-with-step",
+                    f"draws from its BatchRandom, yet steps {STEP} to {STEP + OTHER_STEPS} all gave identical inputs "
+                    f"and targets: the draws never reach the pseudo-labels",
+                )
+        half = subject.batch // 2
+        parts = [
+            subject.pseudo_labels(
+                runtime.task, images[start:stop], subject.random(local_batch=stop - start, offset=start)
+            )
+            for start, stop in ((0, half), (half, subject.batch))
+        ]
+    for what in ("inputs", "targets"):
+        whole: torch.Tensor = getattr(first, what)
+        try:
+            joined = torch.cat([getattr(part, what) for part in parts])
+        except RuntimeError as error:
+            subject.fail("global-batch", f"made {what} for two halves of the batch that don't concatenate: {error}")
+        difference = _difference(whole, joined, exact=not whole.is_floating_point())
+        if difference is not None:
+            subject.fail(
+                "global-batch",
+                f"made {what} for two halves of the batch (BatchRandom with global_batch={subject.batch} and "
+                f"offsets 0, {half}) that differ from the whole batch's ({difference}); draw per sample from "
+                f"the BatchRandom (its rows are the global batch's) and don't mix samples in pseudo_labels",
+            )
+
+
+# --- forward -------------------------------------------------------------------------------------------------------
+def check_forward(task: Subject) -> None:
+    """Named finite scalar losses, the pretext metric, targets in range, gradients reaching the backbone.
+
+    Rules: ``forward``, ``loss-terms``, ``loss-scalar``, ``loss-finite``, ``metric``, ``predictions``,
+    ``targets-range``, ``gradients-to-backbone``, ``device``.
+    """
+    subject = _subject(task)
+    with _global_state_kept():
+        model, runtime = subject.build()
+        batch = subject.pseudo_labels(runtime.task, subject.images, subject.random())
+        output = subject.forward(model, runtime, batch)
+        _check_output(subject, runtime.task, batch, output)
+        model.zero_grad(set_to_none=True)
+        total = runtime.task.weighted_total(output.losses)
+        if not total.requires_grad:
+            subject.fail(
+                "gradients-to-backbone",
+                "returned loss terms that depend on no parameter (detached from the networks)",
+            )
+        total.backward()
+    gradients = dict(model.backbone.named_parameters())
+    missing = [name for name, parameter in gradients.items() if parameter.grad is None]
+    if missing:
+        listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        subject.fail(
+            "gradients-to-backbone",
+            f"gives no gradient to {len(missing)} backbone parameter(s) ({listed}); the loss must come from the "
+            f"backbone's features, not detached ones",
+        )
+    if not any(bool(parameter.grad.any()) for parameter in gradients.values() if parameter.grad is not None):
+        subject.fail("gradients-to-backbone", "gives the backbone gradients that are all zero")
+
+
+def _check_output(subject: TaskUnderTest, task: PretextTask, batch: PretextBatch, output: TaskOutput) -> None:
+    losses = output.losses
+    if not isinstance(losses, dict) or not losses:
+        subject.fail("loss-terms", "returned no loss terms; TaskOutput.losses must name at least one")
+    for name, term in losses.items():
+        if not isinstance(name, str) or not isinstance(term, torch.Tensor):
+            subject.fail("loss-terms", f"returned loss term {name!r} of type {type(term).__name__}; expected a tensor")
+        if term.ndim != 0 or not term.is_floating_point():
+            subject.fail(
+                "loss-scalar",
+                f"returned loss term {name!r} of shape {_shape(term)} and dtype {term.dtype}; expected a "
+                f"floating-point scalar (reduce it, e.g. with .mean())",
+            )
+        if not torch.isfinite(term):
+            subject.fail("loss-finite", f"returned a non-finite loss term {name!r} = {float(term.detach())}")
+        subject.on_device(f"loss term {name!r}", term)
+    for name, weight in task.loss_weights.items():
+        if not isinstance(weight, int | float) or not np.isfinite(weight):
+            subject.fail("loss-terms", f"has loss_weights[{name!r}] = {weight!r}; expected a finite number")
+    metric = subject.task_class.metric
+    if metric not in output.metrics:
+        subject.fail(
+            "metric",
+            f"declares metric {metric!r} but its forward returned metrics {sorted(output.metrics)}",
+        )
+    for name, value in output.metrics.items():
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            subject.fail("metric", f"returned metric {name!r} that is not a one-value tensor")
+        if value.requires_grad:
+            subject.fail("metric", f"returned metric {name!r} attached to the graph; detach metrics (.detach())")
+        subject.on_device(f"metric {name!r}", value)
+    if not torch.isfinite(output.metrics[metric]).all():
+        subject.fail("metric", f"returned a non-finite pretext metric {metric!r} = {float(output.metrics[metric])}")
+    predictions = output.predictions
+    if predictions is not None:
+        subject.on_device("its predictions", predictions)
+    if subject.task_class.loss_kind != "classification":
+        return
+    targets = batch.targets
+    if predictions is None or predictions.ndim != targets.ndim + 1 or predictions.shape[0] != targets.shape[0]:
+        got = "none" if predictions is None else f"shape {_shape(predictions)}"
+        subject.fail(
+            "predictions",
+            f"returned predictions ({got}) that are not logits (N, K, ...) for its targets of shape "
+            f"{_shape(targets)}; a classification task returns its logits as TaskOutput.predictions",
+        )
+    classes = predictions.shape[1]
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= classes:
+        subject.fail(
+            "targets-range",
+            f"returned classification targets in [{low}, {high}] for {classes} classes; expected [0, {classes - 1}]",
+        )
+
+
+# --- aux -----------------------------------------------------------------------------------------------------------
+def check_aux(task: Subject) -> None:
+    """Aux losses are finite scalars that train the aux modules and nothing else.
+
+    Rules: ``aux-losses``, ``aux-only``, ``aux-trained``.
+    """
+    subject = _subject(task)
+    with _global_state_kept():
+        model, runtime = subject.build()
+        batch = subject.pseudo_labels(runtime.task, subject.images, subject.random())
+        output = subject.forward(model, runtime, batch)
+        # As in the trainer: the main step first (freeing its graph), then the aux losses.
+        runtime.task.weighted_total(output.losses).backward()
+        model.zero_grad(set_to_none=True)
+        try:
+            terms = runtime.task.aux_losses(runtime.aux, batch, output)
+        except Exception as error:
+            subject.fail("aux-losses", f"raised {type(error).__name__} in aux_losses: {error}")
+        aux_parameters = [parameter for parameter in runtime.aux.parameters() if parameter.requires_grad]
+        if not terms:
+            if aux_parameters:
+                subject.fail(
+                    "aux-trained",
+                    "has aux modules with parameters but aux_losses returned no terms, so they never train",
+                )
+            return
+        for name, term in terms.items():
+            if not isinstance(term, torch.Tensor) or term.ndim != 0 or not term.is_floating_point():
+                subject.fail("aux-losses", f"returned aux loss term {name!r} that is not a floating-point scalar")
+            if not torch.isfinite(term):
+                subject.fail("aux-losses", f"returned a non-finite aux loss term {name!r} = {float(term.detach())}")
+            subject.on_device(f"aux loss term {name!r}", term)
+        try:
+            sum(terms.values(), torch.zeros((), device=subject.device)).backward()
+        except RuntimeError as error:
+            subject.fail(
+                "aux-only",
+                f"has aux losses that back-propagate into the main step's graph ({error}); detach what comes from "
+                f"the main networks (output.predictions.detach())",
+            )
+    main = [*model.backbone.named_parameters(), *runtime.modules.named_parameters()]
+    touched = [name for name, parameter in main if parameter.grad is not None and bool(parameter.grad.any())]
+    if touched:
+        subject.fail(
+            "aux-only",
+            f"has aux losses giving gradients to the main networks ({', '.join(touched[:3])}); detach what comes "
+            f"from them (output.predictions.detach())",
+        )
+    if aux_parameters and not any(p.grad is not None and bool(p.grad.any()) for p in aux_parameters):
+        subject.fail("aux-trained", "has aux losses that give its aux modules no gradient")
+
+
+# --- representation ------------------------------------------------------------------------------------------------
+def check_representation(task: Subject) -> None:
+    """The downstream features: ``(B, 3, S, S)`` images to finite ``(B, feature_dim)`` on the images' device.
+
+    Rules: ``representation``, ``representation-shape``, ``representation-finite``, ``device``.
+    """
+    subject = _subject(task)
+    with _global_state_kept():
+        model, _ = subject.build()
+        features = _features(subject, model)
+    representation = model.representation()
+    dim = representation.feature_dim
+    if features.shape != (subject.batch, dim):
+        subject.fail(
+            "representation-shape",
+            f"has a representation giving features of shape {_shape(features)} for {subject.batch} images; expected "
+            f"({subject.batch}, {dim}) with its feature_dim {dim}",
+        )
+    if not torch.isfinite(features).all():
+        subject.fail("representation-finite", "has a representation giving NaN/inf features")
+    subject.on_device("its features", features)
+
+
+def _features(subject: TaskUnderTest, model: PretrainModel) -> torch.Tensor:
+    try:
+        representation = model.representation()
+    except Exception as error:
+        subject.fail("representation", f"raised {type(error).__name__} in representation: {error}")
+    if not isinstance(representation, nn.Module):
+        subject.fail("representation", f"returned {type(representation).__name__}, expected an nn.Module")
+    dim = getattr(representation, "feature_dim", None)
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        subject.fail("representation", f"returned a representation whose feature_dim is {dim!r}, not a positive int")
+    representation.eval()
+    try:
+        with torch.no_grad():
+            features = representation(subject.images)
+    except Exception as error:
+        subject.fail("representation", f"has a representation that raised {type(error).__name__}: {error}")
+    if not isinstance(features, torch.Tensor):
+        subject.fail("representation", f"has a representation returning {type(features).__name__}, not a tensor")
+    return features
+
+
+# --- draw ----------------------------------------------------------------------------------------------------------
+def check_draw(task: Subject) -> None:
+    """``draw`` (what ``sslx show`` displays) gives a picture with no output (before training) and with one.
+
+    Rule: ``draw``.
+    """
+    subject = _subject(task)
+    with _global_state_kept():
+        model, runtime = subject.build()
+        batch = subject.pseudo_labels(runtime.task, subject.images, subject.random())
+        with torch.no_grad():
+            output = subject.forward(model.eval(), runtime, batch)
+        for when, given in (("before training (output None)", None), ("with the model's output", output)):
+            try:
+                picture = runtime.task.draw(subject.images, batch, given)
+            except Exception as error:
+                subject.fail("draw", f"raised {type(error).__name__} in draw {when}: {error}")
+            if not isinstance(picture, Image.Image):
+                subject.fail("draw", f"returned {type(picture).__name__} from draw {when}, expected a PIL image")
+
+
+# --- checkpoint ----------------------------------------------------------------------------------------------------
+def check_checkpoint(task: Subject) -> None:
+    """Modules and aux saved with the checkpoint layout and loaded into a fresh build behave identically.
+
+    Rule: ``checkpoint-roundtrip``.
+    """
+    subject = _subject(task)
+    name = subject.name
+    with _global_state_kept(), tempfile.TemporaryDirectory(prefix="sslx-conformance-") as folder:
+        saved, saved_runtime = subject.build(seed=1)
+        # One forward first, so running statistics and any state the task keeps have moved from their start.
+        subject.forward(
+            saved, saved_runtime, subject.pseudo_labels(saved_runtime.task, subject.images, subject.random())
+        )
+        path = Path(folder) / "checkpoint.safetensors"
+        tensors = saved.state_tensors()  # what the trainer saves: model/, task/<name>/, aux/<name>/ (module_tensors)
+        try:
+            save_file({key: value.cpu() for key, value in tensors.items()}, str(path))
+        except Exception as error:
+            subject.fail("checkpoint-roundtrip", f"has state that safetensors can't save: {error}")
+        loaded = load_file(str(path))
+        fresh, fresh_runtime = subject.build(seed=2)
+        parts = (
+            ("model", fresh.backbone),
+            (f"task/{name}", fresh_runtime.modules),
+            (f"aux/{name}", fresh_runtime.aux),
+        )
+        for prefix, module in parts:
+            state = {key[len(prefix) + 1 :]: value for key, value in loaded.items() if key.startswith(prefix + "/")}
+            try:
+                module.load_state_dict(state)
+            except Exception as error:
+                subject.fail(
+                    "checkpoint-roundtrip",
+                    f"has state saved under {prefix}/ that does not load into a fresh build: {error}",
+                )
+        batch = subject.pseudo_labels(saved_runtime.task, subject.images, subject.random())
+        fresh_batch = subject.pseudo_labels(fresh_runtime.task, subject.images, subject.random())
+        difference = _batch_difference(batch, fresh_batch)
+        if difference is not None:
+            subject.fail(
+                "checkpoint-roundtrip",
+                f"makes other pseudo-labels once rebuilt ({difference}): it keeps state outside its modules "
+                f"(not saved) or sets it up from the global RNG; keep state in module buffers",
+            )
+        outputs = [subject.forward(saved, saved_runtime, batch), subject.forward(fresh, fresh_runtime, fresh_batch)]
+        features = [_features(subject, saved), _features(subject, fresh)]
+    comparisons = [
+        *((f"loss term {term!r}", outputs[0].losses[term], outputs[1].losses.get(term)) for term in outputs[0].losses),
+        ("predictions", outputs[0].predictions, outputs[1].predictions),
+        ("representation features", features[0], features[1]),
+    ]
+    for what, before, after in comparisons:
+        if before is None and after is None:
+            continue
+        if before is None or after is None:
+            subject.fail("checkpoint-roundtrip", f"gives {what} only before or only after the round trip")
+        difference = _difference(before.detach(), after.detach(), exact=False)
+        if difference is not None:
+            subject.fail(
+                "checkpoint-roundtrip",
+                f"gives other {what} after a checkpoint round trip ({difference}); everything the task learns or "
+                f"updates must live in its modules (parameters or buffers)",
+            )
+
+
+# --- mix -----------------------------------------------------------------------------------------------------------
+def check_mix(task: Subject) -> None:
+    """Beside the kit's reference task on one backbone, the task trains and computes what it computes alone;
+    a task that can't share the backbone is refused.
+
+    Rules: ``mix``, ``mix-isolated``, ``mix-refused``.
+    """
+    subject = _subject(task)
+    name = subject.name
+    if subject.name == REFERENCE_TASK:
+        return  # the reference would be mixed with itself
+    config = PretrainConfig([TaskSpec(REFERENCE_TASK), subject.spec()])
+    with _global_state_kept():
+        if not subject.task_class.shares_backbone:
+            try:
+                PretrainModel(config, subject.registry, subject.image_size)
+            except RunSetupError as error:
+                if name not in str(error):
+                    subject.fail("mix-refused", f"was refused in a mix with a message not naming it: {error}")
+                return
+            except Exception as error:
+                subject.fail(
+                    "mix-refused", f"made the mix fail with {type(error).__name__}, not RunSetupError: {error}"
+                )
+            subject.fail("mix-refused", "declares shares_backbone = False, yet a mixed run with it was built")
+        alone, alone_runtime = subject.build()
+        torch.manual_seed(3)
+        try:
+            mixed = PretrainModel(config, subject.registry, subject.image_size).to(subject.device).train()
+        except Exception as error:
+            subject.fail("mix", f"could not be built beside another task: {type(error).__name__}: {error}")
+        reference, runtime = mixed.runtimes
+        try:
+            mixed.backbone.load_state_dict(alone.backbone.state_dict())
+            runtime.modules.load_state_dict(alone_runtime.modules.state_dict())
+            runtime.aux.load_state_dict(alone_runtime.aux.state_dict())
+        except Exception as error:
+            subject.fail("mix", f"builds different modules beside another task than alone: {error}")
+        expected = subject.forward(
+            alone, alone_runtime, subject.pseudo_labels(alone_runtime.task, subject.images, subject.random())
+        )
+        # The trainer's step: every task on the same images, each with its own stream, losses summed.
+        images = subject.images
+        reference_batch = reference.task.pseudo_labels(
+            images, BatchRandom(SEED, STEP, REFERENCE_TASK, subject.batch, device=subject.device)
+        )
+        reference_output = subject.forward(mixed, reference, reference_batch)
+        batch = subject.pseudo_labels(runtime.task, images, subject.random())
+        output = subject.forward(mixed, runtime, batch)
+        total = reference.task.weighted_total(reference_output.losses) + runtime.task.weighted_total(output.losses)
+        if not torch.isfinite(total):
+            subject.fail("mix", f"gives a non-finite summed loss in a mix ({float(total)})")
+        mixed.zero_grad(set_to_none=True)
+        try:
+            total.backward()
+        except Exception as error:
+            subject.fail("mix", f"breaks the backward pass of a mix: {type(error).__name__}: {error}")
+    if any(parameter.grad is None for parameter in mixed.backbone.parameters()):
+        subject.fail("mix", "leaves backbone parameters without gradient in a mix")
+    for term, value in expected.losses.items():
+        difference = _difference(
+            value.detach(), output.losses.get(term, torch.tensor(float("nan"))).detach(), exact=False
+        )
+        if difference is not None:
+            subject.fail(
+                "mix-isolated",
+                f"computes loss term {term!r} differently beside another task than alone ({difference}); it "
+                f"must not depend on the other tasks of the run",
+            )
+
+
+CHECKS: dict[str, Callable[[Subject], None]] = {
+    "declaration": check_declaration,
+    "pseudo_labels": check_pseudo_labels,
+    "determinism": check_determinism,
+    "forward": check_forward,
+    "aux": check_aux,
+    "representation": check_representation,
+    "draw": check_draw,
+    "checkpoint": check_checkpoint,
+    "mix": check_mix,
+}
+
+
+def check_pretext_task(
+    task_class: type[PretextTask],
+    *,
+    image_size: int | None = None,
+    batch: int = 4,
+    settings: Mapping[str, Any] | None = None,
+    head: str | None = None,
+    loss: str | None = None,
+    plugin: object | None = None,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Check the whole contract of :mod:`ssl_engine.task` on a task class; raise at the first broken rule.
+
+    Args:
+        task_class: the :class:`PretextTask` subclass, installed or not.
+        image_size: image side; default ``max(min_image_size, 32)``.
+        batch: images per batch (at least 2).
+        settings: task settings, validated as ``--set`` values are.
+        head: a registered head to give the task.
+        loss: a registered loss to give the task.
+        plugin: the plugin object registering the task, when it also registers heads or losses the task uses.
+        device: where to run.
+
+    Raises:
+        ConformanceError: naming the first rule broken (see the module's table of rules).
+    """
+    subject = prepare(
+        task_class,
+        image_size=image_size,
+        batch=batch,
+        settings=settings,
+        head=head,
+        loss=loss,
+        plugin=plugin,
+        device=device,
+    )
+    for check in CHECKS.values():
+        check(subject)
