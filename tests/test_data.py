@@ -12,7 +12,7 @@ import torch
 from ssl_engine.data.augment import random_crop_flip
 from ssl_engine.data.batches import BatchStream, epoch_order
 from ssl_engine.data.catalog import resolve_data
-from ssl_engine.data.folder import image_folder
+from ssl_engine.data.folder import UnreadableImagesWarning, image_folder
 from ssl_engine.data.idx_files import DEBIAN_FASHION_MNIST, fashion_mnist, read_idx
 from ssl_engine.data.options import DataError, DataOptions
 from ssl_engine.plugins import get_host
@@ -72,8 +72,8 @@ def test_flat_folder_is_unlabelled_and_grayscale_is_promoted(tmp_path: Path) -> 
 
 def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png"):
-        image_folder(tmp_path, "train", 16)[0]
+    with pytest.warns(UnreadableImagesWarning, match="broken.png"), pytest.raises(DataError, match="no readable image"):
+        image_folder(tmp_path, "train", 16)
 
 
 def test_idx_reader_and_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
