@@ -140,3 +140,40 @@ def test_env_switches_disable_and_limit_plugins(sslx) -> None:  # type: ignore[n
     assert "rotation" not in tasks({"SSLX_DISABLE_PLUGINS": "rotation"})
     assert tasks({"SSLX_LOAD_PLUGINS": "rotation"}) == {"rotation"}
     assert tasks({"SSLX_NO_PLUGINS": "1"}) == set()
+
+
+def test_hook_errors_and_taken_names_of_installed_plugins_through_the_cli(tmp_path: Path, sslx) -> None:  # type: ignore[no-untyped-def]
+    raising = """
+        from ssl_engine.hookspecs import hookimpl
+
+        @hookimpl
+        def register_tasks(register):
+            raise RuntimeError("hook exploded")
+    """
+    clashing = """
+        from ssl_engine.hookspecs import hookimpl
+        from sslx_rotation.task import RotationTask
+
+        @hookimpl
+        def register_tasks(register):
+            register(RotationTask)
+    """
+    make_distribution(tmp_path, "sslx-raising", "raising", "sslx_raising_mod", raising)
+    make_distribution(tmp_path, "sslx-clashing", "clashing", "sslx_clashing_mod", clashing)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    result = sslx("plugins", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    problems = {p["plugin"]: p for p in json.loads(result.stdout)["problems"]}
+    assert problems["raising"]["distribution"] == "sslx-raising" and "hook exploded" in problems["raising"]["message"]
+    assert problems["raising"]["stage"] == "register_tasks"
+    # plugins load in name order, so whichever of the two comes second is reported, naming both
+    [clash] = [p for p in problems.values() if "task 'rotation'" in p["message"]]
+    assert "sslx-clashing" in clash["message"] + clash["distribution"]
+    assert "sslx-rotation" in clash["message"] + clash["distribution"] and "already registered" in clash["message"]
+    human = sslx("plugins", env=env)
+    assert "PROBLEM  plugin 'raising' (sslx-raising) failed at register_tasks" in human.stdout
+    # the task everyone else provides still trains
+    run = sslx("pretrain", "--task", "rotation", "--steps", "1", "--batch-size", "4", "--image-size", "16",
+               "--no-probe", "--out", str(tmp_path / "R"), env=env)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "warning: plugin 'raising' (sslx-raising)" in run.stderr
