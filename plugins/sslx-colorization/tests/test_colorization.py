@@ -1,0 +1,236 @@
+"""Behaviour of the colorization task: inputs, targets, losses, representation, and the real command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sslx_colorization.bins import ab_bins
+from sslx_colorization.drawing import with_colour
+from sslx_colorization.lab import LAB_SCALE, lab_to_rgb, lightness_input_from_rgb, rgb_to_lab
+from sslx_colorization.rebalance import ColourPrior
+from sslx_colorization.task import ColorizationTask
+from torch import nn
+from torch.nn import functional as F
+
+from ssl_engine.backbones.smallconv import SmallConvNet
+from ssl_engine.heads.upconv import UpConvDecoder
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.settings import SettingError, resolve_settings
+from ssl_engine.task import PretextBatch, TaskContext
+from ssl_engine.testing import check_pretext_task
+
+BINS = ab_bins()
+
+
+def make_task(image_size: int = 32, **settings: object) -> ColorizationTask:
+    return ColorizationTask(
+        TaskContext(
+            settings=resolve_settings("colorization", ColorizationTask.settings, settings),
+            image_size=image_size,
+            in_channels=3,
+            feature_dim=32,
+            feature_stride=8,
+            make_head=UpConvDecoder,
+            loss_fn=F.mse_loss,
+            make_backbone=lambda channels: SmallConvNet(channels, width=4),
+        )
+    )
+
+
+def draw(task: ColorizationTask, images: torch.Tensor) -> PretextBatch:
+    return task.pseudo_labels(images, BatchRandom(0, 0, "colorization", len(images)))
+
+
+def colour_images(batch: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth random colour images ``(B, 3, S, S)`` in [0, 1] (blocky, so colours fill regions)."""
+    coarse = torch.rand(batch, 3, size // 4, size // 4, generator=torch.Generator().manual_seed(seed))
+    return F.interpolate(coarse, size=size, mode="nearest")
+
+
+def recoloured(images: torch.Tensor) -> torch.Tensor:
+    """The same lightness with other colours (kept inside the sRGB gamut)."""
+    lab = rgb_to_lab(0.25 + 0.5 * images)
+    lab[:, 1:] = -0.5 * lab[:, 1:] + 3.0
+    return lab_to_rgb(lab, clip=False)
+
+
+def test_the_network_input_carries_no_colour() -> None:
+    task = make_task()
+    images = 0.25 + 0.5 * colour_images()
+    other = recoloured(colour_images())
+    assert other.min() >= 0 and other.max() <= 1 and (other - images).abs().max() > 0.05
+    first, second = draw(task, images), draw(task, other)
+    assert first.inputs.shape == (4, 3, 32, 32) and first.views == 1
+    torch.testing.assert_close(first.inputs, second.inputs, atol=1e-4, rtol=0)
+    assert not torch.allclose(first.targets, second.targets)  # the colour is what changes: the targets
+
+
+@pytest.mark.parametrize("output_stride", [1, 4])
+def test_regression_targets_are_the_ab_of_each_output_pixel(output_stride: int) -> None:
+    task = make_task(output_stride=output_stride)
+    images = colour_images()
+    batch = draw(task, images)
+    side = 32 // output_stride
+    assert batch.targets.shape == (4, 2, side, side)
+    ab = rgb_to_lab(images)[:, 1:]
+    expected = torch.empty(4, 2, side, side)
+    for i in range(side):  # plain area average of each output pixel's block
+        for j in range(side):
+            block = ab[:, :, i * output_stride : (i + 1) * output_stride, j * output_stride : (j + 1) * output_stride]
+            expected[:, :, i, j] = block.mean(dim=(2, 3))
+    torch.testing.assert_close(batch.extras["ab"], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(batch.targets, expected / LAB_SCALE, atol=1e-5, rtol=0)
+
+
+def test_regression_forward_uses_the_registered_loss_and_reports_ab_rmse() -> None:
+    task = make_task()
+    modules = task.build_modules()
+    assert set(modules) == {"decoder"}
+    backbone = SmallConvNet(3, width=4)
+    batch = draw(task, colour_images())
+    output = task.forward(backbone, modules, nn.ModuleDict(), batch)
+    assert output.predictions is not None and output.predictions.shape == (4, 2, 32, 32)
+    torch.testing.assert_close(output.losses["color"], F.mse_loss(output.predictions, batch.targets))
+    rmse = ((output.predictions * LAB_SCALE - batch.extras["ab"]) ** 2).mean().sqrt()
+    torch.testing.assert_close(output.metrics["ab_rmse"], rmse.detach())
+    output.losses["color"].backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+
+
+def test_classification_targets_are_the_nearest_bins_of_each_output_pixel() -> None:
+    task = make_task(loss_mode="classification", output_stride=4)
+    batch = draw(task, colour_images())
+    assert batch.targets.shape == (4, 8, 8) and batch.targets.dtype == torch.int64
+    ab = batch.extras["ab"].permute(0, 2, 3, 1).reshape(-1, 2)  # (B*h*w, 2)
+    distances = (ab[:, None] - BINS.centres[None]).square().sum(-1)  # (N, Q)
+    torch.testing.assert_close(distances.gather(1, batch.targets.reshape(-1, 1))[:, 0], distances.min(1).values)
+    assert batch.extras["soft_classes"].shape == (4, 5, 8, 8)
+    assert (batch.extras["soft_classes"][:, 0] == batch.targets).all()
+    torch.testing.assert_close(batch.extras["soft_weights"].sum(1), torch.ones(4, 8, 8))
+
+
+def test_classification_loss_is_the_rebalanced_soft_cross_entropy() -> None:
+    task = make_task(loss_mode="classification", output_stride=4)
+    modules = task.build_modules()
+    assert modules["decoder"](torch.zeros(1, 32, 4, 4)).shape == (1, BINS.classes, 8, 8)
+    backbone = SmallConvNet(3, width=4)
+    batch = draw(task, colour_images())
+    output = task.forward(backbone, modules, nn.ModuleDict(), batch)
+    assert output.predictions is not None
+    # A plain per-pixel reference, with the prior as it stands after taking in this batch.
+    weights = modules["prior"].weights()
+    log_p = output.predictions.detach().float().log_softmax(dim=1)
+    total, pixels = 0.0, 0
+    for b in range(4):
+        for i in range(8):
+            for j in range(8):
+                soft = 0.0
+                for k in range(5):
+                    q = batch.extras["soft_classes"][b, k, i, j]
+                    soft += float(batch.extras["soft_weights"][b, k, i, j]) * float(log_p[b, q, i, j])
+                total += -float(weights[batch.targets[b, i, j]]) * soft
+                pixels += 1
+    assert float(output.losses["color"].detach()) == pytest.approx(total / pixels, rel=1e-4)
+    assert 0 <= float(output.metrics["accuracy"]) <= 1 and torch.isfinite(output.metrics["ab_rmse"])
+    output.losses["color"].backward()
+
+
+def test_the_colour_prior_learns_only_in_training_and_is_checkpointed() -> None:
+    task = make_task(loss_mode="classification", output_stride=4)
+    modules = task.build_modules()
+    backbone = SmallConvNet(3, width=4)
+    batch = draw(task, colour_images())
+    prior = modules["prior"]
+    assert isinstance(prior, ColourPrior) and "prior.counts" in modules.state_dict()
+    task.forward(backbone, modules, nn.ModuleDict(), batch)
+    assert float(prior.counts.sum()) == 4 * 8 * 8
+    modules.eval()
+    task.forward(backbone.eval(), modules, nn.ModuleDict(), batch)
+    assert float(prior.counts.sum()) == 4 * 8 * 8
+
+
+def test_predictions_decode_by_the_annealed_mean() -> None:
+    """A decoder that puts all mass on the true bins gives the bins' centres back as ab."""
+    task = make_task(loss_mode="classification", output_stride=4)
+    batch = draw(task, colour_images())
+
+    class Oracle(nn.Module):
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return F.one_hot(batch.targets, BINS.classes).permute(0, 3, 1, 2).float() * 50.0
+
+    modules = nn.ModuleDict({"decoder": Oracle(), "prior": ColourPrior(BINS)})
+    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), batch)
+    assert float(output.metrics["accuracy"]) == 1.0
+    centres = BINS.centres[batch.targets].permute(0, 3, 1, 2)  # (B, 2, h, w)
+    expected = (centres - batch.extras["ab"]).square().mean().sqrt()
+    torch.testing.assert_close(output.metrics["ab_rmse"], expected, atol=1e-3, rtol=0)
+    assert float(output.metrics["ab_rmse"]) < 5  # within half a bin of the true colour
+
+
+def test_representation_is_the_backbone_on_the_lightness_image() -> None:
+    task = make_task()
+    backbone = SmallConvNet(3, width=4).eval()
+    representation = task.representation(backbone, task.build_modules()).eval()
+    images = 0.25 + 0.5 * colour_images()
+    features = representation(images)
+    assert features.shape == (4, representation.feature_dim) and representation.feature_dim == 32
+    torch.testing.assert_close(features, backbone.pooled(lightness_input_from_rgb(images)))
+    torch.testing.assert_close(representation(recoloured(colour_images())), features, atol=1e-4, rtol=0)
+
+
+def test_output_stride_must_divide_the_backbone_stride() -> None:
+    make_task(output_stride=8)
+    with pytest.raises(SettingError, match="output_stride"):
+        make_task(output_stride=16)
+    with pytest.raises(SettingError, match="loss_mode"):
+        resolve_settings("colorization", ColorizationTask.settings, {"loss_mode": "gan"})
+
+
+# --- the real command line ---------------------------------------------------------------------------------
+def test_cli_pretrains_and_writes_a_checkpoint(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    run = tmp_path / "r"
+    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "colorization", "--steps", "3",
+               "--batch-size", "8", "--out", str(run), "--no-probe"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
+    assert checkpoints
+    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert any(key.startswith("task/colorization/decoder.") for key in keys)
+
+
+def test_cli_refuses_grayscale_data(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "colorization", "--data",
+               "fashion-mnist", "--steps", "3", "--out", str(run), "--no-probe"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "colorization" in result.stderr and "needs colour images" in result.stderr
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("settings", [{}, {"loss_mode": "classification", "output_stride": 4}])
+def test_keeps_the_engine_contract(settings: dict[str, object]) -> None:
+    check_pretext_task(ColorizationTask, settings=settings)
+
+
+def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
+    task = make_task(output_stride=4)
+    images = colour_images()
+    lab = rgb_to_lab(images)
+    torch.testing.assert_close(with_colour(lab[:, :1], lab[:, 1:]), images, atol=1e-3, rtol=0)  # L + ab = image
+    batch = draw(task, images)
+    before = task.draw(images, batch, None)
+    output = task.forward(SmallConvNet(3, width=4), task.build_modules(), nn.ModuleDict(), batch)
+    after = task.draw(images, batch, output)
+    assert after.width > before.width and after.height == before.height
+    # The first column is the original, as it is: a pixel of the picture has the image's colour.
+    pixel = before.getpixel((4 + 3, 2 * 14 + 4 + 3))  # row 0, inside the top-left block (4 px, drawn at 8)
+    assert pixel == tuple(round(float(v) * 255) for v in images[0, :, 0, 0])

@@ -1,0 +1,232 @@
+"""Split-brain autoencoders: Zhang, Isola & Efros 2017, "Split-Brain Autoencoders: Unsupervised Learning by
+Cross-Channel Prediction" (CVPR).
+
+The Lab image (:mod:`sslx_colorization.lab`) is split into its lightness ``L`` and its colour ``ab``. Two disjoint
+sub-networks each predict one part from the other: ``F1`` (the run's backbone slot, fed ``L`` as a normalised gray
+RGB image) colorizes, predicting ab; ``F2`` (a second backbone of the same kind, built by the task with two input
+channels, ab / 10) predicts the lightness. Each has its own decoder on its spatial map. The representation is
+the concatenation of both sub-networks' pooled features, so it has seen the whole image.
+
+Losses (Sec. 4.1), two named terms ``l_to_ab`` and ``ab_to_l``:
+
+* ``classification`` (default, the paper's "Split-Brain Auto (cl,cl)"): cross-entropy with one-hot targets,
+  ab quantised into the in-gamut bins of side 10 (:mod:`sslx_colorization.bins`), L into 50 bins of size 2
+  (:mod:`sslx_splitbrain.lightness_bins`). The registered classification loss chosen for the task is used for
+  both (``cross_entropy``, or e.g. ``--loss splitbrain=label_smoothing``). No class rebalancing: the paper
+  uses a "basic 1-hot encoding scheme".
+* ``regression`` ("(reg,reg)"): l2 between predicted and true channels in Lab units / 10, computed by the task
+  (the registered losses of a classification task are classification losses); the decoders' outputs are read
+  with :data:`~sslx_colorization.output_grid.REGRESSION_GAIN` so SGD at the engine's rate stays stable.
+
+The paper predicts at a quarter of the input resolution; so does this task by default (``output_stride=4``): at
+32 px, batch 64, one CPU thread, a step then costs 0.85x a rotation step. The paper splits one network's every
+layer in half, so the two sub-networks together have one network's size; here each is a whole backbone of the run's
+kind (the engine builds backbones by input channels only), so the representation has twice the backbone's
+features, as does the random-init baseline it is compared with.
+Metrics: ``lab_rmse`` (the pretext metric), ``ab_rmse`` and ``l_rmse``, root mean squared errors in Lab units of
+the predictions (decoded by the annealed mean, T = 0.38, in classification), and in classification
+``ab_accuracy`` and ``l_accuracy``.
+
+The second network makes this task unable to share the backbone slot with other tasks (``shares_backbone``
+is False): a mixed run including it is refused before training.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from sslx_colorization.bins import ABBins, ab_bins, annealed_mean
+from sslx_colorization.drawing import colour_grid, with_colour
+from sslx_colorization.lab import (
+    L_OFFSET,
+    LAB_SCALE,
+    gray_from_lightness,
+    lightness_input,
+    rgb_to_lab,
+    scale_ab,
+    scale_lightness,
+)
+from sslx_colorization.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
+from torch import nn
+from torch.nn import functional as F
+
+from ssl_engine.backbones.base import Backbone
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.settings import TaskSetting
+from ssl_engine.task import PretextBatch, PretextTask, Representation, TaskContext, TaskOutput, accuracy
+from sslx_splitbrain.lightness_bins import L_BINS, lightness_centres, quantize_lightness
+from sslx_splitbrain.representation import SplitBrainRepresentation
+
+LOSS_MODES = ("classification", "regression")
+AB_CHANNELS = 2
+SHOWN_LIGHTNESS = 65.0  # the colour half is drawn at one mid lightness, so only its colour shows
+
+
+class SplitBrainTask(PretextTask):
+    """Predict ab from L with the backbone and L from ab with a second network; features of both, concatenated.
+
+    Views: 1 per image, the lightness as a normalised gray RGB image ``(B, 3, S, S)`` for the backbone; the
+    second network's input ``(B, 2, S, S)`` travels in the batch's extras. Decoders give ``(B, Q or 2, h, w)``
+    (ab) and ``(B, 50 or 1, h, w)`` (L), ``h = S / output_stride``.
+    """
+
+    name = "splitbrain"
+    summary = "two sub-networks predict ab from L and L from ab (Lab); both networks' features, concatenated"
+    paper = "Zhang, Isola & Efros 2017, Split-Brain Autoencoders: Unsupervised Learning by Cross-Channel Prediction"
+    views = 1
+    min_image_size = 16
+    default_image_size = 32
+    needs_color = True
+    shares_backbone = False
+    head_kind = "decoder"
+    default_head = "upconv"
+    loss_kind = "classification"
+    default_loss = "cross_entropy"
+    metric = "lab_rmse"
+    settings = (
+        TaskSetting(
+            "loss_mode",
+            str,
+            "classification",
+            "cross-entropy over ab bins and 50 L bins (paper's cl,cl), or l2 regression on both (reg,reg)",
+            choices=LOSS_MODES,
+        ),
+        TaskSetting(
+            "output_stride",
+            int,
+            4,
+            "input pixels per predicted pixel (the paper: 4); must divide the backbone's stride",
+            choices=(1, 2, 4, 8, 16, 32),
+        ),
+        TaskSetting(
+            "temperature",
+            float,
+            0.38,
+            "classification: temperature T of the annealed mean decoding predictions for the metrics",
+            minimum=0.01,
+            maximum=10.0,
+        ),
+    )
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        self.classify = self.config["loss_mode"] == "classification"
+        self.scale = decoder_scale(self.name, context.feature_stride, self.config["output_stride"])
+        self.bins = ab_bins()
+        self._bins_on: dict[torch.device, ABBins] = {}
+
+    def bins_on(self, device: torch.device) -> ABBins:
+        """The ab bins on ``device`` (copied once per device)."""
+        if device not in self._bins_on:
+            self._bins_on[device] = self.bins.to(device)
+        return self._bins_on[device]
+
+    def build_modules(self) -> nn.ModuleDict:
+        """The second sub-network and both decoders, all trained by the main optimizer.
+
+        ``color_backbone`` (F2, ab -> features), ``to_ab`` (decoder on F1's map) and ``to_l`` (decoder on F2's).
+        """
+        make_head = self.context.make_head
+        color_backbone = self.context.make_backbone(AB_CHANNELS)
+        ab_outputs = self.bins.classes if self.classify else AB_CHANNELS
+        l_outputs = L_BINS if self.classify else 1
+        return nn.ModuleDict(
+            {
+                "color_backbone": color_backbone,
+                "to_ab": make_head(self.context.feature_dim, ab_outputs, scale=self.scale),
+                "to_l": make_head(color_backbone.feature_dim, l_outputs, scale=self.scale),
+            }
+        )
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        """Split the whole batch into lightness and colour, inputs and targets (no randomness).
+
+        Args:
+            images: ``(B, 3, S, S)`` float in [0, 1].
+            random: unused.
+
+        Returns:
+            inputs ``(B, 3, S, S)`` (the normalised gray image of L, for the backbone). Classification: targets
+            ``(B, h, w)`` int64 ab bins, extras ``l_target`` ``(B, h, w)`` int64 L bins. Regression: targets
+            ``(B, 2, h, w)`` ab / 10, extras ``l_target`` ``(B, 1, h, w)`` (L - 50) / 10. Both: extras
+            ``color_input`` ``(B, 2, S, S)`` (ab / 10, the second network's input) and ``lab`` ``(B, 3, h, w)``
+            (Lab area-averaged to the output grid).
+        """
+        lab = rgb_to_lab(images)  # (B, 3, S, S)
+        size = output_size(images.shape[-1], self.context.feature_stride, self.config["output_stride"])
+        small = to_output_grid(lab, size)  # (B, 3, h, w)
+        extras = {"color_input": scale_ab(lab[:, 1:]), "lab": small}
+        if self.classify:
+            targets = self.bins_on(images.device).quantize(small[:, 1:])  # (B, h, w)
+            extras["l_target"] = quantize_lightness(small[:, 0])  # (B, h, w)
+        else:
+            targets = scale_ab(small[:, 1:])
+            extras["l_target"] = scale_lightness(small[:, :1])
+        return PretextBatch(lightness_input(lab), targets, extras=extras)
+
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
+        """Both cross-channel predictions and their loss terms.
+
+        Args:
+            backbone: F1, the backbone slot (fed L).
+            modules: from :meth:`build_modules`.
+            aux: unused.
+            batch: from :meth:`pseudo_labels`.
+
+        Returns:
+            Terms ``l_to_ab`` and ``ab_to_l``; the metrics; predictions: the ab decoder's (bin logits
+            ``(B, Q, h, w)``, or ab / 10 ``(B, 2, h, w)``).
+        """
+        ab_outputs = modules["to_ab"](backbone(batch.inputs)).float()  # (B, Q or 2, h, w)
+        l_outputs = modules["to_l"](modules["color_backbone"](batch.extras["color_input"])).float()
+        l_target = batch.extras["l_target"]
+        metrics: dict[str, torch.Tensor] = {}
+        if self.classify:
+            losses = {
+                "l_to_ab": self.context.loss_fn(ab_outputs, batch.targets),
+                "ab_to_l": self.context.loss_fn(l_outputs, l_target),
+            }
+            centres = lightness_centres(device=l_outputs.device)
+            predicted_l = annealed_mean(l_outputs.detach(), centres, self.config["temperature"])
+            metrics["ab_accuracy"] = accuracy(ab_outputs, batch.targets)
+            metrics["l_accuracy"] = accuracy(l_outputs, l_target)
+        else:
+            # Scaled for a stable l2 under SGD, see REGRESSION_GAIN.
+            ab_outputs, l_outputs = ab_outputs * REGRESSION_GAIN, l_outputs * REGRESSION_GAIN
+            losses = {"l_to_ab": F.mse_loss(ab_outputs, batch.targets), "ab_to_l": F.mse_loss(l_outputs, l_target)}
+            predicted_l = l_outputs.detach() * LAB_SCALE + L_OFFSET
+        predicted_ab = self.predicted_ab(ab_outputs.detach())
+        lab = batch.extras["lab"]
+        ab_squared = (predicted_ab - lab[:, 1:]).square().mean()
+        l_squared = (predicted_l - lab[:, :1]).square().mean()
+        metrics["ab_rmse"] = ab_squared.sqrt()
+        metrics["l_rmse"] = l_squared.sqrt()
+        metrics["lab_rmse"] = ((2 * ab_squared + l_squared) / 3).sqrt()  # over the three channels
+        return TaskOutput(losses, metrics, ab_outputs)
+
+    def predicted_ab(self, predictions: torch.Tensor) -> torch.Tensor:
+        """Colours from the ab decoder's predictions: ``(B, 2, h, w)`` in Lab units (annealed mean of bin logits)."""
+        if not self.classify:
+            return predictions.float() * LAB_SCALE
+        centres = self.bins_on(predictions.device).centres
+        return annealed_mean(predictions, centres, self.config["temperature"])
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """Original, each sub-network's input (L as gray, ab at one lightness), and F1's colorization."""
+        lab = rgb_to_lab(images)  # (N, 3, S, S)
+        lightness = lab[:, :1]
+        columns = [
+            ("image", images),
+            ("F1 in: L", gray_from_lightness(lightness).expand(-1, 3, -1, -1)),
+            ("F2 in: ab", with_colour(torch.full_like(lightness, SHOWN_LIGHTNESS), lab[:, 1:])),
+            ("ab target", with_colour(lightness, batch.extras["lab"][:, 1:])),
+        ]
+        if output is not None and output.predictions is not None:
+            columns.append(("ab from L", with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
+        return colour_grid(columns, f"{self.name}: {self.summary}")
+
+    def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
+        """Both sub-networks on their halves of the Lab image, pooled and concatenated: ``(B, D1 + D2)``."""
+        return SplitBrainRepresentation(backbone, modules["color_backbone"])

@@ -1,0 +1,199 @@
+"""Behaviour of the split-brain task: the split, both targets, both networks, the representation, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from sslx_colorization.bins import ab_bins
+from sslx_colorization.lab import LAB_SCALE, lab_to_rgb, lightness_input_from_rgb, rgb_to_lab
+from sslx_colorization.output_grid import REGRESSION_GAIN
+from sslx_splitbrain.lightness_bins import L_BINS, lightness_centres, quantize_lightness
+from sslx_splitbrain.representation import SplitBrainRepresentation
+from sslx_splitbrain.task import SplitBrainTask
+from torch import nn
+from torch.nn import functional as F
+
+from ssl_engine.backbones.smallconv import SmallConvNet
+from ssl_engine.heads.upconv import UpConvDecoder
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.settings import resolve_settings
+from ssl_engine.task import PretextBatch, TaskContext
+from ssl_engine.testing import check_pretext_task
+
+BINS = ab_bins()
+
+
+def make_task(image_size: int = 32, **settings: object) -> SplitBrainTask:
+    return SplitBrainTask(
+        TaskContext(
+            settings=resolve_settings("splitbrain", SplitBrainTask.settings, settings),
+            image_size=image_size,
+            in_channels=3,
+            feature_dim=32,
+            feature_stride=8,
+            make_head=UpConvDecoder,
+            loss_fn=F.cross_entropy,
+            make_backbone=lambda channels: SmallConvNet(channels, width=4),
+        )
+    )
+
+
+def draw(task: SplitBrainTask, images: torch.Tensor) -> PretextBatch:
+    return task.pseudo_labels(images, BatchRandom(0, 0, "splitbrain", len(images)))
+
+
+def colour_images(batch: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    coarse = torch.rand(batch, 3, size // 4, size // 4, generator=torch.Generator().manual_seed(seed))
+    return F.interpolate(coarse, size=size, mode="nearest")
+
+
+def block_mean(values: torch.Tensor, block: int) -> torch.Tensor:
+    """Plain loops: the mean of each ``block x block`` square, ``(B, C, S, S)`` -> ``(B, C, S/block, S/block)``."""
+    side = values.shape[-1] // block
+    out = torch.empty(*values.shape[:2], side, side)
+    for i in range(side):
+        for j in range(side):
+            out[:, :, i, j] = values[:, :, i * block : (i + 1) * block, j * block : (j + 1) * block].mean(dim=(2, 3))
+    return out
+
+
+def test_lightness_bins_are_50_bins_of_size_2() -> None:
+    values = torch.tensor([0.0, 1.99, 2.0, 50.0, 98.5, 99.99, 100.0, -0.1, 100.2])
+    assert quantize_lightness(values).tolist() == [0, 0, 1, 25, 49, 49, 49, 0, 49]
+    assert L_BINS == 50
+    torch.testing.assert_close(lightness_centres()[:, 0], torch.arange(1.0, 100.0, 2.0))
+    for value in torch.rand(200, generator=torch.Generator().manual_seed(0)) * 100:
+        assert int(quantize_lightness(value)) == int(float(value) // 2)
+
+
+def test_the_split_gives_lightness_to_one_network_and_colour_to_the_other() -> None:
+    task = make_task()
+    images = colour_images()
+    batch = draw(task, images)
+    lab = rgb_to_lab(images)
+    torch.testing.assert_close(batch.inputs, lightness_input_from_rgb(images))  # F1: gray image of L
+    torch.testing.assert_close(batch.extras["color_input"], lab[:, 1:] / LAB_SCALE)  # F2: ab only
+    # Recolouring at equal lightness changes only F2's input.
+    other_lab = rgb_to_lab(0.25 + 0.5 * images)
+    other_lab[:, 1:] = -0.5 * other_lab[:, 1:] + 3.0
+    other = draw(task, lab_to_rgb(other_lab, clip=False))
+    torch.testing.assert_close(other.inputs, draw(task, 0.25 + 0.5 * images).inputs, atol=1e-4, rtol=0)
+
+
+def test_classification_targets_are_the_bins_of_the_averaged_lab() -> None:
+    task = make_task()  # output_stride 4 by default, as the paper
+    images = colour_images()
+    batch = draw(task, images)
+    small = block_mean(rgb_to_lab(images), 4)  # (B, 3, 8, 8)
+    torch.testing.assert_close(batch.extras["lab"], small, atol=1e-4, rtol=0)
+    assert batch.targets.shape == (4, 8, 8) and batch.targets.dtype == torch.int64
+    ab = small[:, 1:].permute(0, 2, 3, 1).reshape(-1, 2)
+    distances = (ab[:, None] - BINS.centres[None]).square().sum(-1)
+    torch.testing.assert_close(distances.gather(1, batch.targets.reshape(-1, 1))[:, 0], distances.min(1).values)
+    assert (batch.extras["l_target"] == (small[:, 0] // 2).long().clamp(0, 49)).all()
+
+
+def test_forward_gives_both_named_terms_and_trains_both_networks() -> None:
+    task = make_task()
+    modules = task.build_modules()
+    assert set(modules) == {"color_backbone", "to_ab", "to_l"}
+    assert modules["color_backbone"].features[0][0].in_channels == 2  # F2 sees ab only
+    backbone = SmallConvNet(3, width=4)
+    batch = draw(task, colour_images())
+    output = task.forward(backbone, modules, nn.ModuleDict(), batch)
+    assert set(output.losses) == {"l_to_ab", "ab_to_l"}
+    assert output.predictions is not None and output.predictions.shape == (4, BINS.classes, 8, 8)
+    l_logits = modules["to_l"](modules["color_backbone"](batch.extras["color_input"]))
+    assert l_logits.shape == (4, L_BINS, 8, 8)
+    torch.testing.assert_close(output.losses["l_to_ab"], F.cross_entropy(output.predictions, batch.targets))
+    assert {"lab_rmse", "ab_rmse", "l_rmse", "ab_accuracy", "l_accuracy"} <= set(output.metrics)
+    task.weighted_total(output.losses).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in modules["color_backbone"].parameters())
+
+
+def test_each_network_gets_only_its_own_loss() -> None:
+    task = make_task()
+    modules = task.build_modules()
+    backbone = SmallConvNet(3, width=4)
+    output = task.forward(backbone, modules, nn.ModuleDict(), draw(task, colour_images()))
+    output.losses["ab_to_l"].backward()
+    assert all(p.grad is None for p in backbone.parameters())  # F1 never sees the L prediction's loss
+    assert all(p.grad is not None for p in modules["color_backbone"].parameters())
+
+
+def test_regression_mode_is_l2_on_both_halves() -> None:
+    task = make_task(loss_mode="regression", output_stride=1)
+    modules = task.build_modules()
+    batch = draw(task, colour_images())
+    lab = rgb_to_lab(colour_images())
+    torch.testing.assert_close(batch.targets, lab[:, 1:] / LAB_SCALE)
+    torch.testing.assert_close(batch.extras["l_target"], (lab[:, :1] - 50) / LAB_SCALE)
+    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), batch)
+    assert output.predictions is not None and output.predictions.shape == (4, 2, 32, 32)
+    torch.testing.assert_close(output.losses["l_to_ab"], F.mse_loss(output.predictions, batch.targets))
+    l_pred = REGRESSION_GAIN * modules["to_l"](modules["color_backbone"](batch.extras["color_input"]))
+    torch.testing.assert_close(output.losses["ab_to_l"], F.mse_loss(l_pred, batch.extras["l_target"]))
+    expected = ((l_pred.detach() * LAB_SCALE + 50 - lab[:, :1]) ** 2).mean().sqrt()
+    torch.testing.assert_close(output.metrics["l_rmse"], expected, atol=1e-3, rtol=1e-4)
+
+
+def test_representation_concatenates_both_sub_networks() -> None:
+    task = make_task()
+    modules = task.build_modules().eval()
+    backbone = SmallConvNet(3, width=4).eval()
+    representation = task.representation(backbone, modules).eval()
+    assert isinstance(representation, SplitBrainRepresentation)
+    assert representation.feature_dim == 32 + 32
+    images = colour_images()
+    features = representation(images)
+    assert features.shape == (4, 64)
+    torch.testing.assert_close(features[:, :32], backbone.pooled(lightness_input_from_rgb(images)))
+    color_features = modules["color_backbone"].pooled(rgb_to_lab(images)[:, 1:] / LAB_SCALE)
+    torch.testing.assert_close(features[:, 32:], color_features)
+    assert {name for name, _ in representation.named_children()} == {"backbone", "color_backbone"}
+
+
+# --- the real command line ---------------------------------------------------------------------------------
+def test_cli_pretrains_and_writes_both_networks(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    run = tmp_path / "r"
+    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "splitbrain", "--steps", "3",
+               "--batch-size", "8", "--out", str(run), "--no-probe"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
+    assert checkpoints
+    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
+        keys = list(handle.keys())
+    for part in ("color_backbone.", "to_ab.", "to_l."):
+        assert any(key.startswith(f"task/splitbrain/{part}") for key in keys), part
+    assert any(key.startswith("model/") for key in keys)
+
+
+def test_cli_refuses_to_mix_it_with_other_tasks(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "splitbrain", "--task", "rotation",
+               "--steps", "3", "--out", str(run), "--no-probe"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "'splitbrain' cannot share the backbone" in result.stderr and "rotation" in result.stderr
+    assert not run.exists()
+
+
+def test_keeps_the_engine_contract() -> None:
+    check_pretext_task(SplitBrainTask)  # its regression mode is a known deviation, see the core's contract test
+
+
+def test_drawing_has_a_column_per_half_and_the_prediction() -> None:
+    task = make_task()
+    images = colour_images()
+    batch = draw(task, images)
+    before = task.draw(images, batch, None)
+    output = task.forward(SmallConvNet(3, width=4), task.build_modules(), nn.ModuleDict(), batch)
+    after = task.draw(images, batch, output)
+    assert before.width == 4 * 68 + 4 and after.width == 5 * 68 + 4
