@@ -42,7 +42,9 @@ def test_pretrain_writes_a_safetensors_checkpoint_and_evaluate_reads_it(invoke, 
     assert metadata["format"] == FORMAT and metadata["step"] == "4"
     assert any(k.startswith("model/") for k in keys) and any(k.startswith("task/rotation/head") for k in keys)
     assert any(k.startswith("optim/main/") for k in keys) and "rng/torch" in keys
-    assert tomllib.loads((run / "config.toml").read_text())["tasks"] == {"rotation": {"weight": 1.0}}
+    assert tomllib.loads((run / "config.toml").read_text())["tasks"] == {
+        "rotation": {"weight": 1.0, "settings": {"all_rotations": True}}
+    }
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 4 and "rotation/accuracy" in lines[-1] and "images_per_s" in lines[-1]
 
@@ -158,7 +160,9 @@ def test_evaluate_refuses_unlabelled_data_and_unknown_protocol(invoke, tmp_path:
     unlabelled = invoke("evaluate", run)
     assert unlabelled.exit_code == 2 and "no labels" in unlabelled.output
     unknown = invoke("evaluate", run, "--protocol", "telepathy")
-    assert unknown.exit_code == 2 and "unknown evaluator 'telepathy'; available: linear" in unknown.output
+    assert (
+        unknown.exit_code == 2 and "unknown evaluator 'telepathy'; available: finetune, knn, linear" in unknown.output
+    )
 
 
 def test_console_script_runs_in_a_fresh_process(sslx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
