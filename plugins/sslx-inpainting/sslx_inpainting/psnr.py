@@ -1,0 +1,35 @@
+"""Peak signal-to-noise ratio of reconstructions, on the hole only, in dB on images in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_engine.images import MEAN, STD
+
+# A perfect reconstruction would give infinite PSNR; clamping the error keeps the metric finite (100 dB).
+MIN_ERROR = 1e-10
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`ssl_engine.images.normalize`: ``(B, 3, H, W)`` standardised -> the [0, 1] scale."""
+    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return images * std + mean
+
+
+def masked_psnr(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSNR of each image over its masked pixels, averaged over the batch.
+
+    Args:
+        predicted: ``(B, C, H, W)`` in [0, 1] (clamp first: a real image can't leave the range).
+        target: ``(B, C, H, W)`` in [0, 1].
+        mask: ``(B, 1, H, W)`` bool, the pixels compared (at least one per image).
+
+    Returns:
+        A detached scalar, ``mean_b 10 * log10(1 / mse_b)`` with ``mse_b`` the mean squared error over image
+        ``b``'s masked pixels and all channels.
+    """
+    weights = mask.to(predicted.dtype)
+    squared = (predicted.detach() - target).square().sum(dim=1, keepdim=True)  # (B, 1, H, W), summed over C
+    error = (squared * weights).sum(dim=(1, 2, 3)) / (predicted.shape[1] * weights.sum(dim=(1, 2, 3)).clamp(min=1))
+    return (-10 * torch.log10(error.clamp(min=MIN_ERROR))).mean()

@@ -1,0 +1,178 @@
+"""Context encoders: Pathak, Krähenbühl, Donahue, Darrell & Efros 2016, "Context Encoders: Feature Learning by
+Inpainting" (CVPR).
+
+A region of each image is removed and filled with the data mean (:mod:`sslx_inpainting.masks`); the encoder (the
+shared backbone) sees the masked image and a decoder on its spatial feature map alone reconstructs the image,
+scored by l2 on the removed region (Sec. 3.2, eq. 1). Optionally a discriminator judges real images against
+filled-in ones and the context encoder is also trained to fool it (eq. 2, :mod:`sslx_inpainting.discriminator`);
+the total is ``lambda_rec * L_rec + lambda_adv * L_adv`` with the paper's ``0.999 / 0.001`` (eq. 3, Sec. 4).
+The representation for downstream use is the encoder on whole (unmasked) images.
+
+Differences from the paper, forced by the engine's small images or its shared-backbone design:
+
+- The decoder predicts the whole image and only the hole is scored (the paper's decoder outputs just the
+  central square), so every mask kind uses the same decoder.
+- The paper predicts a region overlapping the context by a few pixels and weighs that border 10x; here
+  ``context_weight`` optionally adds l2 on all the visible pixels, off by default so the loss is the hole's.
+- Images are standardised with the engine's fixed statistics (:func:`ssl_engine.images.normalize`), so the mean
+  image the paper fills in is 0 in the space the network sees, and 0 is what the hole holds.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_engine.backbones.base import Backbone
+from ssl_engine.images import normalize
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.settings import TaskSetting
+from ssl_engine.task import PretextBatch, PretextTask, TaskContext, TaskOutput
+from sslx_inpainting.discriminator import Discriminator, discriminator_loss, generator_loss
+from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, hole_side, region_masks
+from sslx_inpainting.psnr import denormalize, masked_psnr
+
+MASKS = ("center", "random_blocks", "random_region")
+# The data mean after standardisation: what the removed pixels are replaced with.
+FILL = 0.0
+
+
+class InpaintingTask(PretextTask):
+    """Reconstruct a removed region of each image from its context.
+
+    Views: 1 masked image per image. Modules: ``decoder`` (the ``upconv`` head by default) from the backbone's
+    map ``(B, D, S/stride, S/stride)`` to the image ``(B, 3, S, S)``; aux (only with ``adversarial=true``):
+    ``discriminator``. Loss terms: ``reconstruction`` (l2 on the hole) and ``adversarial``; the aux term
+    ``discriminator`` is logged as ``inpainting/discriminator``. Metric: ``psnr`` on the hole, in dB, beside
+    ``mean_fill_psnr``, the same for the mean-filled input (the baseline to beat).
+    """
+
+    name = "inpainting"
+    summary = "fill in a removed region of each image from its context (context encoder)"
+    paper = "Pathak, Krähenbühl, Donahue, Darrell & Efros 2016, Context Encoders: Feature Learning by Inpainting"
+    views = 1
+    min_image_size = 16
+    default_image_size = 32
+    head_kind = "decoder"
+    default_head = "upconv"
+    loss_kind = "regression"
+    default_loss = "mse"
+    metric = "psnr"
+    settings = (
+        TaskSetting(
+            "mask",
+            str,
+            "center",
+            "region removed: the central square, random blocks, or random irregular regions (paper, Sec. 3.3)",
+            choices=MASKS,
+        ),
+        TaskSetting(
+            "hole_fraction",
+            float,
+            0.25,
+            "share of the image removed (paper: a quarter; the central square has half the side)",
+            minimum=0.01,
+            maximum=0.75,
+        ),
+        TaskSetting("blocks", int, 4, "squares per image with mask=random_blocks (may overlap)", minimum=1, maximum=16),
+        TaskSetting(
+            "context_weight",
+            float,
+            0.0,
+            "weight of the l2 on the visible pixels, relative to the hole's (0: the hole only)",
+            minimum=0.0,
+        ),
+        TaskSetting("adversarial", bool, False, "add the discriminator and the adversarial loss term (paper, eq. 2)"),
+        TaskSetting("reconstruction_weight", float, 0.999, "lambda_rec (paper: 0.999)", minimum=0.0),
+        TaskSetting("adversarial_weight", float, 0.001, "lambda_adv (paper: 0.001)", minimum=0.0),
+    )
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        self.loss_weights = {
+            "reconstruction": self.config["reconstruction_weight"],
+            "adversarial": self.config["adversarial_weight"],
+        }
+
+    def build_modules(self) -> nn.ModuleDict:
+        context = self.context
+        decoder = context.make_head(context.feature_dim, context.in_channels, context.feature_stride)
+        return nn.ModuleDict({"decoder": decoder})
+
+    def build_aux_modules(self) -> nn.ModuleDict:
+        if not self.config["adversarial"]:
+            return nn.ModuleDict()
+        return nn.ModuleDict({"discriminator": Discriminator(self.context.in_channels)})
+
+    def masks(self, batch: int, image_size: int, random: BatchRandom) -> torch.Tensor:
+        """The holes of a batch, ``(B, 1, S, S)`` bool, True where pixels are removed (see :mod:`.masks`)."""
+        mode, fraction = self.config["mask"], self.config["hole_fraction"]
+        if mode == "center":
+            return center_masks(batch, image_size, fraction, random.device)
+        if mode == "random_blocks":
+            blocks = self.config["blocks"]
+            side = hole_side(image_size, fraction / blocks)  # so the blocks cover at most `fraction` together
+            corners = random.randint(0, image_size - side + 1, blocks, 2)  # (B, K, 2)
+            return block_masks(image_size, corners, side)
+        return region_masks(random.rand(REGION_GRID, REGION_GRID), image_size, fraction)
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        """Remove a region of every image and fill it with the mean.
+
+        Args:
+            images: ``(B, 3, S, S)`` float in [0, 1].
+            random: per-sample randomness (unused by the central mask).
+
+        Returns:
+            inputs ``(B, 3, S, S)`` normalised with the hole set to the mean (0); targets ``(B, 3, S, S)``, the
+            normalised originals; extras ``mask`` ``(B, 1, S, S)`` bool, True on the hole.
+        """
+        mask = self.masks(images.shape[0], images.shape[-1], random)
+        originals = normalize(images)
+        return PretextBatch(originals.masked_fill(mask, FILL), originals, views=1, extras={"mask": mask})
+
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
+        """Encode the masked images, decode the hole, score it (and, with a discriminator, fool it).
+
+        Args:
+            backbone: the shared encoder.
+            modules: ``{"decoder": (B, D, h, w) -> (B, 3, >= S, >= S)}``.
+            aux: ``{"discriminator": ...}`` with ``adversarial=true``, else empty.
+            batch: from :meth:`pseudo_labels`.
+
+        Returns:
+            Loss terms ``reconstruction`` (and ``adversarial``), metrics ``psnr`` and ``mean_fill_psnr`` (dB, on
+            the hole), and the filled-in images ``(B, 3, S, S)`` (normalised: the context as given, the hole
+            from the decoder) as predictions.
+        """
+        mask = batch.extras["mask"]
+        size = batch.inputs.shape[-1]
+        features = backbone(batch.inputs)  # (B, D, ceil(S/stride), ceil(S/stride)): the encoder sees no more
+        # A decoder's output is a multiple of the stride; its top-left S x S lines up with the image.
+        decoded = modules["decoder"](features)[..., :size, :size]  # (B, 3, S, S)
+        hole = mask.expand_as(decoded)
+        predicted, target = decoded.float(), batch.targets.float()
+        reconstruction = self.context.loss_fn(predicted[hole], target[hole])
+        if self.config["context_weight"] > 0:
+            visible = self.context.loss_fn(predicted[~hole], target[~hole])
+            reconstruction = reconstruction + self.config["context_weight"] * visible
+        filled = torch.where(hole, predicted, batch.inputs.float())  # (B, 3, S, S)
+        losses = {"reconstruction": reconstruction}
+        if "discriminator" in aux:
+            losses["adversarial"] = generator_loss(aux["discriminator"](filled))
+        originals = denormalize(target)
+        metrics = {
+            "psnr": masked_psnr(denormalize(filled).clamp(0, 1), originals, mask),
+            "mean_fill_psnr": masked_psnr(denormalize(batch.inputs.float()).clamp(0, 1), originals, mask),
+        }
+        return TaskOutput(losses, metrics, filled)
+
+    def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
+        """The discriminator's real-vs-filled-in loss, on detached filled-in images (empty without one)."""
+        if "discriminator" not in aux or output.predictions is None:
+            return {}
+        discriminator = aux["discriminator"]
+        fake_logits = discriminator(output.predictions.detach())
+        return {"discriminator": discriminator_loss(discriminator(batch.targets), fake_logits)}

@@ -1,0 +1,31 @@
+"""Peak signal-to-noise ratio, the usual super-resolution score, in dB on images in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_engine.images import MEAN, STD
+
+# A perfect reconstruction would give infinite PSNR; clamping the error keeps the metric finite (100 dB).
+MIN_ERROR = 1e-10
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`ssl_engine.images.normalize`: ``(B, 3, H, W)`` standardised -> the [0, 1] scale."""
+    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return images * std + mean
+
+
+def psnr(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR of each image, averaged over the batch.
+
+    Args:
+        predicted: ``(B, C, H, W)`` in [0, 1] (clamp first: a real image can't leave the range).
+        target: ``(B, C, H, W)`` in [0, 1].
+
+    Returns:
+        A detached scalar, ``mean_b 10 * log10(1 / mse_b)`` with ``mse_b`` the mean squared error of image ``b``.
+    """
+    error = (predicted.detach() - target).square().mean(dim=(1, 2, 3))  # (B,)
+    return (-10 * torch.log10(error.clamp(min=MIN_ERROR))).mean()

@@ -1,0 +1,295 @@
+"""Behaviour of the super-resolution task: the bicubic inputs, the residual output, the pixel loss, the
+adversarial branch in the engine's real training step, and real CLI runs (plain, adversarial, resumed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sslx_superres.plugin
+import torch
+from PIL import Image
+from safetensors import safe_open
+from sslx_superres.degrade import bicubic_degrade, low_resolution_size
+from sslx_superres.discriminator import Discriminator
+from sslx_superres.psnr import psnr
+from sslx_superres.task import INITIAL_RESIDUAL_SCALE, SuperResolutionTask
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ssl_engine.backbones.base import Backbone
+from ssl_engine.backbones.smallconv import SmallConvNet
+from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
+from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.data.shapes import ShapesDataset
+from ssl_engine.heads.upconv import UpConvDecoder
+from ssl_engine.hookspecs import hookimpl
+from ssl_engine.images import MEAN, normalize
+from ssl_engine.plugins import PluginHost
+from ssl_engine.randomness import BatchRandom
+from ssl_engine.settings import SettingError, resolve_settings
+from ssl_engine.task import TaskContext
+from ssl_engine.train.loop import Trainer, saved_config
+
+torch.set_num_threads(2)
+
+
+def make_task(image_size: int = 32, **settings: object) -> SuperResolutionTask:
+    return SuperResolutionTask(
+        TaskContext(
+            settings=resolve_settings("superres", SuperResolutionTask.settings, settings),
+            image_size=image_size,
+            in_channels=3,
+            feature_dim=32,
+            feature_stride=8,
+            make_head=UpConvDecoder,
+            loss_fn=partial(F.mse_loss),
+            make_backbone=lambda channels: SmallConvNet(channels, width=4),
+        )
+    )
+
+
+def draw(task: SuperResolutionTask, images: Tensor, step: int = 0):  # type: ignore[no-untyped-def]
+    return task.pseudo_labels(images, BatchRandom(0, step, "superres", len(images)))
+
+
+def shapes(count: int, size: int = 32) -> Tensor:
+    dataset = ShapesDataset("test", size, size=count)
+    return torch.stack([dataset[i][0] for i in range(count)]).float() / 255  # (B, 3, S, S) in [0, 1]
+
+
+# --- the bicubic inputs ------------------------------------------------------------------------------------
+def test_downsampling_matches_pil_bicubic_and_the_batch_matches_each_image_alone() -> None:
+    images = shapes(6, 32)
+    low = F.interpolate(images, size=(8, 8), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    for b in range(6):
+        pixels = (images[b].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        small = np.asarray(Image.fromarray(pixels).resize((8, 8), Image.Resampling.BICUBIC), dtype=np.float32)
+        # PIL works on uint8 and rounds; antialiased bicubic in torch is the same filter.
+        assert np.abs(low[b].permute(1, 2, 0).numpy() * 255 - small).max() <= 2.0
+    degraded = bicubic_degrade(images, 4)
+    one_by_one = torch.cat([bicubic_degrade(image[None], 4) for image in images])
+    torch.testing.assert_close(degraded, one_by_one)
+    assert degraded.shape == images.shape and degraded.min() >= 0 and degraded.max() <= 1
+    assert low_resolution_size(32, 4) == 8 and low_resolution_size(30, 4) == 8 and low_resolution_size(16, 32) == 1
+
+
+def test_inputs_are_the_normalised_bicubic_images_and_targets_the_originals() -> None:
+    images = shapes(4, 32)
+    batch = draw(make_task(32, factor=2), images)
+    torch.testing.assert_close(batch.inputs, normalize(bicubic_degrade(images, 2)))
+    torch.testing.assert_close(batch.targets, normalize(images))
+    again = draw(make_task(32, factor=2), images, step=5)  # the degradation has no randomness
+    assert torch.equal(again.inputs, batch.inputs) and batch.views == 1
+
+
+def test_bicubic_psnr_falls_with_the_factor_and_beats_a_flat_mean_image() -> None:
+    images = shapes(32, 32)
+    scores = [float(psnr(bicubic_degrade(images, factor), images)) for factor in (2, 4, 8)]
+    mean_image = torch.tensor(MEAN).view(1, 3, 1, 1).expand_as(images)
+    assert scores[0] > scores[1] > scores[2] > float(psnr(mean_image, images)) + 3
+    assert float(psnr(images, images)) == pytest.approx(100.0)  # the clamp on a perfect reconstruction
+
+
+def test_psnr_matches_a_plain_reference() -> None:
+    predicted, target = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    expected = sum(10 * math.log10(1 / float(((p - t) ** 2).mean())) for p, t in zip(predicted, target, strict=True))
+    assert float(psnr(predicted, target)) == pytest.approx(expected / 3, rel=1e-5)
+
+
+# --- the output and the loss -------------------------------------------------------------------------------
+def test_output_is_bicubic_plus_residual_and_the_loss_its_l2() -> None:
+    task = make_task(32)
+    backbone, modules = SmallConvNet(3, width=4), task.build_modules()
+    batch = draw(task, shapes(4, 32))
+    residuals: list[Tensor] = []
+    modules["decoder"].register_forward_hook(lambda module, args, output: residuals.append(output))
+    output = task.forward(backbone, modules, nn.ModuleDict(), batch)
+    assert set(output.losses) == {"pixel"} and output.predictions is not None
+    torch.testing.assert_close(output.predictions, batch.inputs + residuals[0])
+    torch.testing.assert_close(output.losses["pixel"], ((output.predictions - batch.targets) ** 2).mean())
+
+
+def test_a_fresh_decoder_starts_next_to_the_bicubic_image() -> None:
+    torch.manual_seed(0)
+    usual = UpConvDecoder(32, 3, 8)
+    torch.manual_seed(0)
+    modules = make_task(32).build_modules()
+    last = modules["decoder"].layers[-1]
+    torch.testing.assert_close(last.weight, INITIAL_RESIDUAL_SCALE * usual.layers[-1].weight)
+    assert (last.bias == 0).all()
+    images = shapes(8, 32)
+    task = make_task(32)
+    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), draw(task, images))
+    assert float(output.metrics["psnr"]) == pytest.approx(float(output.metrics["bicubic_psnr"]), abs=0.05)
+    assert task.config["factor"] == 8
+    assert float(output.metrics["bicubic_psnr"]) == pytest.approx(float(psnr(bicubic_degrade(images, 8), images)))
+    with torch.no_grad():
+        last.weight.zero_()
+    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), draw(task, images))
+    assert float(output.metrics["psnr"]) == pytest.approx(float(output.metrics["bicubic_psnr"]), abs=1e-4)
+
+
+class ConstantEncoder(Backbone):
+    """An encoder that ignores its input: whatever reaches the output besides it is a path around it."""
+
+    feature_dim, stride = 32, 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Parameter(torch.randn(1, 32, 4, 4))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.features.expand(len(images), -1, -1, -1)
+
+
+def test_the_only_path_from_input_to_residual_is_the_encoder() -> None:
+    task = make_task(32)
+    modules = task.build_modules().eval()
+    nn.init.normal_(modules["decoder"].layers[-1].weight)  # a residual that is far from 0, so the test can fail
+    first, second = draw(task, shapes(2, 32)), draw(task, torch.rand(2, 3, 32, 32))
+    encoder = ConstantEncoder()
+    outputs = [task.forward(encoder, modules, nn.ModuleDict(), batch) for batch in (first, second)]
+    residuals = [out.predictions - batch.inputs for out, batch in zip(outputs, (first, second), strict=True)]
+    torch.testing.assert_close(residuals[0], residuals[1])
+
+
+def test_settings_and_loss_weights() -> None:
+    assert make_task(32).loss_weights == {"pixel": 1.0, "adversarial": 0.001}
+    assert make_task(32, pixel_weight=0.5, adversarial_weight=0.1).loss_weights == {"pixel": 0.5, "adversarial": 0.1}
+    for bad in ("1", "9", "two"):
+        with pytest.raises(SettingError, match="factor"):
+            make_task(32, factor=bad)
+
+
+# --- the adversarial branch --------------------------------------------------------------------------------
+def test_without_the_adversarial_setting_there_is_no_discriminator() -> None:
+    task = make_task(32)
+    assert len(task.build_aux_modules()) == 0
+    batch = draw(task, shapes(2, 32))
+    output = task.forward(SmallConvNet(3, width=4), task.build_modules(), nn.ModuleDict(), batch)
+    assert "adversarial" not in output.losses and task.aux_losses(nn.ModuleDict(), batch, output) == {}
+
+
+def test_adversarial_terms_and_detached_fakes() -> None:
+    task = make_task(32, adversarial=True)
+    backbone, modules, aux = SmallConvNet(3, width=4), task.build_modules(), task.build_aux_modules()
+    aux.eval()  # spectral norm's power iteration stays put, so re-evaluating the discriminator gives the same logits
+    batch = draw(task, shapes(4, 32))
+    output = task.forward(backbone, modules, aux, batch)
+    assert output.predictions is not None
+    discriminator = aux["discriminator"]
+    torch.testing.assert_close(output.losses["adversarial"], -F.logsigmoid(discriminator(output.predictions)).mean())
+    [term] = task.aux_losses(aux, batch, output).values()
+    expected = (
+        -F.logsigmoid(discriminator(batch.targets)).mean() - F.logsigmoid(-discriminator(output.predictions)).mean()
+    )
+    torch.testing.assert_close(term, expected)
+    term.backward()
+    assert all(p.grad is None for p in [*modules.parameters(), *backbone.parameters()])
+    assert all(p.grad is not None for p in discriminator.parameters())
+
+
+def test_the_discriminator_logits_do_not_grow_with_its_weights() -> None:
+    """Spectral normalisation: scaling every weight by 100 leaves the logits as they were (biases aside)."""
+    discriminator = Discriminator().eval()
+    images = torch.randn(4, 3, 32, 32)
+    before = discriminator(images)
+    with torch.no_grad():
+        for name, parameter in discriminator.named_parameters():
+            if name.endswith("original"):
+                parameter.mul_(100)
+    torch.testing.assert_close(discriminator(images), before)
+
+
+class TinyShapes:
+    """A 32-image shapes data set, so the engine's own trainer starts in a moment."""
+
+    @hookimpl
+    def register_datasets(self, register):  # type: ignore[no-untyped-def]
+        register("tinyshapes", lambda split, image_size, options: ShapesDataset(split, image_size, size=32))
+
+
+def make_trainer(out: Path, **settings: object) -> Trainer:
+    host = PluginHost.from_plugins([("superres", sslx_superres.plugin), ("tiny", TinyShapes())], strict=True)
+    config = PretrainConfig(
+        [TaskSpec("superres", settings=dict(settings))], data="tinyshapes", batch_size=8, steps=4, workers=0
+    )
+    return Trainer(config, host.registry, out)
+
+
+def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_term(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path / "r", adversarial=True)
+    discriminator = trainer.model.aux_modules["superres"]["discriminator"]
+    before = {name: p.detach().clone() for name, p in discriminator.named_parameters()}
+    images, _ = next(iter(trainer.stream.batches(0)))
+    logged = trainer.train_step(images)
+    assert all(not torch.equal(before[name], value) for name, value in discriminator.named_parameters())
+    assert {"superres/pixel", "superres/adversarial", "superres/discriminator", "superres/psnr"} <= set(logged)
+    expected = logged["superres/pixel"] + 0.001 * logged["superres/adversarial"]
+    assert math.isclose(logged["superres/loss"], expected, rel_tol=1e-5) and logged["superres/adversarial"] > 0
+
+
+def test_without_adversarial_the_trainer_has_no_aux_optimizer(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path / "r")
+    assert len(trainer.model.aux_modules["superres"]) == 0 and trainer.aux_optimizers == {}
+
+
+# --- the real command line ---------------------------------------------------------------------------------
+def sslx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ssl_engine.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_cli_pretrains_and_writes_a_checkpoint_without_a_discriminator(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    result = sslx("pretrain", "--task", "superres", "--steps", "3", "--batch-size", "8", "--out", str(run),
+                  "--no-probe", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
+    assert checkpoints
+    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert any(key.startswith("task/superres/decoder.") for key in keys)
+    assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys)
+
+
+def picture_folder(root: Path, count: int = 16, size: int = 16) -> Path:
+    """A flat folder of PNG files (unlabelled data, as a user's own pictures), quick to open unlike the shapes set."""
+    root.mkdir()
+    dataset = ShapesDataset("train", size, size=count)
+    for index in range(count):
+        Image.fromarray(dataset[index][0].permute(1, 2, 0).numpy()).save(root / f"{index:02d}.png")
+    return root
+
+
+def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    pictures = picture_folder(tmp_path / "pictures")
+    common = ["--task", "superres", "--set", "superres.adversarial=true", "--data", str(pictures), "--batch-size", "8",
+              "--out", str(run), "--no-probe", "--log-every", "1", "--image-size", "16"]  # fmt: skip
+    first = sslx("pretrain", *common, "--steps", "2", "--checkpoint-every", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    saved = read_checkpoint(checkpoint_path(run, 2))
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all({"superres/adversarial", "superres/discriminator"} <= set(line) for line in lines)
+    config = saved_config(run)
+    config.steps = 3
+    resumed = Trainer(config, PluginHost.from_entry_points().registry, run, resume=True)
+    assert resumed.step == 2
+    aux = saved.module_state("aux/superres")
+    assert aux and all(torch.equal(v, aux[k]) for k, v in resumed.model.aux_modules["superres"].state_dict().items())
+    optimizer_state = resumed.aux_optimizers["superres"].state_dict()["state"]
+    assert optimizer_state
+    for index, per_parameter in optimizer_state.items():
+        expected = saved.tensors[f"optim/aux/superres/{index}/momentum_buffer"]
+        torch.testing.assert_close(per_parameter["momentum_buffer"], expected)
+    second = sslx("pretrain", *common, "--steps", "3", "--resume", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
