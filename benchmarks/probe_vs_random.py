@@ -20,6 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
+# Pretext metrics the plugins log, in order of preference.
+METRICS = ("accuracy", "psnr", "ab_rmse", "lab_rmse")
+
+
+def pretext_metric(task: str, last: dict[str, float]) -> str:
+    """The task's own pretext metric from its last logged step, named: ``accuracy 0.867``, ``psnr 21.31``."""
+    for name in METRICS:
+        if f"{task}/{name}" in last:
+            return f"{name} {last[f'{task}/{name}']:.3f}"
+    return "n/a"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,14 +69,14 @@ def main() -> None:
                 flush=True,
             )
     print(
-        "\n| task | seed | steps | final pretext acc. | linear probe, pretrained | linear probe, random init | "
+        "\n| task | seed | steps | final pretext metric | linear probe, pretrained | linear probe, random init | "
         "difference | wall time |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for task, seed, probe, last, seconds in rows:
         trained, random_init = probe["pretrained"]["accuracy"], probe["random_init"]["accuracy"]
         print(
-            f"| {task} | {seed} | {probe['step']} | {last.get(f'{task}/accuracy', float('nan')):.3f} | "
+            f"| {task} | {seed} | {probe['step']} | {pretext_metric(task, last)} | "
             f"{trained:.4f} | {random_init:.4f} | {trained - random_init:+.4f} | {seconds:.0f} s |"
         )
     beaten = all(p["pretrained"]["accuracy"] > p["random_init"]["accuracy"] for _, _, p, _, _ in rows)
