@@ -127,6 +127,10 @@ def plugins(as_json: bool) -> None:
         click.echo(f"PROBLEM  {problem}")
 
 
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """``click.echo`` for ranks other than 0: says nothing."""
+
+
 def fail(error: Exception) -> None:
     """A user error: message on stderr, exit code 2."""
     click.echo(f"Error: {error}", err=True)
@@ -155,6 +159,9 @@ CONFIG_OPTIONS = {
     "keep_checkpoints": "keep_checkpoints",
     "probe": "probe",
     "online_probe": "online_probe",
+    "sync_bn": "sync_bn",
+    "scale_lr": "scale_lr",
+    "compile": "compile",
 }
 
 
@@ -258,6 +265,21 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
     is_flag=True,
     help="Train a linear classifier on detached features during the run and log probe/accuracy.",
 )
+@click.option(
+    "--sync-bn",
+    is_flag=True,
+    help="Under torchrun: batch-norm statistics over the global batch of all processes (SyncBatchNorm).",
+)
+@click.option(
+    "--scale-lr",
+    is_flag=True,
+    help="Under torchrun: multiply the lr by the number of processes (linear scaling rule, Goyal et al. 2017).",
+)
+@click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the backbone and heads (worth it on a GPU for long runs; the first steps are slower).",
+)
 def pretrain(**options: Any) -> None:
     """Pretrain a backbone on one or more pretext tasks.
 
@@ -268,9 +290,11 @@ def pretrain(**options: Any) -> None:
       sslx pretrain --task rotation --task jigsaw=0.5 --head rotation=mlp --set jigsaw.permutations=30
       sslx pretrain --config exp.toml --steps 100
       sslx pretrain --out runs/rot --resume --steps 2000
+      torchrun --nproc-per-node 4 -m ssl_engine.cli pretrain --task simclr --sync-bn --out runs/simclr4
     """
     host = host_or_exit()
-    from ssl_engine.train.loop import RunDirectoryError, Trainer, saved_config
+    from ssl_engine.distributed import broadcast_from_main, init_from_env, shutdown
+    from ssl_engine.train.loop import RunDirectoryError, Trainer, pick_device, saved_config
     from ssl_engine.train.probe import probe_against_random
 
     tasks = [parse_task(value) for value in options["tasks"]]
@@ -294,14 +318,17 @@ def pretrain(**options: Any) -> None:
         )
         if not config.tasks:
             raise click.UsageError("no task given: pass --task NAME (or a --config file with [tasks.NAME])")
-        if out is None:
-            out = Path("runs") / f"{'+'.join(t.name for t in config.tasks)}-{datetime.now():%Y%m%d-%H%M%S}"
+        world = init_from_env(pick_device(config.device).type)
+        if out is None:  # rank 0's clock names the directory of every rank
+            stamp = broadcast_from_main(f"{datetime.now():%Y%m%d-%H%M%S}", world)
+            out = Path("runs") / f"{'+'.join(t.name for t in config.tasks)}-{stamp}"
         trainer = Trainer(config, host.registry, out, resume=options["resume"], force=options["force"])
     except click.UsageError:
         raise
     except (*USER_ERRORS, ConfigError, RunDirectoryError, ValueError) as error:
         fail(error)
-    click.echo(
+    say = click.echo if world.is_main else _quiet  # one voice under torchrun: rank 0 reports and probes
+    say(
         f"pretraining {', '.join(t.name for t in config.tasks)} on {config.data} ({trainer.image_size} px), "
         f"backbone {config.backbone}, {trainer.total} steps on {trainer.device}, run directory {out}",
         err=True,
@@ -309,19 +336,22 @@ def pretrain(**options: Any) -> None:
     try:
         result = trainer.train()
     except TrainingInterrupted as stop:
-        click.echo(f"{stop}; resume with: sslx pretrain --out {out} --resume", err=True)
+        say(f"{stop}; resume with: sslx pretrain --out {out} --resume", err=True)
         sys.exit(stop.exit_code)
     except FloatingPointError as error:
-        click.echo(f"Error: {error}", err=True)
+        say(f"Error: {error}", err=True)
         sys.exit(1)
+    shutdown(world)  # the processes part here; rank 0 probes on its own
+    if not world.is_main:
+        return
     shown = trainer.headline(result.final) if result.final else {}
-    click.echo(f"finished {result.steps} steps: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    say(f"finished {result.steps} steps: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     if config.probe and trainer.source.labelled:
-        click.echo("linear probe (frozen features, classifier chosen on val, test top-1):", err=True)
+        say("linear probe (frozen features, classifier chosen on val, test top-1):", err=True)
         report = probe_against_random(trainer)
         name = "+".join(t.name for t in config.tasks)
-        click.echo(f"  {'pretrained ' + name:<30} {report['pretrained']['accuracy']:.4f}")
-        click.echo(f"  {'random init':<30} {report['random_init']['accuracy']:.4f}")
+        say(f"  {'pretrained ' + name:<30} {report['pretrained']['accuracy']:.4f}")
+        say(f"  {'random init':<30} {report['random_init']['accuracy']:.4f}")
 
 
 @main.command()

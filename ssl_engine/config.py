@@ -34,7 +34,7 @@ import tomli_w
 CONFIG_FILE = "config.toml"
 # Fields a resumed run may change: the budget, logging and checkpoint frequency, and where it runs.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "epochs", "log_every", "checkpoint_every", "keep_checkpoints", "probe", "device", "workers"}
+    {"steps", "epochs", "log_every", "checkpoint_every", "keep_checkpoints", "probe", "device", "workers", "compile"}
 )
 
 
@@ -82,6 +82,9 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     probe: bool = True
     online_probe: bool = False
+    sync_bn: bool = False
+    scale_lr: bool = False
+    compile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; ``tasks`` as an ordered table keyed by task name."""

@@ -18,6 +18,7 @@ from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.config import CONFIG_FILE, PretrainConfig, TaskSpec
 from ssl_engine.plugins import get_host
 from ssl_engine.train import loop
+from ssl_engine.train import step as step_module
 from ssl_engine.train.loop import Trainer
 from tests.conftest import write_images
 
@@ -109,9 +110,9 @@ def test_negative_controls_resume_without_data_position_or_random_streams_diverg
     monkeypatch.undo()
 
     # Control 2: the pseudo-label/augmentation random streams restart instead of continuing from the step.
-    original_random = loop.BatchRandom
+    original_random = step_module.BatchRandom
     monkeypatch.setattr(
-        loop, "BatchRandom", lambda seed, step, stream, *a, **k: original_random(seed, step % 3, stream, *a, **k)
+        step_module, "BatchRandom", lambda seed, step, stream, *a, **k: original_random(seed, step % 3, stream, *a, **k)
     )
     assert not same(train_in_process(folder, tmp_path / "no-random-position"))
 

@@ -61,6 +61,7 @@ class BatchStream:
         workers: int = 2,
         images: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        pin_memory: bool = False,
     ) -> None:
         self.dataset = dataset
         self.count = len(dataset)  # type: ignore[arg-type]
@@ -73,35 +74,65 @@ class BatchStream:
             )
         self.steps_per_epoch = self.count // self.global_batch
         self.images, self.labels = images, labels
+        self.pin_memory = pin_memory
 
     @classmethod
     def for_dataset(
-        cls, dataset: Dataset[tuple[torch.Tensor, int]], batch_size: int, seed: int, *, workers: int = 2, **kwargs: int
+        cls,
+        dataset: Dataset[tuple[torch.Tensor, int]],
+        batch_size: int,
+        seed: int,
+        *,
+        workers: int = 2,
+        device: torch.device | None = None,
+        **kwargs: int,
     ) -> BatchStream:
-        """A stream that holds the data set in memory when it fits in :data:`IN_MEMORY_LIMIT_BYTES`."""
+        """A stream that holds the data set in memory when it fits in :data:`IN_MEMORY_LIMIT_BYTES`: decoded once
+        into one uint8 tensor, kept on ``device`` (on a GPU, batches are then gathered there, with no copy from
+        the host per step). Larger data sets are decoded by ``workers`` DataLoader processes into pinned memory
+        (on CUDA) for asynchronous copies."""
         count = len(dataset)  # type: ignore[arg-type]
         image, _ = dataset[0]
         in_memory = count * image.numel() <= IN_MEMORY_LIMIT_BYTES
         images, labels = materialize(dataset) if in_memory else (None, None)
-        return cls(dataset, batch_size, seed, workers=workers, images=images, labels=labels, **kwargs)
+        if images is not None and labels is not None and device is not None:
+            images, labels = images.to(device), labels.to(device)
+        pin = device is not None and device.type == "cuda"
+        return cls(dataset, batch_size, seed, workers=workers, images=images, labels=labels, pin_memory=pin, **kwargs)
 
-    def batches(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches from global step ``start_step`` on (resuming mid-epoch skips no data and repeats none)."""
+    def index_batches(self, start_step: int = 0) -> Iterator[list[int]]:
+        """This process's sample indices of every step from ``start_step`` on, epoch after epoch."""
         epoch, within = divmod(start_step, self.steps_per_epoch)
         while True:
             order = epoch_order(self.count, self.seed, epoch)
             usable = order[: self.steps_per_epoch * self.global_batch].view(self.steps_per_epoch, self.world, -1)
-            mine = usable[within:, self.rank]  # (steps left, batch_size)
-            if self.images is not None and self.labels is not None:
-                for indices in mine:
-                    yield self.images[indices], self.labels[indices]
-            else:
-                loader = DataLoader(
-                    self.dataset,
-                    batch_sampler=mine.tolist(),
-                    num_workers=self.workers,
-                    persistent_workers=False,
-                )
-                for batch_images, batch_labels in loader:
-                    yield batch_images, torch.as_tensor(batch_labels)
+            yield from usable[within:, self.rank].tolist()  # (steps left, batch_size)
             epoch, within = epoch + 1, 0
+
+    def batches(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from global step ``start_step`` on (resuming mid-epoch skips no data and repeats none)."""
+        if self.images is not None and self.labels is not None:
+            for indices in self.index_batches(start_step):
+                rows = torch.tensor(indices, device=self.images.device)
+                yield self.images[rows], self.labels[rows]
+            return
+        # One loader for the whole run: its workers live as long as the stream, across epochs.
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=_Endless(self, start_step),
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.workers > 0 else None,
+        )
+        for batch_images, batch_labels in loader:
+            yield batch_images, torch.as_tensor(batch_labels)
+
+
+class _Endless:
+    """A batch sampler over :meth:`BatchStream.index_batches` (DataLoader asks only for iteration)."""
+
+    def __init__(self, stream: BatchStream, start_step: int) -> None:
+        self.stream, self.start_step = stream, start_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.stream.index_batches(self.start_step)

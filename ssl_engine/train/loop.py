@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ssl_engine import __version__
 from ssl_engine.checkpoint import (
@@ -29,8 +30,8 @@ from ssl_engine.data.augment import random_crop_flip
 from ssl_engine.data.batches import BatchStream
 from ssl_engine.data.catalog import resolve_data
 from ssl_engine.data.options import DataOptions
+from ssl_engine.distributed import World, average_gradients, barrier, init_from_env, mean_over_ranks
 from ssl_engine.images import to_float
-from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
 from ssl_engine.train.metrics_log import MetricsLog
@@ -39,6 +40,8 @@ from ssl_engine.train.online_probe import OnlineProbe, count_classes
 from ssl_engine.train.optim import DEFAULT_LR, make_optimizer
 from ssl_engine.train.progress import Progress
 from ssl_engine.train.schedule import warmup_cosine
+from ssl_engine.train.step import PretextStep, StepResult, StepSlice
+from ssl_engine.train.sync_batchnorm import convert_to_global_batchnorm
 
 DEFAULT_STEPS = 600
 
@@ -87,8 +90,9 @@ def check_resume_changes(saved: PretrainConfig, config: PretrainConfig, force: b
         raise RunDirectoryError(f"--resume would change the run ({details}); pass --force to accept")
 
 
-def prepare_run_dir(out: Path, resume: bool) -> LoadedCheckpoint | None:
-    """Create ``out`` for a new run, or find its latest complete checkpoint for ``--resume``."""
+def prepare_run_dir(out: Path, resume: bool, create: bool = True) -> LoadedCheckpoint | None:
+    """Create ``out`` for a new run (only checked when ``create`` is False: ranks other than 0), or find its
+    latest complete checkpoint for ``--resume``."""
     if resume:
         saved_config(out)
         return latest_complete_checkpoint(out)
@@ -96,7 +100,8 @@ def prepare_run_dir(out: Path, resume: bool) -> LoadedCheckpoint | None:
         raise RunDirectoryError(
             f"run directory {out} already exists; pass --resume to continue it or pick another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return None
 
 
@@ -139,6 +144,9 @@ class Trainer:
     ) -> None:
         self.config, self.registry, self.out = config, registry, out
         self.device = pick_device(config.device)
+        self.world: World = init_from_env(self.device.type)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
         task_classes(config, registry)  # names and mix checked before anything is created
         self.image_size = resolve_image_size(config, registry)
         registry.get("backbone", config.backbone)
@@ -152,15 +160,23 @@ class Trainer:
         # Building the model validates settings, heads and losses; it is cheap, so it comes before the run
         # directory is touched and before the data is read.
         torch.manual_seed(config.seed)
-        self.model = PretrainModel(config, registry, self.image_size).to(self.device)
+        model = PretrainModel(config, registry, self.image_size)
+        if config.sync_bn and self.world.distributed:
+            convert_to_global_batchnorm(model, self.device.type)
+        self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
         for runtime in self.model.runtimes:
             # The kept config pins every setting's parsed value, defaults included, so it reproduces the run.
             runtime.spec.settings = dict(runtime.task.config)
         dataset = self.source.split(self.source.pretrain_split, self.image_size)  # opened (and checked), not read
         if resume:
             check_resume_changes(saved_config(out), config, force)
-        self.resumed = prepare_run_dir(out, resume)
-        self.lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
+        self.resumed = prepare_run_dir(out, resume, create=self.world.is_main)
+        barrier(self.world)  # every rank has checked the directory before rank 0 writes into it
+        base_lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
+        # Linear scaling rule (Goyal et al. 2017): the given lr is that of one process's batch.
+        self.lr = base_lr * (self.world.size if config.scale_lr else 1)
         self.optimizer = make_optimizer(
             config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
         )
@@ -169,7 +185,15 @@ class Trainer:
             for runtime in self.model.runtimes
             if any(True for _ in runtime.aux.parameters())
         }
-        self.stream = BatchStream.for_dataset(dataset, config.batch_size, config.seed, workers=config.workers)
+        self.stream = BatchStream.for_dataset(
+            dataset,
+            config.batch_size,
+            config.seed,
+            workers=config.workers,
+            device=self.device,
+            rank=self.world.rank,
+            world=self.world.size,
+        )
         self.total = total_steps(config, self.stream.steps_per_epoch)
         self.online_probe: OnlineProbe | None = None
         if config.online_probe:
@@ -180,6 +204,23 @@ class Trainer:
         self.step = 0
         if self.resumed is not None:
             self._restore(self.resumed)
+        self.forward_step = PretextStep(self.model)
+        if config.compile:
+            self.model.backbone.compile()
+            for modules in self.model.task_modules.values():
+                for module in modules.values():  # type: ignore[operator]
+                    module.compile()
+        self.step_module: torch.nn.Module = self.forward_step
+        if self.world.distributed:
+            # Several tasks may leave parameters unused in a step (a head of a task whose loss weight is 0);
+            # DDP must then look for them rather than wait for their gradients forever.
+            self.step_module = DistributedDataParallel(
+                self.forward_step,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        # Per task: the first step whose loss was not finite (0: none yet), kept on the device.
+        self._first_non_finite = torch.zeros(len(self.model.runtimes), dtype=torch.long, device=self.device)
 
     def _restore(self, checkpoint: LoadedCheckpoint) -> None:
         self.model.backbone.load_state_dict(checkpoint.module_state("model"))
@@ -195,7 +236,8 @@ class Trainer:
             restore_optimizer(self.online_probe.optimizer, "optim/probe", checkpoint.tensors, groups["probe"])
         restore_rng(checkpoint.tensors, checkpoint.metadata["python_rng"])
         self.step = checkpoint.step
-        truncate_metrics(self.out / "metrics.jsonl", self.step)
+        if self.world.is_main:
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     def save_checkpoint(self) -> Path:
         tensors = self.model.state_tensors()
@@ -234,44 +276,41 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, images_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-        """One optimisation step on a uint8 batch ``(B, 3, S, S)`` (labels only feed the online probe)."""
+        """One optimisation step on a uint8 batch ``(B, 3, S, S)``, its logged values read back (a host sync;
+        the loop itself reads back only every ``log_every`` steps). Labels only feed the online probe."""
+        return self.read_back(self.device_step(images_uint8, labels))
+
+    def device_step(
+        self, images_uint8: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | float]:
+        """One optimisation step, with no host-device synchronisation: the logged values stay 0-d tensors on
+        the device (the lr is a float)."""
         config, step = self.config, self.step
         scale = warmup_cosine(step, self.total, round(config.warmup_fraction * self.total))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * scale
         images = to_float(images_uint8.to(self.device, non_blocking=True))  # (B, 3, S, S) in [0, 1]
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
         batch = len(images)
-        images = random_crop_flip(images, BatchRandom(config.seed, step, "base-augment", batch, device=self.device))
+        where = StepSlice(config.seed, step, batch * self.world.size, batch * self.world.rank)
+        images = random_crop_flip(images, where.random("base-augment", batch, self.device))
         self.model.train()
-        logged: dict[str, float] = {"lr": self.lr * scale}
-        total = torch.zeros((), device=self.device)
-        outputs = []
         with self.autocast():
-            for runtime in self.model.runtimes:
-                name = runtime.spec.name
-                random = BatchRandom(config.seed, step, name, batch, device=self.device)
-                pretext = runtime.task.pseudo_labels(images, random)
-                output = runtime.task.forward(self.model.backbone, runtime.modules, runtime.aux, pretext)
-                task_loss = runtime.task.weighted_total(output.losses)
-                if not torch.isfinite(task_loss):
-                    terms = ", ".join(f"{term}={float(value):.4g}" for term, value in output.losses.items())
-                    raise FloatingPointError(
-                        f"non-finite loss of task {name!r} at step {step + 1} ({terms}); nothing was saved for "
-                        f"this step (try a lower --lr)"
-                    )
-                total = total + runtime.spec.weight * task_loss
-                outputs.append((runtime, pretext, output))
-                logged[f"{name}/loss"] = float(task_loss.detach())
-                logged |= {f"{name}/{term}": float(value.detach()) for term, value in output.losses.items()}
-                logged |= {f"{name}/{metric}": float(value) for metric, value in output.metrics.items()}
+            result: StepResult = self.step_module(images, where)
+        finite = torch.stack([torch.isfinite(loss.detach()).all() for loss in result.task_losses.values()])
+        self._first_non_finite = torch.where(
+            (self._first_non_finite == 0) & ~finite, torch.full_like(self._first_non_finite, step + 1),
+            self._first_non_finite,
+        )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        result.total.backward()
         self.optimizer.step()
-        logged["loss"] = float(total.detach())
+        logged: dict[str, torch.Tensor | float] = {"lr": self.lr * scale, **result.logged}
         if self.online_probe is not None and labels is not None:
-            logged |= self.online_probe.step(self.model.representation(), images, labels.to(self.device))
+            logged |= self.online_probe.step(self.model.representation(), images, labels.to(self.device), self.world)
         # Auxiliary modules (discriminators) step after the main networks, on detached outputs.
-        for runtime, pretext, output in outputs:
+        for runtime, pretext, output in result.outputs:
             aux_optimizer = self.aux_optimizers.get(runtime.spec.name)
             if aux_optimizer is None:
                 continue
@@ -282,10 +321,33 @@ class Trainer:
             if aux_terms:
                 aux_optimizer.zero_grad(set_to_none=True)
                 sum(aux_terms.values(), torch.zeros((), device=self.device)).backward()
+                average_gradients(runtime.aux, self.world)
                 aux_optimizer.step()
-                logged |= {f"{runtime.spec.name}/{term}": float(value.detach()) for term, value in aux_terms.items()}
+                logged |= {f"{runtime.spec.name}/{term}": value.detach() for term, value in aux_terms.items()}
         self.step += 1
         return logged
+
+    def check_finite(self, logged: dict[str, float] | None = None) -> None:
+        """Raise :class:`FloatingPointError` naming the task and the first step whose loss was not finite."""
+        first = self._first_non_finite.tolist()
+        bad = [(step, runtime.spec.name) for step, runtime in zip(first, self.model.runtimes, strict=True) if step]
+        if not bad:
+            return
+        step, name = min(bad)
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in (logged or {}).items() if k.startswith(f"{name}/"))
+        raise FloatingPointError(
+            f"non-finite loss of task {name!r} at step {step} (logged at step {self.step}: {terms or 'n/a'}); "
+            f"no checkpoint was written after it (try a lower --lr)"
+        )
+
+    def read_back(self, logged: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """The logged values as floats, averaged over all processes: one copy from the device for all of them."""
+        keys = [key for key, value in logged.items() if isinstance(value, torch.Tensor)]
+        values: dict[str, float] = {key: value for key, value in logged.items() if not isinstance(value, torch.Tensor)}
+        if keys:
+            stacked = torch.stack([logged[key].float().reshape(()) for key in keys])  # type: ignore[union-attr]
+            values |= dict(zip(keys, mean_over_ranks(stacked, self.world).tolist(), strict=True))
+        return values
 
     def headline(self, logged: dict[str, float]) -> dict[str, float]:
         """The few numbers the progress bar shows: loss and each task's pretext metric."""
@@ -299,30 +361,48 @@ class Trainer:
         return shown
 
     def train(self) -> RunResult:
-        """Run from the current step to the end of the budget, logging and checkpointing as configured."""
-        # Written on resume too, so the kept config shows the budget the run now has.
-        (self.out / CONFIG_FILE).write_text(self.config.to_toml())
-        progress = Progress(self.total, start=self.step, every=self.config.log_every)
+        """Run from the current step to the end of the budget, logging and checkpointing as configured.
+
+        Values are read back from the device only every ``log_every`` steps (and before a checkpoint), so the
+        accelerator never waits for the host inside that span. Only rank 0 writes files and shows progress.
+        """
+        main = self.world.is_main
+        if main:  # written on resume too, so the kept config shows the budget the run now has
+            (self.out / CONFIG_FILE).write_text(self.config.to_toml())
+        progress = Progress(self.total, start=self.step, every=self.config.log_every, enabled=main)
         logged: dict[str, float] = {}
-        last = time.perf_counter()
+        since, images_since = time.perf_counter(), 0
         stop = StopRequest()
-        with MetricsLog(self.out) as metrics, stop.installed():
+        with MetricsLog(self.out, enabled=main) as metrics, stop.installed():
             for images, labels in self.stream.batches(self.step):
                 if self.step >= self.total:
                     break
                 if stop.signal_number is not None:
                     progress.close()
-                    self.save_checkpoint()
+                    self.check_finite()
+                    if main:
+                        self.save_checkpoint()
                     raise TrainingInterrupted(stop.signal_number, self.step)
-                logged = self.train_step(images, labels)
-                now = time.perf_counter()
-                images_per_s = len(images) / max(now - last, 1e-9)
-                last = now
-                if self.step % self.config.log_every == 0 or self.step == self.total:
+                on_device = self.device_step(images, labels)
+                images_since += len(images) * self.world.size
+                last = self.step == self.total
+                if self.step % self.config.log_every == 0 or last:
+                    logged = self.read_back(on_device)
+                    self.check_finite(logged)
+                    now = time.perf_counter()
+                    images_per_s = images_since / max(now - since, 1e-9)
+                    since, images_since = now, 0
                     metrics.write(self.step, {"images_per_s": images_per_s, **logged})
-                progress.update(self.step, self.headline(logged), images_per_s)
-                if self.step % self.config.checkpoint_every == 0 and self.step < self.total:
-                    self.save_checkpoint()
+                    progress.update(self.step, self.headline(logged), images_per_s)
+                else:
+                    progress.advance(self.step)
+                if self.step % self.config.checkpoint_every == 0 and not last:
+                    self.check_finite()
+                    if main:
+                        self.save_checkpoint()
         progress.close()
-        self.save_checkpoint()
+        self.check_finite(logged)
+        if main:
+            self.save_checkpoint()
+        barrier(self.world)  # no rank reads the final checkpoint before it is written
         return RunResult(self.out, self.step, {k: v for k, v in logged.items() if k != "lr"})

@@ -13,11 +13,17 @@ from typing import Any
 
 
 class MetricsLog:
-    """Appends one JSON line per logged step and mirrors scalars to TensorBoard when available."""
+    """Appends one JSON line per logged step and mirrors scalars to TensorBoard when available.
 
-    def __init__(self, run_dir: Path) -> None:
-        self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in __exit__
+    ``enabled=False`` (ranks other than 0 under torchrun) writes nothing.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.file: Any = None
         self.writer: Any = None
+        if not enabled:
+            return
+        self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in __exit__
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is an optional extra
@@ -26,6 +32,8 @@ class MetricsLog:
 
     def write(self, step: int, values: dict[str, float]) -> None:
         """Log ``values`` (scalars keyed like ``rotation/accuracy``) at ``step``."""
+        if self.file is None:
+            return
         self.file.write(json.dumps({"step": step, **values}) + "\n")
         self.file.flush()
         if self.writer is not None:
@@ -39,6 +47,7 @@ class MetricsLog:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.writer is not None:
             self.writer.close()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ssl_engine.distributed import SINGLE, World, average_gradients
 from ssl_engine.task import Representation
 
 
@@ -28,8 +29,11 @@ class OnlineProbe(nn.Module):
         self.classifier = nn.Linear(feature_dim, classes)
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=lr)
 
-    def step(self, representation: Representation, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Train one step on images ``(B, 3, S, S)`` in [0, 1] with labels ``(B,)``; returns loss and accuracy."""
+    def step(
+        self, representation: Representation, images: torch.Tensor, labels: torch.Tensor, world: World = SINGLE
+    ) -> dict[str, torch.Tensor]:
+        """Train one step on images ``(B, 3, S, S)`` in [0, 1] with labels ``(B,)`` (gradients averaged over
+        ``world``'s processes); returns loss and accuracy as 0-d tensors on the device."""
         was_training = representation.training
         representation.eval()
         with torch.no_grad():
@@ -39,9 +43,10 @@ class OnlineProbe(nn.Module):
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.classifier, world)
         self.optimizer.step()
         accuracy = (logits.detach().argmax(1) == labels).float().mean()
-        return {"probe/loss": float(loss.detach()), "probe/accuracy": float(accuracy)}
+        return {"probe/loss": loss.detach(), "probe/accuracy": accuracy}
 
 
 def count_classes(dataset: object, labels: torch.Tensor | None) -> int:

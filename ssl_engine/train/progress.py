@@ -45,6 +45,11 @@ class Progress:
             fields = " ".join(f"{key}={value}" for key, value in shown.items())
             print(f"step {step}/{self.total} {fields} eta={eta:.0f}s", file=self.stream, flush=True)
 
+    def advance(self, step: int) -> None:
+        """Move the bar to ``step`` without new figures (steps between two read-backs of the metrics)."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
