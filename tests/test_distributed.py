@@ -76,6 +76,7 @@ def test_two_processes_with_sync_bn_train_what_one_process_trains(
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))
     assert result.stdout.count("finished") == 1
+    assert result.stderr.count(f"step {STEPS}/{STEPS} ") == 1, "more than one progress display"
 
     # The control: without synchronised batch norm each rank normalises with its own half of the batch.
     unsynced = tmp_path / "unsynced"
