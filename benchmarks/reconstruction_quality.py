@@ -27,7 +27,7 @@ from torch import nn
 
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.images import MEAN, STD, to_float
+from ssl_engine.images import MEAN, denormalize, to_float
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.run import load_run
 from ssl_engine.task import PretextTask
@@ -46,9 +46,7 @@ def batches(split: str, image_size: int, count: int) -> Iterator[torch.Tensor]:
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """Normalised network images ``(B, 3, H, W)`` back to [0, 1], clamped as a stored image would be."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (images.float() * std + mean).clamp(0, 1)
+    return denormalize(images.float()).clamp(0, 1)
 
 
 def psnr(squared_error: float, count: float) -> float:

@@ -26,6 +26,13 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize`: ``(B, 3, H, W)`` standardised -> the [0, 1] scale (not clamped)."""
+    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return images * std + mean
+
+
 def standardize_each(images: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Zero mean, unit variance per image and channel, ``(N, C, H, W)`` -> same shape.
 

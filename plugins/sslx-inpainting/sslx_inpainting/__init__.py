@@ -1,6 +1,6 @@
 """sslx plugin: context encoders, feature learning by inpainting (Pathak et al. 2016)."""
 
-from sslx_inpainting.discriminator import Discriminator, discriminator_loss, generator_loss
+from ssl_engine.adversarial import Discriminator, discriminator_loss, generator_loss
 from sslx_inpainting.masks import block_masks, center_masks, region_masks
 from sslx_inpainting.task import InpaintingTask
 

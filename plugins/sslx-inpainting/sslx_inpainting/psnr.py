@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ssl_engine.images import MEAN, STD
-
 # A perfect reconstruction would give infinite PSNR; clamping the error keeps the metric finite (100 dB).
 MIN_ERROR = 1e-10
-
-
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`ssl_engine.images.normalize`: ``(B, 3, H, W)`` standardised -> the [0, 1] scale."""
-    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return images * std + mean
 
 
 def masked_psnr(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

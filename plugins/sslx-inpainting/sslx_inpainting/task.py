@@ -4,7 +4,7 @@ Inpainting" (CVPR).
 A region of each image is removed and filled with the data mean (:mod:`sslx_inpainting.masks`); the encoder (the
 shared backbone) sees the masked image and a decoder on its spatial feature map alone reconstructs the image,
 scored by l2 on the removed region (Sec. 3.2, eq. 1). Optionally a discriminator judges real images against
-filled-in ones and the context encoder is also trained to fool it (eq. 2, :mod:`sslx_inpainting.discriminator`);
+filled-in ones and the context encoder is also trained to fool it (eq. 2, :mod:`ssl_engine.adversarial`);
 the total is ``lambda_rec * L_rec + lambda_adv * L_adv`` with the paper's ``0.999 / 0.001`` (eq. 3, Sec. 4).
 The representation for downstream use is the encoder on whole (unmasked) images.
 
@@ -23,14 +23,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_engine.adversarial import Discriminator, discriminator_loss, generator_loss
 from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import normalize
+from ssl_engine.images import denormalize, normalize
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import TaskSetting
 from ssl_engine.task import PretextBatch, PretextTask, TaskContext, TaskOutput
-from sslx_inpainting.discriminator import Discriminator, discriminator_loss, generator_loss
 from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, hole_side, region_masks
-from sslx_inpainting.psnr import denormalize, masked_psnr
+from sslx_inpainting.psnr import masked_psnr
 
 MASKS = ("center", "random_blocks", "random_region")
 # The data mean after standardisation: what the removed pixels are replaced with.

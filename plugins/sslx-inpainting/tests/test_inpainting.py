@@ -15,20 +15,20 @@ import sslx_inpainting.plugin
 import torch
 from PIL import Image
 from safetensors import safe_open
-from sslx_inpainting.discriminator import Discriminator, discriminator_loss, generator_loss
 from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, region_masks
-from sslx_inpainting.psnr import denormalize, masked_psnr
+from sslx_inpainting.psnr import masked_psnr
 from sslx_inpainting.task import InpaintingTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssl_engine.adversarial import Discriminator, discriminator_loss, generator_loss
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.heads.upconv import UpConvDecoder
 from ssl_engine.hookspecs import hookimpl
-from ssl_engine.images import MEAN, normalize
+from ssl_engine.images import MEAN, denormalize, normalize
 from ssl_engine.plugins import PluginHost
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import SettingError, resolve_settings

@@ -6,7 +6,7 @@ the encoder (the shared backbone) sees that blurred image and a decoder on its s
 residual to the original: ``output = bicubic + decoder(encoder(bicubic))``. The decoder sees nothing but the
 encoder's features, so whatever detail is restored went through the encoder. The loss is the pixel l2 (SRGAN's MSE
 content loss, eq. 4) plus, optionally, an adversarial term from a discriminator (eqs. 2 and 6,
-:mod:`sslx_superres.discriminator`), weighted ``1`` and ``10**-3`` as in the paper's eq. 3. SRGAN itself never
+:mod:`ssl_engine.adversarial`), weighted ``1`` and ``10**-3`` as in the paper's eq. 3. SRGAN itself never
 used its network for downstream tasks; here the representation is the encoder on sharp images. SRGAN's VGG
 feature ("perceptual") content loss is not used: it would need a pretrained network, which a self-supervised run
 must not rely on.
@@ -24,14 +24,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_engine.adversarial import Discriminator, discriminator_loss, generator_loss
 from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import normalize
+from ssl_engine.images import denormalize, normalize
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import TaskSetting
 from ssl_engine.task import PretextBatch, PretextTask, TaskContext, TaskOutput
 from sslx_superres.degrade import bicubic_degrade
-from sslx_superres.discriminator import Discriminator, discriminator_loss, generator_loss
-from sslx_superres.psnr import denormalize, psnr
+from sslx_superres.psnr import psnr
 
 # The decoder's last layer starts at this share of its usual initialisation (see shrink_last_layer).
 INITIAL_RESIDUAL_SCALE = 0.01

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from sslx_superres.degrade import bicubic_degrade, low_resolution_size
-from sslx_superres.discriminator import Discriminator
 from sslx_superres.psnr import psnr
 from sslx_superres.task import INITIAL_RESIDUAL_SCALE, SuperResolutionTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssl_engine.adversarial import Discriminator
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint

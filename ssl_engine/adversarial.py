@@ -1,9 +1,13 @@
-"""The adversarial branch of the context encoder: a discriminator and the two sides of its loss.
+"""Adversarial training for the tasks that generate images: a discriminator and the two sides of its loss.
 
-Pathak et al. 2016, "Context Encoders: Feature Learning by Inpainting" (CVPR), Sec. 3.2, eq. 2: a discriminator
-``D`` learns to tell real images from ones whose hole the context encoder ``F`` filled in, and ``F`` learns to
-fool it, ``min_F max_D E[log D(x)] + E[log(1 - D(F((1 - M) * x)))]``. As in the paper's code, ``F`` minimises
-the non-saturating form ``-log D(F(...))`` (Goodfellow et al. 2014), which gives it useful gradients early on.
+A discriminator ``D`` learns to tell real images from generated ones (an inpainted hole, a super-resolved image),
+and the generator (the shared encoder and the task's decoder) learns to fool it: ``min_G max_D E[log D(x)] +
+E[log(1 - D(G(z)))]`` (Goodfellow et al. 2014, "Generative Adversarial Nets"; used by Pathak et al. 2016, eq. 2,
+and Ledig et al. 2017, eq. 2). The generator minimises the non-saturating form ``-log D(G(z))``, which gives it
+useful gradients early on. A task puts the discriminator among its auxiliary modules
+(:meth:`ssl_engine.task.PretextTask.build_aux_modules`), adds :func:`generator_loss` to its loss terms and returns
+:func:`discriminator_loss` from :meth:`~ssl_engine.task.PretextTask.aux_losses`; the trainer steps the
+discriminator with its own optimizer after the main networks.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ class Discriminator(nn.Module):
     et al. 2018), which bounds how fast the logits can grow: the engine steps auxiliary modules with the run's
     optimizer and learning rate (SGD at 0.05 by default, far above the usual 2e-4 Adam rate of GANs), and without
     the bound a super-resolution run's discriminator blew up within 50 steps. No batch norm: the generator's pass
-    sees only filled-in images and the discriminator's own pass real and filled-in ones, and batch statistics would
+    sees only generated images and the discriminator's own pass real and generated ones, and batch statistics would
     tell those batches apart instead of the images.
 
     Args:
