@@ -4,10 +4,11 @@ For every chosen task and backbone, three contenders train the same model (ident
 copy and optimiser) on the embedded ``shapes`` data at the task's default image size, and the script reports
 training images per second (source images, not views):
 
-* (a) ``sslx``: :meth:`ssl_engine.train.loop.Trainer.train_step` fed from the Trainer's own ``BatchStream``, the
-  engine's real path: uint8 batches from the stream, to the device, base augmentation (reflect-padded random crop
-  and flip), the task's pseudo-labels on the device in one vectorised pass, forward, loss, backward, SGD step, the
-  learning-rate schedule, the non-finite check and the dict of logged floats.
+* (a) ``sslx``: the step of :meth:`ssl_engine.train.loop.Trainer.train` (``Trainer.device_step``, its logged
+  values read back every 10 steps as the loop does with the default ``--log-every``) fed from the Trainer's own
+  ``BatchStream``, the engine's real path: uint8 batches from the stream, to the device, base augmentation
+  (reflect-padded random crop and flip), the task's pseudo-labels on the device in one vectorised pass, forward,
+  loss, backward, SGD step, the learning-rate schedule, the non-finite check and the logged values.
 * (b) plain PyTorch: a hand-written loop over uint8 batches already in memory (the stream's first ``--steps``
   batches, cycled, wherever the stream keeps its data) doing the same work with the same model: to the device, the
   same base augmentation and the same task's ``pseudo_labels``/``forward``/loss, ``loss.backward()``,
@@ -92,7 +93,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312e12),
 )
 CONTENDERS = {
-    "a": "(a) sslx train_step",
+    "a": "(a) sslx step",
     "b": "(b) plain PyTorch loop",
     "c": "(c) per-image DataLoader",
 }
@@ -169,6 +170,11 @@ def plain_sgd(parts: ModelParts) -> torch.optim.Optimizer:
     return torch.optim.SGD(parts.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
 
 
+def engine_layout(images: torch.Tensor) -> torch.Tensor:
+    """The memory layout the engine gives a batch: channels-last on CUDA (its weights are too), as is elsewhere."""
+    return images.contiguous(memory_format=torch.channels_last) if images.is_cuda else images
+
+
 def task_loss(parts: ModelParts, batch: PretextBatch) -> torch.Tensor:
     """The task's forward and its weighted loss terms (call inside :func:`autocast`)."""
     output = parts.task.forward(parts.backbone, parts.modules, parts.aux, batch)
@@ -190,6 +196,9 @@ class Contender(Protocol):
         """One training step on one batch."""
 
 
+READ_BACK_EVERY = 10  # the loop's default --log-every
+
+
 class EngineContender:
     """(a): the engine's own training step, fed from its own batch stream."""
 
@@ -202,7 +211,10 @@ class EngineContender:
 
     def step(self) -> None:
         images, labels = next(self.batches)
-        self.trainer.train_step(images, labels)
+        logged = self.trainer.device_step(images, labels)
+        if self.trainer.step % READ_BACK_EVERY == 0:
+            self.trainer.read_back(logged)
+            self.trainer.check_finite()
 
 
 class PlainContender:
@@ -219,7 +231,7 @@ class PlainContender:
 
     def step(self) -> None:
         uint8 = self.batches[self.count % len(self.batches)]
-        images = uint8.to(self.device, non_blocking=True).float().div_(255)  # (B, 3, S, S) in [0, 1]
+        images = engine_layout(uint8.to(self.device, non_blocking=True).float().div_(255))  # (B, 3, S, S) in [0, 1]
         size, name = len(images), self.parts.task.name
         images = random_crop_flip(images, BatchRandom(self.seed, self.count, "base-augment", size, device=self.device))
         with autocast(self.device):
@@ -261,7 +273,7 @@ class ClassicContender:
     def step(self) -> None:
         views, targets = next(self.batches)  # (B, V, C, h, w), per-image targets
         batch = PretextBatch(
-            views.flatten(0, 1).to(self.device, non_blocking=True),  # (B*V, C, h, w), sample-major
+            engine_layout(views.flatten(0, 1).to(self.device, non_blocking=True)),  # (B*V, C, h, w), sample-major
             self.recipe.batch_targets(targets).to(self.device, non_blocking=True),
             views=views.shape[1],
         )

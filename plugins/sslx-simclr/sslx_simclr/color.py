@@ -114,12 +114,13 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
     Returns:
         ``(N, 3, H, W)`` in [0, 1].
     """
+    images = images.clone()  # one copy, then every round writes its images in place
     for position in range(JITTER_OPERATIONS):
         for operation, adjust in enumerate(ADJUSTMENTS):
             chosen = torch.nonzero(apply & (order[:, position] == operation)).squeeze(1)  # (n,)
             if len(chosen):
                 adjusted = adjust(images.index_select(0, chosen), factors.index_select(0, chosen)[:, operation])
-                images = images.index_copy(0, chosen, adjusted)
+                images.index_copy_(0, chosen, adjusted)
     return images
 
 

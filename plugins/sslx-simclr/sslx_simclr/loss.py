@@ -78,11 +78,15 @@ class NTXentLoss(nn.Module):
             candidates = gather_from_all_ranks(anchors)  # (W*M, E)
             logits = anchors @ candidates.T / self.temperature  # (M, W*M)
             wrong = (targets < 0) | (targets >= len(candidates)) | (targets == self_columns)
-            if wrong.any():
-                raise ValueError(
-                    f"NT-Xent targets must be other rows among the {len(candidates)} views of the global batch "
-                    f"(this process's are rows {first}..{first + count - 1})"
-                )
+            message = (
+                f"NT-Xent targets must be other rows among the {len(candidates)} views of the global batch "
+                f"(this process's are rows {first}..{first + count - 1})"
+            )
+            if embeddings.device.type == "cpu":
+                if wrong.any():
+                    raise ValueError(message)
+            else:  # checked on the device, without making the host wait for it every step
+                torch._assert_async(~wrong.any(), message)
             loss = self.cross_entropy(*drop_self_column(logits, self_columns, targets))
         shown = logits.detach().scatter(1, self_columns[:, None], float("-inf"))
         return loss, shown
