@@ -612,7 +612,15 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-flops", type=float, help="peak FLOP/s of the device for MFU (default: by name)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads of the training process (default: torch's); on a shared, loaded machine 1 avoids "
+        "threads waiting for each other",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
     unknown = [name for name in tasks if name not in RECIPE_TASKS]
     if unknown:
