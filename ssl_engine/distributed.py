@@ -103,6 +103,15 @@ def mean_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
     return total / world.size
 
 
+def max_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
+    """The element-wise maximum of ``values`` over all processes (a copy)."""
+    if not world.distributed:
+        return values
+    largest = values.detach().clone()
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return largest
+
+
 def average_gradients(module: nn.Module, world: World) -> None:
     """Average the gradients of ``module``'s parameters over all processes (for modules outside DDP, such as
     discriminators and the online probe), in one flat all-reduce."""

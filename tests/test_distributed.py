@@ -9,8 +9,11 @@ DDP averages the gradients: after a few steps the weights match one process's to
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +44,7 @@ def pretrain(folder: Path, out: Path, processes: int, *extra: str) -> subprocess
                "--image-size", "16", "--batch-size", str(GLOBAL_BATCH // processes), "--steps", str(STEPS),
                "--checkpoint-every", "2", "--log-every", "1", "--workers", "0", "--no-probe", "--device", "cpu",
                "--out", str(out), *extra]  # fmt: skip
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -97,3 +100,35 @@ def test_two_processes_resume_from_the_same_checkpoint(folder: Path, tmp_path: P
     assert difference == 0.0, f"{where} differs by {difference} after resuming"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "stopped"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+               "ssl_engine.cli", "pretrain", "--task", "rotation", "--data", str(folder), "--image-size", "16",
+               "--batch-size", "4", "--steps", "100000", "--checkpoint-every", "100000", "--log-every", "1",
+               "--workers", "0", "--no-probe", "--device", "cpu", "--out", str(run)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and process.poll() is None, "the run did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, stderr = process.communicate(timeout=120)
+    assert "stopped by SIGTERM" in stderr, stderr[-3000:]
+    [checkpoint] = checkpoint_paths(run)
+    stopped_at = read_checkpoint(checkpoint).step
+    assert stopped_at >= 3
+    resumed = pretrain_resume(folder, run, stopped_at + 2)
+    assert read_checkpoint(checkpoint_paths(run)[-1]).step == stopped_at + 2, resumed.stderr[-2000:]
+
+
+def pretrain_resume(folder: Path, run: Path, steps: int) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+               "ssl_engine.cli", "pretrain", "--out", str(run), "--resume", "--steps", str(steps)]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -30,7 +30,14 @@ from ssl_engine.data.augment import random_crop_flip
 from ssl_engine.data.batches import BatchStream
 from ssl_engine.data.catalog import resolve_data
 from ssl_engine.data.options import DataOptions
-from ssl_engine.distributed import World, average_gradients, barrier, init_from_env, mean_over_ranks
+from ssl_engine.distributed import (
+    World,
+    average_gradients,
+    barrier,
+    init_from_env,
+    max_over_ranks,
+    mean_over_ranks,
+)
 from ssl_engine.images import to_float
 from ssl_engine.registry import Registry
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
@@ -328,8 +335,9 @@ class Trainer:
         return logged
 
     def check_finite(self, logged: dict[str, float] | None = None) -> None:
-        """Raise :class:`FloatingPointError` naming the task and the first step whose loss was not finite."""
-        first = self._first_non_finite.tolist()
+        """Raise :class:`FloatingPointError` naming the task and the first step whose loss was not finite (on any
+        process: every rank takes the same decision, so none waits for the others forever)."""
+        first = max_over_ranks(self._first_non_finite, self.world).tolist()
         bad = [(step, runtime.spec.name) for step, runtime in zip(first, self.model.runtimes, strict=True) if step]
         if not bad:
             return
@@ -360,6 +368,18 @@ class Trainer:
             shown["probe"] = logged["probe/accuracy"]
         return shown
 
+    def agreed_stop(self, stop: StopRequest) -> int | None:
+        """The signal that asks the run to stop, if any. One process: as soon as it arrives. Under torchrun the
+        processes agree at the next ``log_every`` step (a signal seen by any rank stops all of them at the same
+        step), so none is left waiting in a collective for ranks that have already left."""
+        if not self.world.distributed:
+            return stop.signal_number
+        if self.step % self.config.log_every:
+            return None
+        seen = torch.tensor([stop.signal_number or 0], device=self.device)
+        agreed = int(max_over_ranks(seen, self.world).item())
+        return agreed or None
+
     def train(self) -> RunResult:
         """Run from the current step to the end of the budget, logging and checkpointing as configured.
 
@@ -377,12 +397,13 @@ class Trainer:
             for images, labels in self.stream.batches(self.step):
                 if self.step >= self.total:
                     break
-                if stop.signal_number is not None:
+                signal_number = self.agreed_stop(stop)
+                if signal_number is not None:
                     progress.close()
                     self.check_finite()
                     if main:
                         self.save_checkpoint()
-                    raise TrainingInterrupted(stop.signal_number, self.step)
+                    raise TrainingInterrupted(signal_number, self.step)
                 on_device = self.device_step(images, labels)
                 images_since += len(images) * self.world.size
                 last = self.step == self.total
