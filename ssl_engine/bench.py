@@ -86,16 +86,29 @@ class Bench:
         resume = (run_dir / "config.toml").exists()
         return Trainer(self.config(task), self.registry, run_dir, resume=resume)
 
+    def reference_task(self) -> str:
+        """A task of the plan that accepts the data, to build the reference rows' networks and data stream with
+        (the backbone is made before any task module, so which one does not change its initialisation): on
+        grayscale data, not a colour task."""
+        color = self._source().color
+        for task in self.plan.tasks:
+            try:
+                self.registry.get("task", task).obj.check_images(self.image_size, color)
+            except (ImageSizeError, DataError):
+                continue
+            return task
+        return self.plan.tasks[0]
+
     def representation(self, method: str) -> tuple[Representation, Trainer | None]:
         """Train (or resume) what ``method`` needs and return its representation."""
         runs = self.plan.out / "runs"
         if method == RANDOM_INIT:
             torch.manual_seed(self.plan.seed)
-            model = PretrainModel(self.config(self.plan.tasks[0]), self.registry, self.image_size)
+            model = PretrainModel(self.config(self.reference_task()), self.registry, self.image_size)
             return Representation(model.backbone), None
         if method == SUPERVISED:
             shutil.rmtree(runs / SUPERVISED, ignore_errors=True)  # a half-trained reference starts over
-            trainer = Trainer(self.config(self.plan.tasks[0]), self.registry, runs / SUPERVISED, resume=False)
+            trainer = Trainer(self.config(self.reference_task()), self.registry, runs / SUPERVISED, resume=False)
             classes = count_classes(trainer.source.split("train", self.image_size), trainer.stream.labels)
             return train_supervised(trainer, classes), trainer
         trainer = self.trainer(method, runs / method)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
+
+from ssl_engine.data import idx_files
+from tests.test_data import write_idx
 
 
 def test_bench_writes_table_csv_chart_and_skips_finished_rows(invoke, image_folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -45,3 +50,23 @@ def test_bench_unknown_names_exit_2(invoke, tmp_path: Path) -> None:  # type: ig
     assert result.exit_code == 2 and "unknown task 'telepathy'" in result.output
     result = invoke("bench", "--tasks", "rotation", "--protocols", "vibes", "--out", tmp_path / "b")
     assert result.exit_code == 2 and "unknown evaluator 'vibes'" in result.output
+
+
+def test_colour_tasks_on_grayscale_data_are_na_and_the_references_still_train(  # type: ignore[no-untyped-def]
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (60, 28, 28)), np.arange(60) % 2
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    monkeypatch.setattr(idx_files, "DEBIAN_FASHION_MNIST", tmp_path)  # a tiny grayscale Fashion-MNIST
+    out = tmp_path / "bench"
+    result = invoke("bench", "--tasks", "colorization,rotation", "--data", "fashion-mnist", "--image-size", "16",
+                    "--steps", "1", "--batch-size", "8", "--protocols", "knn", "--set", "k=5",
+                    "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = (out / "table.md").read_text()
+    assert "| colorization | n/a |" in table and "needs colour images" in result.output
+    for method in ("rotation", "random init", "supervised"):
+        assert f"| {method} | n/a |" not in table and f"| {method} |" in table, table
