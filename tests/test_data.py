@@ -164,3 +164,17 @@ def test_batch_stream_order_is_reproducible_and_resumable() -> None:
     for (_, a), (_, b), (_, whole) in zip(ranks[0].batches(), ranks[1].batches(), stream.batches(), strict=False):
         assert torch.equal(torch.cat([a, b]), whole)
         break
+
+
+def test_worker_stream_gives_the_in_memory_batches_across_epochs_and_from_a_resume_step() -> None:
+    """Data sets too large for memory go through one DataLoader (its workers live for the whole run)."""
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 2, 2).contiguous()
+    labels = torch.arange(40)
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    held = BatchStream(dataset, 8, seed=3, images=images, labels=labels)
+    read = BatchStream(dataset, 8, seed=3, workers=2)
+    for start in (0, 3):  # 5 steps per epoch: both cross into the next epoch
+        expected = [b for _, b in zip(range(9), held.batches(start), strict=False)]
+        got = [b for _, b in zip(range(9), read.batches(start), strict=False)]
+        for (held_images, held_labels), (read_images, read_labels) in zip(expected, got, strict=True):
+            assert torch.equal(held_images, read_images) and torch.equal(held_labels, read_labels)
