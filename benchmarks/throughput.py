@@ -29,11 +29,13 @@ training images per second (source images, not views):
   - rotation (Gidaris et al. 2018): the four rotations made with PIL's ``transpose``, ``ToTensor``,
     ``Normalize``.
 
-Measurement: every contender first runs ``--warmup`` untimed steps; then the contenders run interleaved (a, b, c,
-a, b, c, ...) for ``--repeats`` rounds, each timing a block of ``--steps`` steps, so that load from other processes
-falls on all three alike. Before each (c) block the batches its workers prefetched while (a) and (b) ran are
-drained untimed and one untimed step refills the pipeline, so (c) is timed on what its workers make during its own
-block. The table gives each contender's median images/s with the min-max over the repeats, and the ratios of the
+Measurement: every contender first runs ``--warmup`` untimed steps; then the contenders run interleaved for
+``--repeats`` rounds, the order rotated every round (a b c, b c a, c a b, ...), each timing a block of ``--steps``
+steps, so that load from other processes falls on all three alike. Before each (c) block the batches its workers
+prefetched while the others ran are drained untimed and one untimed step refills the pipeline, so (c) is timed on
+what its workers make during its own block; before every block the machine idles ``--settle`` seconds, so no
+contender pays for the prefetching (c)'s workers still do after their block.
+The table gives each contender's median images/s with the min-max over the repeats, and the ratios of the
 medians. On CUDA the clock is read after ``torch.cuda.synchronize()``, every contender runs under bfloat16
 autocast as the engine does, and the table adds model FLOPs utilisation: the FLOPs of one training step (forward
 and backward, counted by ``torch.utils.flop_counter.FlopCounterMode``) times steps per second, over the device's
@@ -426,6 +428,7 @@ class Options:
     device: torch.device
     seed: int
     peak: float | None
+    settle: float = 1.0
 
 
 @dataclass
@@ -471,20 +474,27 @@ def count_flops(contender: PlainContender) -> int:
 
 
 def timed_blocks(contenders: dict[str, Contender], options: Options, label: str) -> dict[str, list[float]]:
-    """Interleaved blocks: a, b, c, a, b, c, ... ; seconds of each block per contender."""
+    """Interleaved blocks, the order rotated every repeat (a b c, b c a, c a b, ...); seconds of each block.
+
+    Before each block the machine is left idle for ``options.settle`` seconds: (c)'s DataLoader workers keep
+    filling their prefetch queue after its block ends, and without the pause whichever contender comes next would
+    pay for that work (in a fixed a, b, c order that is always (a)).
+    """
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
     for repeat in range(options.repeats):
-        for name, contender in contenders.items():
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            contender = contenders[name]
             contender.prepare()
             synchronize(options.device)
+            time.sleep(options.settle)
             started = time.perf_counter()
             for _ in range(options.steps):
                 contender.step()
             synchronize(options.device)
             seconds[name].append(time.perf_counter() - started)
-        rates = ", ".join(
-            f"({name}) {rate(options.batch_size * options.steps / seconds[name][-1])}" for name in contenders
-        )
+        rates = ", ".join(f"({name}) {rate(options.batch_size * options.steps / seconds[name][-1])}" for name in names)
         print(f"  {label} repeat {repeat + 1}/{options.repeats}: images/s {rates}", flush=True)
     return seconds
 
@@ -613,6 +623,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-flops", type=float, help="peak FLOP/s of the device for MFU (default: by name)")
     parser.add_argument(
+        "--settle", type=float, default=1.0, help="idle seconds before each timed block (lets workers finish)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads of the training process (default: torch's); on a shared, loaded machine 1 avoids "
@@ -639,6 +652,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         device=device,
         seed=args.seed,
         peak=peak_flops(device, args.peak_flops),
+        settle=args.settle,
     )
 
 
