@@ -4,10 +4,11 @@ A discriminator ``D`` learns to tell real images from generated ones (an inpaint
 and the generator (the shared encoder and the task's decoder) learns to fool it: ``min_G max_D E[log D(x)] +
 E[log(1 - D(G(z)))]`` (Goodfellow et al. 2014, "Generative Adversarial Nets"; used by Pathak et al. 2016, eq. 2,
 and Ledig et al. 2017, eq. 2). The generator minimises the non-saturating form ``-log D(G(z))``, which gives it
-useful gradients early on. A task puts the discriminator among its auxiliary modules
-(:meth:`ssl_engine.task.PretextTask.build_aux_modules`), adds :func:`generator_loss` to its loss terms and returns
-:func:`discriminator_loss` from :meth:`~ssl_engine.task.PretextTask.aux_losses`; the trainer steps the
-discriminator with its own optimizer after the main networks.
+useful gradients early on. A task returns :func:`adversarial_modules` from
+:meth:`ssl_engine.task.PretextTask.build_aux_modules`, adds :func:`generator_terms` to its loss terms in
+``forward`` and returns :func:`discriminator_terms` from :meth:`~ssl_engine.task.PretextTask.aux_losses`; the
+trainer steps the discriminator with its own optimizer after the main networks. Without the adversarial
+branch the aux modules are empty and both term functions give ``{}``.
 """
 
 from __future__ import annotations
@@ -61,3 +62,30 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
     real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float))
     fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float))
     return real + fake
+
+
+def adversarial_modules(enabled: bool, in_channels: int = 3) -> nn.ModuleDict:
+    """A task's auxiliary modules: ``{"discriminator": Discriminator(in_channels)}`` when ``enabled``, else empty."""
+    return nn.ModuleDict({"discriminator": Discriminator(in_channels)} if enabled else {})
+
+
+def generator_terms(aux: nn.ModuleDict, generated: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"adversarial": -log D(generated)}`` for the task's loss terms (``{}`` without a discriminator).
+
+    ``generated`` ``(B, C, S, S)`` keeps its graph: this term trains the generator through the discriminator.
+    """
+    if "discriminator" not in aux:
+        return {}
+    return {"adversarial": generator_loss(aux["discriminator"](generated))}
+
+
+def discriminator_terms(
+    aux: nn.ModuleDict, real: torch.Tensor, generated: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """``{"discriminator": -log D(real) - log(1 - D(generated))}`` for ``aux_losses``, on detached generated
+    images ``(B, C, S, S)`` so only the discriminator learns from it (``{}`` without a discriminator)."""
+    if "discriminator" not in aux or generated is None:
+        return {}
+    discriminator = aux["discriminator"]
+    fake_logits = discriminator(generated.detach())
+    return {"discriminator": discriminator_loss(discriminator(real), fake_logits)}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_engine.adversarial import Discriminator, discriminator_loss, generator_loss
+from ssl_engine.adversarial import adversarial_modules, discriminator_terms, generator_terms
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.images import denormalize, normalize
 from ssl_engine.randomness import BatchRandom
@@ -100,9 +100,7 @@ class InpaintingTask(PretextTask):
         return nn.ModuleDict({"decoder": decoder})
 
     def build_aux_modules(self) -> nn.ModuleDict:
-        if not self.config["adversarial"]:
-            return nn.ModuleDict()
-        return nn.ModuleDict({"discriminator": Discriminator(self.context.in_channels)})
+        return adversarial_modules(self.config["adversarial"], self.context.in_channels)
 
     def masks(self, batch: int, image_size: int, random: BatchRandom) -> torch.Tensor:
         """The holes of a batch, ``(B, 1, S, S)`` bool, True where pixels are removed (see :mod:`.masks`)."""
@@ -159,9 +157,7 @@ class InpaintingTask(PretextTask):
             visible = self.context.loss_fn(predicted[~hole], target[~hole])
             reconstruction = reconstruction + self.config["context_weight"] * visible
         filled = torch.where(hole, predicted, batch.inputs.float())  # (B, 3, S, S)
-        losses = {"reconstruction": reconstruction}
-        if "discriminator" in aux:
-            losses["adversarial"] = generator_loss(aux["discriminator"](filled))
+        losses = {"reconstruction": reconstruction, **generator_terms(aux, filled)}
         originals = denormalize(target)
         metrics = {
             "psnr": masked_psnr(denormalize(filled).clamp(0, 1), originals, mask),
@@ -171,8 +167,4 @@ class InpaintingTask(PretextTask):
 
     def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
         """The discriminator's real-vs-filled-in loss, on detached filled-in images (empty without one)."""
-        if "discriminator" not in aux or output.predictions is None:
-            return {}
-        discriminator = aux["discriminator"]
-        fake_logits = discriminator(output.predictions.detach())
-        return {"discriminator": discriminator_loss(discriminator(batch.targets), fake_logits)}
+        return discriminator_terms(aux, batch.targets, output.predictions)

@@ -21,7 +21,7 @@ from sslx_inpainting.task import InpaintingTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_engine.adversarial import Discriminator, discriminator_loss, generator_loss
+from ssl_engine.adversarial import discriminator_loss, generator_loss
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
 from ssl_engine.config import PretrainConfig, TaskSpec
@@ -250,18 +250,6 @@ def test_adversarial_terms_match_the_paper_and_only_the_discriminator_sees_detac
     term.backward()
     assert all(p.grad is None for p in [*modules.parameters(), *backbone.parameters()])  # fakes were detached
     assert all(p.grad is not None for p in aux.parameters())
-
-
-def test_the_discriminator_logits_do_not_grow_with_its_weights() -> None:
-    """Spectral normalisation: scaling every weight by 100 leaves the logits as they were (biases aside)."""
-    discriminator = Discriminator().eval()
-    images = torch.randn(4, 3, 32, 32)
-    before = discriminator(images)
-    with torch.no_grad():
-        for name, parameter in discriminator.named_parameters():
-            if name.endswith("original"):
-                parameter.mul_(100)
-    torch.testing.assert_close(discriminator(images), before)
 
 
 class TinyShapes:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_engine.adversarial import Discriminator, discriminator_loss, generator_loss
+from ssl_engine.adversarial import adversarial_modules, discriminator_terms, generator_terms
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.images import denormalize, normalize
 from ssl_engine.randomness import BatchRandom
@@ -101,9 +101,7 @@ class SuperResolutionTask(PretextTask):
         return nn.ModuleDict({"decoder": decoder})
 
     def build_aux_modules(self) -> nn.ModuleDict:
-        if not self.config["adversarial"]:
-            return nn.ModuleDict()
-        return nn.ModuleDict({"discriminator": Discriminator(self.context.in_channels)})
+        return adversarial_modules(self.config["adversarial"], self.context.in_channels)
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
         """Blur every image by bicubic down- and up-sampling (deterministic: ``random`` is not used).
@@ -139,9 +137,7 @@ class SuperResolutionTask(PretextTask):
         residual = modules["decoder"](features)[..., :size, :size]  # (B, 3, S, S)
         bicubic, target = batch.inputs.float(), batch.targets.float()
         restored = bicubic + residual.float()  # the only path from input to output besides the encoder's
-        losses = {"pixel": self.context.loss_fn(restored, target)}
-        if "discriminator" in aux:
-            losses["adversarial"] = generator_loss(aux["discriminator"](restored))
+        losses = {"pixel": self.context.loss_fn(restored, target), **generator_terms(aux, restored)}
         original = denormalize(target)
         metrics = {
             "psnr": psnr(denormalize(restored).clamp(0, 1), original),
@@ -151,8 +147,4 @@ class SuperResolutionTask(PretextTask):
 
     def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
         """The discriminator's real-vs-super-resolved loss, on detached outputs (empty without one)."""
-        if "discriminator" not in aux or output.predictions is None:
-            return {}
-        discriminator = aux["discriminator"]
-        fake_logits = discriminator(output.predictions.detach())
-        return {"discriminator": discriminator_loss(discriminator(batch.targets), fake_logits)}
+        return discriminator_terms(aux, batch.targets, output.predictions)
