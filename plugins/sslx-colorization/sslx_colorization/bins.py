@@ -17,7 +17,7 @@ could never be a target and only dilute the softmax. Bins are identified by thei
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -68,6 +68,7 @@ class ABBins:
     cells: torch.Tensor
     radius: int
     table: torch.Tensor
+    _copies: dict[torch.device, ABBins] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def classes(self) -> int:
@@ -82,6 +83,12 @@ class ABBins:
     def to(self, device: torch.device | str) -> ABBins:
         """These bins with their tensors on ``device``."""
         return ABBins(self.grid, self.cells.to(device), self.radius, self.table.to(device))
+
+    def on(self, device: torch.device) -> ABBins:
+        """These bins on ``device``, copied once per device and kept (a task's forward asks every step)."""
+        if device not in self._copies:
+            self._copies[device] = self.to(device)
+        return self._copies[device]
 
     def nearest(self, ab: torch.Tensor, neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``neighbours`` kept bins nearest to each pixel, nearest first.

@@ -39,7 +39,7 @@ from ssl_engine.backbones.base import Backbone
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import TaskSetting
 from ssl_engine.task import PretextBatch, PretextTask, Representation, TaskContext, TaskOutput, accuracy
-from sslx_colorization.bins import ABBins, ab_bins, annealed_mean
+from sslx_colorization.bins import ab_bins, annealed_mean
 from sslx_colorization.drawing import colour_grid, with_colour
 from sslx_colorization.lab import (
     LAB_SCALE,
@@ -135,13 +135,6 @@ class ColorizationTask(PretextTask):
         self.classify = self.config["loss_mode"] == "classification"
         self.scale = decoder_scale(self.name, context.feature_stride, self.config["output_stride"])
         self.bins = ab_bins()
-        self._bins_on: dict[torch.device, ABBins] = {}
-
-    def bins_on(self, device: torch.device) -> ABBins:
-        """The ab bins on ``device`` (copied once per device)."""
-        if device not in self._bins_on:
-            self._bins_on[device] = self.bins.to(device)
-        return self._bins_on[device]
 
     def build_modules(self) -> nn.ModuleDict:
         outputs = self.bins.classes if self.classify else 2
@@ -171,7 +164,7 @@ class ColorizationTask(PretextTask):
         ab = to_output_grid(lab[:, 1:], size)  # (B, 2, h, w)
         if not self.classify:
             return PretextBatch(inputs, scale_ab(ab), extras={"ab": ab})
-        classes, weights = self.bins_on(images.device).soft_encode(
+        classes, weights = self.bins.on(images.device).soft_encode(
             ab, self.config["soft_neighbours"], self.config["soft_sigma"]
         )
         extras = {"ab": ab, "soft_classes": classes, "soft_weights": weights}
@@ -212,7 +205,7 @@ class ColorizationTask(PretextTask):
         """
         if not self.classify:
             return predictions.float() * LAB_SCALE
-        centres = self.bins_on(predictions.device).centres
+        centres = self.bins.on(predictions.device).centres
         return annealed_mean(predictions, centres, self.config["temperature"])
 
     def rebalanced_cross_entropy(self, logits: torch.Tensor, batch: PretextBatch, prior: ColourPrior) -> torch.Tensor:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
-from sslx_colorization.bins import ABBins, ab_bins, annealed_mean
+from sslx_colorization.bins import ab_bins, annealed_mean
 from sslx_colorization.drawing import colour_grid, with_colour
 from sslx_colorization.lab import (
     L_OFFSET,
@@ -113,13 +113,6 @@ class SplitBrainTask(PretextTask):
         self.classify = self.config["loss_mode"] == "classification"
         self.scale = decoder_scale(self.name, context.feature_stride, self.config["output_stride"])
         self.bins = ab_bins()
-        self._bins_on: dict[torch.device, ABBins] = {}
-
-    def bins_on(self, device: torch.device) -> ABBins:
-        """The ab bins on ``device`` (copied once per device)."""
-        if device not in self._bins_on:
-            self._bins_on[device] = self.bins.to(device)
-        return self._bins_on[device]
 
     def build_modules(self) -> nn.ModuleDict:
         """The second sub-network and both decoders, all trained by the main optimizer.
@@ -157,7 +150,7 @@ class SplitBrainTask(PretextTask):
         small = to_output_grid(lab, size)  # (B, 3, h, w)
         extras = {"color_input": scale_ab(lab[:, 1:]), "lab": small}
         if self.classify:
-            targets = self.bins_on(images.device).quantize(small[:, 1:])  # (B, h, w)
+            targets = self.bins.on(images.device).quantize(small[:, 1:])  # (B, h, w)
             extras["l_target"] = quantize_lightness(small[:, 0])  # (B, h, w)
         else:
             targets = scale_ab(small[:, 1:])
@@ -210,7 +203,7 @@ class SplitBrainTask(PretextTask):
         """Colours from the ab decoder's predictions: ``(B, 2, h, w)`` in Lab units (annealed mean of bin logits)."""
         if not self.classify:
             return predictions.float() * LAB_SCALE
-        centres = self.bins_on(predictions.device).centres
+        centres = self.bins.on(predictions.device).centres
         return annealed_mean(predictions, centres, self.config["temperature"])
 
     def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
