@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_engine.data.shapes import CLASS_NAMES, SPLIT_SIZES, ShapesDataset, render_image
+from ssl_engine.data.shapes import CLASS_NAMES, COOL_HUES, SPLIT_SIZES, WARM_HUES, ShapesDataset, render_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,34 @@ def _fit_and_score(
     optimiser.step(closure)
     with torch.no_grad():
         return (test_x @ weight + bias).argmax(1).eq(test_y).float().mean().item()
+
+
+def _hue_saturation_value(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HSV of each pixel of ``(N, 3, S, S)`` images in [0, 1]: hue in turns, each ``(N, S, S)``."""
+    value, brightest = images.max(1)
+    spread = value - images.min(1).values
+    red, green, blue = images.unbind(1)
+    chroma = spread.clamp_min(1e-6)
+    sector = torch.where(
+        brightest == 0,
+        ((green - blue) / chroma) % 6,
+        torch.where(brightest == 1, (blue - red) / chroma + 2, (red - green) / chroma + 4),
+    )
+    return sector / 6, spread / value.clamp_min(1e-6), value
+
+
+def _in_band(hue: torch.Tensor, band: tuple[float, float]) -> torch.Tensor:
+    """Whether each hue lies in ``band`` (turns; the band may start below 0, wrapping round red)."""
+    return ((hue - band[0]) % 1.0) <= band[1] - band[0]
+
+
+def _hue_histogram(images: torch.Tensor, bins: int = 12) -> torch.Tensor:
+    """Share of each image's pixels that are clearly coloured, per hue bin: ``(N, bins)``."""
+    hue, saturation, _ = _hue_saturation_value(images)
+    bin_of_pixel = (hue * bins).long().clamp(0, bins - 1).flatten(1)
+    histogram = torch.zeros(len(images), bins)
+    histogram.scatter_add_(1, bin_of_pixel, (saturation > 0.4).float().flatten(1))
+    return histogram / bin_of_pixel.shape[1]
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +187,27 @@ def test_colour_does_not_identify_the_class(
     assert (spread < 0.15).all(), spread
     accuracy = _linear_probe_accuracy(train_rgb, train_labels, val_rgb, val_labels, 10)
     assert accuracy < 0.2, accuracy
+    # Nor do the hues present: every class paints its parts in the same bands.
+    train_hues, val_hues = _hue_histogram(train_images), _hue_histogram(val_images)
+    accuracy = _linear_probe_accuracy(train_hues, train_labels, val_hues, val_labels, 10)
+    assert accuracy < 0.2, accuracy
+
+
+def test_parts_have_usual_colours() -> None:
+    """Secondary parts are red to orange and accents cyan to blue, so a gray image's colours can be guessed.
+
+    With every colour drawn at random, as the background and the main body are, only about 40% of images would hold
+    that many clearly coloured pixels in each band (measured); with the usual colours about 95% do.
+    """
+    images, labels = _batch("val", 200, 64)
+    hue, saturation, value = _hue_saturation_value(images)
+    clear = (saturation > 0.45) & (value > 0.1)
+    warm_pixels = (clear & _in_band(hue, WARM_HUES)).flatten(1).sum(1)
+    cool_pixels = (clear & _in_band(hue, COOL_HUES)).flatten(1).sum(1)
+    without_accents = torch.tensor([CLASS_NAMES.index(name) for name in ("tree", "person", "chair")])
+    has_accents = ~torch.isin(labels, without_accents)
+    assert (warm_pixels >= 20).float().mean() > 0.85
+    assert (cool_pixels[has_accents] >= 10).float().mean() > 0.85
 
 
 def test_classes_are_separable_by_shape(

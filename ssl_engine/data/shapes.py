@@ -6,12 +6,15 @@ orientation and most stand on a base at the bottom, so predicting a 0/90/180/270
 meaningful pretext task, and the parts (roof, wheels, sail, ...) give jigsaw and contrastive tasks local
 structure to learn.
 
-Colour carries no class information: the background and every part of the object take random colours
-drawn from the same distributions for every class (dark-on-light or light-on-dark with equal
-probability). Per image the generator also varies the object's position, scale (45-85% of the image
-height), a small tilt (at most 8 degrees), horizontal flip, per-class proportions, the background
-texture (gradient, stripes, checkerboard, rings or smooth noise, blended), an optional ground band and mild
-pixel noise.
+Colour alone carries no class information: the background and the object's main body take random colours drawn from
+the same distributions for every class (dark-on-light or light-on-dark with equal probability). Parts have usual
+colours, as objects in photographs do, and the same ones in every class: the secondary part (roof, trunk, wheels,
+stem, lamp head, nose and fins, head, band and saucer, sails, seat) is red to orange and the accents (door and
+window, windows and hubs, spots, bulb, window and flame, steam, waves) cyan to blue, each light or dark at random.
+Guessing a gray image's colours (colorization, split-brain) then takes recognising its parts, which is what those
+tasks rely on in natural images. Per image the generator also varies the object's position, scale (45-85% of the
+image height), a small tilt (at most 8 degrees), horizontal flip, per-class proportions, the background texture
+(gradient, stripes, checkerboard, rings or smooth noise, blended), an optional ground band and mild pixel noise.
 
 Images are rendered from signed distance functions with a one-pixel soft edge, which anti-aliases at any
 size from 8 px up, and are fully vectorised with numpy. An image depends only on ``(split, index,
@@ -385,21 +388,37 @@ assert len(_PAINTERS) == len(CLASS_NAMES)
 _Colour = tuple[float, float, float]
 
 
-def _random_colour(rng: np.random.Generator, light: bool | None = None) -> _Colour:
-    """An RGB colour in [0, 1]: light (HSV value 0.6-1), dark (0.05-0.45), or either at even odds if None."""
+# Hue bands (HSV hue, in turns) of the parts that have a usual colour, whatever the class; see render_image.
+WARM_HUES = (-0.03, 0.09)  # red to orange: secondary parts (roof, trunk, wheels, stem, sails, ...)
+COOL_HUES = (0.5, 0.64)  # cyan to blue: accents (windows, spots, bulb, flame, waves, ...)
+
+
+def _random_colour(
+    rng: np.random.Generator, light: bool | None = None, hues: tuple[float, float] | None = None
+) -> _Colour:
+    """An RGB colour in [0, 1]: light (HSV value 0.6-1), dark (0.05-0.45), or either at even odds if None.
+
+    Any hue at saturation 0-0.9, or with ``hues`` a hue in that band at saturation 0.5-0.9 (a clear colour).
+    """
     if light is None:
         light = rng.random() < 0.5
     value = rng.uniform(0.6, 1.0) if light else rng.uniform(0.05, 0.45)
-    return colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.9), value)
+    if hues is None:
+        return colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.9), value)
+    return colorsys.hsv_to_rgb(rng.uniform(*hues) % 1.0, rng.uniform(0.5, 0.9), value)
 
 
 def _contrasting_colour(
-    rng: np.random.Generator, avoid: Sequence[_Colour], min_distance: float, light: bool | None = None
+    rng: np.random.Generator,
+    avoid: Sequence[_Colour],
+    min_distance: float,
+    light: bool | None = None,
+    hues: tuple[float, float] | None = None,
 ) -> _Colour:
     """A random colour at least ``min_distance`` (RGB distance) from all of ``avoid``, else the best of 16."""
     best, best_gap = (0.0, 0.0, 0.0), -1.0
     for _ in range(16):
-        colour = _random_colour(rng, light)
+        colour = _random_colour(rng, light, hues)
         gap = min(math.dist(colour, other) for other in avoid)
         if gap >= min_distance:
             return colour
@@ -521,8 +540,10 @@ def render_image(split: str, index: int, image_size: int) -> tuple[torch.Tensor,
     light_background = bool(rng.random() < 0.5)
     background = (_random_colour(rng, light_background), _random_colour(rng, light_background))
     main = _contrasting_colour(rng, background, 0.45, light=not light_background)
-    secondary = _contrasting_colour(rng, (main, *background), 0.35)
-    accent = _contrasting_colour(rng, (main, secondary), 0.35)
+    # Parts have usual colours, as objects in photographs do: the same bands in every class, so colour alone
+    # still says nothing of the class, but a gray image's colours can be guessed by recognising its parts.
+    secondary = _contrasting_colour(rng, (main, *background), 0.35, hues=WARM_HUES)
+    accent = _contrasting_colour(rng, (main, secondary), 0.35, hues=COOL_HUES)
     slots = (_as_pixel(main), _as_pixel(secondary), _as_pixel(accent))
 
     texture = _pattern(rng, u, v)
