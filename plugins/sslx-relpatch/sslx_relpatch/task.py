@@ -11,11 +11,11 @@ the patches and a random jitter of each (no continuing lines or textures), some 
 upsampled back (no matching by sharpness), and colour dropping (no chromatic aberration).
 
 Each patch is normalised on its own as in the authors' code (``normalization="patch"``): its channel means are
-removed and the whole patch is scaled to unit root mean square, one scale for all channels, so a dropped
-channel's noise stays at 1/100 of the kept channel; the representation feeds downstream images normalised the
-same way. On the embedded data, at the default budget, this learned the pretext task better than the fixed
-dataset normalisation (``normalization="dataset"``; accuracy about 0.25 against 0.15), and the linear probe
-beat random initialisation's only once the representation's input matched the training patches (see the
+removed and the whole patch is scaled to unit root mean square, one scale for all channels, so a dropped channel's
+noise stays at 1/100 of the kept channel; the representation feeds downstream images normalised the same way. On the
+embedded data (before its parts had usual colours), at the default budget, this learned the pretext task better than
+the fixed dataset normalisation (``normalization="dataset"``; accuracy about 0.25 against 0.15), and the linear
+probe beat random initialisation's only once the representation's input matched the training patches (see the
 plugin's README for the figures).
 """
 

@@ -13,10 +13,10 @@ must not rely on.
 
 The default factor is 8, not the paper's 4. SRGAN upsamples 24 px crops to 96 px; at this engine's 32 px, a factor
 of 4 leaves 8 px images, and what they lack is mostly fine background texture and pixel noise: measured on the
-shapes data after 200 steps, the output was 0.1 dB above bicubic and a linear probe of the encoder (a small one:
-3000 train, 1000 test images) no better than at its random initialisation, 23.5% both. At factor 8 the 4 px input
-keeps the colours and rough layout, and restoring the outline takes knowing the object: +0.7 dB over bicubic and
-30.9% on the same probe after the same 200 steps.
+shapes data (before its parts had usual colours) after 200 steps, the output was 0.1 dB above bicubic and a linear
+probe of the encoder (a small one: 3000 train, 1000 test images) no better than at its random initialisation, 23.5%
+both. At factor 8 the 4 px input keeps the colours and rough layout, and restoring the outline takes knowing the
+object: +0.7 dB over bicubic and 30.9% on the same probe after the same 200 steps.
 """
 
 from __future__ import annotations
