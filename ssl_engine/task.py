@@ -211,6 +211,16 @@ class PretextTask:
             raise TaskDeclarationError(f"task class {cls.__qualname__}: " + "; ".join(problems))
 
     @classmethod
+    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+        """``(loss_kind, default_loss)`` for a task with these resolved settings.
+
+        The class attributes, unless the task overrides this because a setting switches it between a
+        classification and a regression loss (split-brain's ``loss_mode``): ``--loss`` is then checked against,
+        and used by, the mode the run is in.
+        """
+        return cls.loss_kind, cls.default_loss
+
+    @classmethod
     def check_images(cls, image_size: int, channels_are_color: bool = True) -> None:
         """Refuse data the task can't use, before training starts."""
         if image_size < cls.min_image_size:

@@ -104,6 +104,7 @@ from ssl_engine.images import normalize, to_float
 from ssl_engine.plugins import PluginHost
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
+from ssl_engine.settings import resolve_settings
 from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskOutput, accuracy
 from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime
 
@@ -310,6 +311,11 @@ class TaskUnderTest:
         """``(B, 3, S, S)`` float images in [0, 1] of the embedded shapes data, on the device."""
         dataset = ShapesDataset("train", self.image_size, size=self.batch)
         return to_float(torch.stack([dataset[i][0] for i in range(self.batch)])).to(self.device)
+
+    @property
+    def loss_kind(self) -> str:
+        """The kind of loss the task takes with these settings (:meth:`PretextTask.loss_choice`)."""
+        return self.task_class.loss_choice(resolve_settings(self.name, self.task_class.settings, self.settings))[0]
 
     def spec(self) -> TaskSpec:
         return TaskSpec(self.name, settings=dict(self.settings), head=self.head, loss=self.loss)
@@ -564,7 +570,7 @@ def _check_pretext_batch(subject: TaskUnderTest, batch: PretextBatch, images: in
         )
     per_sample = sorted({images, rows})
     if targets.ndim == 0 or targets.shape[0] not in per_sample:
-        if subject.task_class.loss_kind == "classification" and targets.ndim <= 1:
+        if subject.loss_kind == "classification" and targets.ndim <= 1:
             expected = " or ".join(f"({n},)" for n in per_sample)
         else:
             expected = "a first axis of " + " or ".join(map(str, per_sample)) + " (one row per image or per view)"
@@ -573,7 +579,7 @@ def _check_pretext_batch(subject: TaskUnderTest, batch: PretextBatch, images: in
             f"returned targets of shape {_shape(targets)} for a batch of {images} with {batch.views} view(s); "
             f"expected {expected}",
         )
-    if subject.task_class.loss_kind == "classification" and targets.dtype != torch.long:
+    if subject.loss_kind == "classification" and targets.dtype != torch.long:
         subject.fail("targets-dtype", f"returned classification targets of dtype {targets.dtype}, expected int64")
     if targets.is_floating_point() and not torch.isfinite(targets).all():
         subject.fail("targets-finite", f"returned targets with {int((~torch.isfinite(targets)).sum())} NaN/inf values")
@@ -709,7 +715,7 @@ def _check_output(subject: TaskUnderTest, task: PretextTask, batch: PretextBatch
     predictions = output.predictions
     if predictions is not None:
         subject.on_device("its predictions", predictions)
-    if subject.task_class.loss_kind != "classification":
+    if subject.loss_kind != "classification":
         return
     targets = batch.targets
     if predictions is None or predictions.ndim != targets.ndim + 1 or predictions.shape[0] != targets.shape[0]:

@@ -90,10 +90,12 @@ class PretrainModel(nn.Module):
         self.runtimes: list[TaskRuntime] = []
         for spec, task_class in zip(config.tasks, task_classes(config, registry), strict=True):
             task_class.check_images(image_size)
+            settings = resolve_settings(spec.name, task_class.settings, spec.settings)
             head = pick_of_kind(registry, "head", spec.head or task_class.default_head, task_class.head_kind, spec.name)
-            loss = pick_of_kind(registry, "loss", spec.loss or task_class.default_loss, task_class.loss_kind, spec.name)
+            loss_kind, default_loss = task_class.loss_choice(settings)
+            loss = pick_of_kind(registry, "loss", spec.loss or default_loss, loss_kind, spec.name)
             context = TaskContext(
-                settings=resolve_settings(spec.name, task_class.settings, spec.settings),
+                settings=settings,
                 image_size=image_size,
                 in_channels=3,
                 feature_dim=self.backbone.feature_dim,

@@ -14,8 +14,9 @@ Losses (Sec. 4.1), two named terms ``l_to_ab`` and ``ab_to_l``:
   (:mod:`sslx_splitbrain.lightness_bins`). The registered classification loss chosen for the task is used for
   both (``cross_entropy``, or e.g. ``--loss splitbrain=label_smoothing``). No class rebalancing: the paper
   uses a "basic 1-hot encoding scheme".
-* ``regression`` ("(reg,reg)"): l2 between predicted and true channels in Lab units / 10, computed by the task
-  (the registered losses of a classification task are classification losses); the decoders' outputs are read
+* ``regression`` ("(reg,reg)"): the registered regression loss chosen for the task (``mse``, the paper's l2,
+  unless e.g. ``--loss splitbrain=l1``) between predicted and true channels in Lab units / 10; the mode decides
+  which kind of loss ``--loss`` must name (:meth:`SplitBrainTask.loss_choice`). The decoders' outputs are read
   with :data:`~sslx_colorization.output_grid.REGRESSION_GAIN` so SGD at the engine's rate stays stable.
 
 The paper predicts at a quarter of the input resolution; so does this task by default (``output_stride=4``): at
@@ -33,6 +34,9 @@ is False): a mixed run including it is refused before training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from PIL import Image
 from sslx_colorization.bins import ab_bins, annealed_mean
@@ -48,7 +52,6 @@ from sslx_colorization.lab import (
 )
 from sslx_colorization.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
 from torch import nn
-from torch.nn import functional as F
 
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.randomness import BatchRandom
@@ -107,6 +110,13 @@ class SplitBrainTask(PretextTask):
             maximum=10.0,
         ),
     )
+
+    @classmethod
+    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+        """Classification losses (default ``cross_entropy``), or regression ones (``mse``) with loss_mode=regression."""
+        if settings["loss_mode"] == "regression":
+            return "regression", "mse"
+        return cls.loss_kind, cls.default_loss
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
@@ -188,7 +198,10 @@ class SplitBrainTask(PretextTask):
         else:
             # Scaled for a stable l2 under SGD, see REGRESSION_GAIN.
             ab_outputs, l_outputs = ab_outputs * REGRESSION_GAIN, l_outputs * REGRESSION_GAIN
-            losses = {"l_to_ab": F.mse_loss(ab_outputs, batch.targets), "ab_to_l": F.mse_loss(l_outputs, l_target)}
+            losses = {
+                "l_to_ab": self.context.loss_fn(ab_outputs, batch.targets),
+                "ab_to_l": self.context.loss_fn(l_outputs, l_target),
+            }
             predicted_l = l_outputs.detach() * LAB_SCALE + L_OFFSET
         predicted_ab = self.predicted_ab(ab_outputs.detach())
         lab = batch.extras["lab"]

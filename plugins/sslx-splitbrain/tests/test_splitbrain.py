@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from sslx_colorization.bins import ab_bins
 from sslx_colorization.lab import LAB_SCALE, lab_to_rgb, lightness_input_from_rgb, rgb_to_lab
@@ -17,25 +18,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssl_engine.backbones.smallconv import SmallConvNet
+from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.heads.upconv import UpConvDecoder
+from ssl_engine.plugins import get_host
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import resolve_settings
 from ssl_engine.task import PretextBatch, TaskContext
 from ssl_engine.testing import check_pretext_task
+from ssl_engine.train.model import PretrainModel, RunSetupError
 
 BINS = ab_bins()
 
 
 def make_task(image_size: int = 32, **settings: object) -> SplitBrainTask:
+    resolved = resolve_settings("splitbrain", SplitBrainTask.settings, settings)
     return SplitBrainTask(
         TaskContext(
-            settings=resolve_settings("splitbrain", SplitBrainTask.settings, settings),
+            settings=resolved,
             image_size=image_size,
             in_channels=3,
             feature_dim=32,
             feature_stride=8,
             make_head=UpConvDecoder,
-            loss_fn=F.cross_entropy,
+            loss_fn=F.mse_loss if resolved["loss_mode"] == "regression" else F.cross_entropy,
             make_backbone=lambda channels: SmallConvNet(channels, width=4),
         )
     )
@@ -141,6 +146,29 @@ def test_regression_mode_is_l2_on_both_halves() -> None:
     torch.testing.assert_close(output.metrics["l_rmse"], expected, atol=1e-3, rtol=1e-4)
 
 
+def build_engine_model(loss_mode: str, loss: str | None) -> PretrainModel:
+    """The task built by the engine, as ``--set splitbrain.loss_mode=MODE [--loss splitbrain=LOSS]`` builds it."""
+    spec = TaskSpec("splitbrain", settings={"loss_mode": loss_mode, "output_stride": 1}, loss=loss)
+    return PretrainModel(PretrainConfig([spec]), get_host().registry, 32)
+
+
+def test_regression_mode_uses_the_regression_loss_chosen_with_loss() -> None:
+    model = build_engine_model("regression", "l1")
+    [runtime] = model.runtimes
+    batch = draw(runtime.task, colour_images())
+    output = runtime.task.forward(model.backbone, runtime.modules, runtime.aux, batch)
+    assert output.predictions is not None
+    torch.testing.assert_close(output.losses["l_to_ab"], F.l1_loss(output.predictions, batch.targets))
+    assert not torch.allclose(output.losses["l_to_ab"], F.mse_loss(output.predictions, batch.targets))
+
+
+def test_loss_must_fit_the_loss_mode() -> None:
+    with pytest.raises(RunSetupError, match="'l1' is a regression loss; task 'splitbrain' needs a classification"):
+        build_engine_model("classification", "l1")
+    with pytest.raises(RunSetupError, match="'cross_entropy' is a classification loss; .* needs a regression loss"):
+        build_engine_model("regression", "cross_entropy")
+
+
 def test_representation_concatenates_both_sub_networks() -> None:
     task = make_task()
     modules = task.build_modules().eval()
@@ -186,7 +214,8 @@ def test_cli_refuses_to_mix_it_with_other_tasks(tmp_path: Path) -> None:
 
 
 def test_keeps_the_engine_contract() -> None:
-    check_pretext_task(SplitBrainTask)  # its regression mode is a known deviation, see the core's contract test
+    check_pretext_task(SplitBrainTask)
+    check_pretext_task(SplitBrainTask, settings={"loss_mode": "regression"})
 
 
 def test_drawing_has_a_column_per_half_and_the_prediction() -> None:
