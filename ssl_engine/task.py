@@ -211,12 +211,14 @@ class PretextTask:
             raise TaskDeclarationError(f"task class {cls.__qualname__}: " + "; ".join(problems))
 
     @classmethod
-    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
         """``(loss_kind, default_loss)`` for a task with these resolved settings.
 
         The class attributes, unless the task overrides this because a setting switches it between a
         classification and a regression loss (split-brain's ``loss_mode``): ``--loss`` is then checked against,
-        and used by, the mode the run is in.
+        and used by, the mode the run is in. A kind of ``None`` says the task computes its own loss with these
+        settings (colorization's rebalanced classification), so a ``--loss`` for it is refused rather than ignored;
+        ``context.loss_fn`` is then ``default_loss``.
         """
         return cls.loss_kind, cls.default_loss
 

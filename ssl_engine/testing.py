@@ -313,7 +313,7 @@ class TaskUnderTest:
         return to_float(torch.stack([dataset[i][0] for i in range(self.batch)])).to(self.device)
 
     @property
-    def loss_kind(self) -> str:
+    def loss_kind(self) -> str | None:
         """The kind of loss the task takes with these settings (:meth:`PretextTask.loss_choice`)."""
         return self.task_class.loss_choice(resolve_settings(self.name, self.task_class.settings, self.settings))[0]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,16 +57,44 @@ def task_classes(config: PretrainConfig, registry: Registry) -> list[type[Pretex
 DEFAULT_KINDS = {"head": "classifier", "loss": "classification"}
 
 
-def pick_of_kind(registry: Registry, what: str, name: str, kind: str, task: str) -> Registered:
-    """A registered head or loss, checked to be of the ``kind`` the task needs (else the fitting ones listed)."""
+def pick_of_kind(registry: Registry, what: str, name: str, kind: str, task: str, condition: str = "") -> Registered:
+    """A registered head or loss, checked to be of the ``kind`` the task needs (else the fitting ones listed).
+
+    ``condition`` says when the task needs that kind (" with loss_mode=..."), for tasks whose settings decide it.
+    """
     entry = registry.get(what, name)
     entry_kind = entry.meta.get("kind", DEFAULT_KINDS[what])
     if entry_kind != kind:
         fitting = sorted(e.name for e in registry.entries(what) if e.meta.get("kind", DEFAULT_KINDS[what]) == kind)
         raise RunSetupError(
-            f"{what} {name!r} is a {entry_kind} {what}; task {task!r} needs a {kind} {what}: {', '.join(fitting)}"
+            f"{what} {name!r} is a {entry_kind} {what}; task {task!r} needs a {kind} {what}{condition}: "
+            + ", ".join(fitting)
         )
     return entry
+
+
+def pick_loss(
+    registry: Registry, spec: TaskSpec, task_class: type[PretextTask], settings: dict[str, Any]
+) -> Registered:
+    """The registered loss of a task: ``--loss`` if given, checked to be of the kind the task takes with its
+    settings (:meth:`PretextTask.loss_choice`), else the task's default for them.
+
+    Raises:
+        RunSetupError: ``--loss`` names a loss of the wrong kind, or one for a task that computes its own loss.
+    """
+    kind, default = task_class.loss_choice(settings)
+    given = ", ".join(f"{spec.name}.{key}={value}" for key, value in spec.settings.items()) or "its default settings"
+    if kind is None:
+        if spec.loss is not None:
+            raise RunSetupError(
+                f"--loss {spec.name}={spec.loss}: task {spec.name!r} computes its own loss with {given}, so no "
+                "registered loss applies; drop --loss or change the settings"
+            )
+        return registry.get("loss", default)
+    below_base = task_class.__mro__[: task_class.__mro__.index(PretextTask)]
+    settings_decide = any("loss_choice" in vars(klass) for klass in below_base)  # the task overrides loss_choice
+    condition = f" with {given} (its settings decide the kind)" if settings_decide else ""
+    return pick_of_kind(registry, "loss", spec.loss or default, kind, spec.name, condition)
 
 
 class PretrainModel(nn.Module):
@@ -92,8 +121,7 @@ class PretrainModel(nn.Module):
             task_class.check_images(image_size)
             settings = resolve_settings(spec.name, task_class.settings, spec.settings)
             head = pick_of_kind(registry, "head", spec.head or task_class.default_head, task_class.head_kind, spec.name)
-            loss_kind, default_loss = task_class.loss_choice(settings)
-            loss = pick_of_kind(registry, "loss", spec.loss or default_loss, loss_kind, spec.name)
+            loss = pick_loss(registry, spec, task_class, settings)
             context = TaskContext(
                 settings=settings,
                 image_size=image_size,

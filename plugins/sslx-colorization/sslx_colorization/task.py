@@ -15,7 +15,8 @@ Two losses, chosen with the ``loss_mode`` setting:
   sigma 5), the cross-entropy of each pixel is weighted by the rarity of its colour (:mod:`.rebalance`, lambda
   0.5, sigma 5, prior estimated online) and predictions are decoded by the annealed mean (T = 0.38). This loss
   is computed by the task itself: a registered loss takes ``(predictions, targets)`` and can't apply the soft
-  targets and per-pixel weights, so ``--loss`` only chooses the regression loss.
+  targets and per-pixel weights, so ``--loss`` applies to the regression mode only and is refused in this one
+  (:meth:`ColorizationTask.loss_choice`).
 
 Colours are predicted for every pixel by default (``output_stride=1``, the lecture's l2 between the colour image and
 its prediction); the paper predicts at a quarter of the resolution (``output_stride=4``). Measured at 32 px, batch
@@ -29,6 +30,9 @@ classification also reports ``accuracy``, the share of pixels whose most likely 
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from PIL import Image
@@ -129,6 +133,13 @@ class ColorizationTask(PretextTask):
             minimum=0.0,
         ),
     )
+
+    @classmethod
+    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
+        """Regression losses (default ``mse``); none in ``loss_mode=classification``, whose loss is the task's own."""
+        if settings["loss_mode"] == "classification":
+            return None, cls.default_loss
+        return cls.loss_kind, cls.default_loss
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)

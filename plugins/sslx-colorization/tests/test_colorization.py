@@ -234,3 +234,19 @@ def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
     # The first column is the original, as it is: a pixel of the picture has the image's colour.
     pixel = before.getpixel((4 + 3, 2 * 14 + 4 + 3))  # row 0, inside the top-left block (4 px, drawn at 8)
     assert pixel == tuple(round(float(v) * 255) for v in images[0, :, 0, 0])
+
+
+def test_cli_refuses_a_loss_in_classification_mode_and_uses_it_in_regression(tmp_path: Path) -> None:
+    def pretrain(*options: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "colorization", "--steps", "1",
+                   "--batch-size", "4", "--out", str(tmp_path / "r"), "--no-probe", *options]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    refused = pretrain("--set", "colorization.loss_mode=classification", "--loss", "colorization=l1")
+    assert refused.returncode == 2, refused.stderr
+    assert "--loss colorization=l1" in refused.stderr and "computes its own loss" in refused.stderr
+    assert "colorization.loss_mode=classification" in refused.stderr
+    assert not (tmp_path / "r").exists()
+    used = pretrain("--loss", "colorization=l1")
+    assert used.returncode == 0, used.stderr
+    assert 'loss = "l1"' in (tmp_path / "r" / "config.toml").read_text()

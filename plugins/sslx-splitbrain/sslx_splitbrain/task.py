@@ -112,7 +112,7 @@ class SplitBrainTask(PretextTask):
     )
 
     @classmethod
-    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
         """Classification losses (default ``cross_entropy``), or regression ones (``mse``) with loss_mode=regression."""
         if settings["loss_mode"] == "regression":
             return "regression", "mse"
