@@ -20,7 +20,8 @@ failure), whose message starts with the rule's name::
 The checks can also be run one at a time (:data:`CHECKS`, e.g. ``check_determinism(FlipTask)``), or on a prepared
 :class:`TaskUnderTest` with settings, a head, a loss or the plugin object that registers the task
 (:func:`prepare`). A plugin's own behaviour tests can borrow the same set-up: ``prepare(FlipTask).build()`` is a
-built model and the task's runtime (its instance, modules and aux), ``prepare(FlipTask).images`` real images.
+built model and the task's runtime (its instance, modules and aux), ``prepare(FlipTask).images`` real images,
+``prepare(FlipTask).trainer(tmp_path)`` the engine's trainer for whole steps on 32 images.
 
 The rules, grouped by the check (:data:`CHECKS`) that first enforces them:
 
@@ -106,6 +107,7 @@ from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
 from ssl_engine.settings import resolve_settings
 from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskOutput, accuracy
+from ssl_engine.train.loop import Trainer
 from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime
 
 __all__ = [
@@ -223,10 +225,19 @@ class ReferenceTask(PretextTask):
         return TaskOutput({"upside_down": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
 
 
+KIT_DATA = "kit-shapes"
+KIT_DATA_IMAGES = 32
+
+
 class _ReferencePlugin:
     @hookimpl
     def register_tasks(self, register: Callable[[type], None]) -> None:
         register(ReferenceTask)
+
+    @hookimpl
+    def register_datasets(self, register: Callable[..., None]) -> None:
+        # A few images of the embedded data, so a trainer made by TaskUnderTest.trainer starts in a moment.
+        register(KIT_DATA, lambda split, image_size, options: ShapesDataset(split, image_size, size=KIT_DATA_IMAGES))
 
 
 class _PluginOf:
@@ -319,6 +330,25 @@ class TaskUnderTest:
 
     def spec(self) -> TaskSpec:
         return TaskSpec(self.name, settings=dict(self.settings), head=self.head, loss=self.loss)
+
+    def trainer(self, out: Path, *, steps: int = 4, batch_size: int = 8, **options: Any) -> Trainer:
+        """The engine's own :class:`~ssl_engine.train.loop.Trainer` for the task alone, writing to ``out``.
+
+        It reads 32 images of the embedded data at :attr:`image_size` in the main process, so a behaviour test of
+        whole training steps (aux optimizers, logged terms, checkpoints, resuming) starts in a moment; ``options``
+        are more :class:`~ssl_engine.config.PretrainConfig` fields (``seed=1``, ``log_every=1``, ...).
+        """
+        config = PretrainConfig(
+            [self.spec()],
+            data=KIT_DATA,
+            image_size=self.image_size,
+            batch_size=batch_size,
+            steps=steps,
+            workers=0,
+            device=str(self.device),
+            **options,
+        )
+        return Trainer(config, self.registry, out)
 
     def build(self, seed: int = 0) -> tuple[PretrainModel, TaskRuntime]:
         """A fresh model with the task alone, its weights initialised from ``seed``, in training mode."""

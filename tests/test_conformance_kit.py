@@ -3,7 +3,9 @@ a message naming the rule it breaks."""
 
 from __future__ import annotations
 
+import math
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -422,3 +424,14 @@ def test_a_task_that_depends_on_the_other_tasks_of_the_run() -> None:
 
     message = fails(broken(features=features), "mix-isolated", check="mix")
     assert "beside another task" in message
+
+
+def test_the_kit_makes_a_small_trainer_of_the_engine(tmp_path: Path) -> None:
+    trainer = kit.prepare(kit.ReferenceTask).trainer(tmp_path / "run", steps=2, seed=3)
+    assert trainer.config.seed == 3 and trainer.config.steps == 2
+    images, _ = next(iter(trainer.stream.batches(0)))
+    assert images.shape == (8, 3, 32, 32)
+    logged = trainer.train_step(images)
+    assert math.isfinite(logged[f"{kit.REFERENCE_TASK}/loss"])
+    trainer.train()
+    assert sorted(path.name for path in (tmp_path / "run").glob("checkpoint-*.safetensors"))

@@ -24,15 +24,14 @@ from torch.nn import functional as F
 from ssl_engine.adversarial import discriminator_loss, generator_loss
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
-from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.heads.upconv import UpConvDecoder
-from ssl_engine.hookspecs import hookimpl
 from ssl_engine.images import MEAN, denormalize, normalize
 from ssl_engine.plugins import PluginHost
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import SettingError, resolve_settings
 from ssl_engine.task import TaskContext
+from ssl_engine.testing import prepare
 from ssl_engine.train.loop import Trainer, saved_config
 
 torch.set_num_threads(2)
@@ -252,20 +251,9 @@ def test_adversarial_terms_match_the_paper_and_only_the_discriminator_sees_detac
     assert all(p.grad is not None for p in aux.parameters())
 
 
-class TinyShapes:
-    """A 32-image shapes data set, so the engine's own trainer starts in a moment."""
-
-    @hookimpl
-    def register_datasets(self, register):  # type: ignore[no-untyped-def]
-        register("tinyshapes", lambda split, image_size, options: ShapesDataset(split, image_size, size=32))
-
-
 def make_trainer(out: Path, **settings: object) -> Trainer:
-    host = PluginHost.from_plugins([("inpainting", sslx_inpainting.plugin), ("tiny", TinyShapes())], strict=True)
-    config = PretrainConfig(
-        [TaskSpec("inpainting", settings=dict(settings))], data="tinyshapes", batch_size=8, steps=4, workers=0
-    )
-    return Trainer(config, host.registry, out)
+    """The engine's trainer for the task alone on 32 shapes images: batch 8, 4 steps."""
+    return prepare(InpaintingTask, settings=settings, plugin=sslx_inpainting.plugin).trainer(out)
 
 
 def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_term(tmp_path: Path) -> None:

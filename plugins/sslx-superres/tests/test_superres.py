@@ -25,15 +25,14 @@ from torch.nn import functional as F
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
-from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.heads.upconv import UpConvDecoder
-from ssl_engine.hookspecs import hookimpl
 from ssl_engine.images import MEAN, normalize
 from ssl_engine.plugins import PluginHost
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import SettingError, resolve_settings
 from ssl_engine.task import TaskContext
+from ssl_engine.testing import prepare
 from ssl_engine.train.loop import Trainer, saved_config
 
 torch.set_num_threads(2)
@@ -195,20 +194,9 @@ def test_adversarial_terms_and_detached_fakes() -> None:
     assert all(p.grad is not None for p in discriminator.parameters())
 
 
-class TinyShapes:
-    """A 32-image shapes data set, so the engine's own trainer starts in a moment."""
-
-    @hookimpl
-    def register_datasets(self, register):  # type: ignore[no-untyped-def]
-        register("tinyshapes", lambda split, image_size, options: ShapesDataset(split, image_size, size=32))
-
-
 def make_trainer(out: Path, **settings: object) -> Trainer:
-    host = PluginHost.from_plugins([("superres", sslx_superres.plugin), ("tiny", TinyShapes())], strict=True)
-    config = PretrainConfig(
-        [TaskSpec("superres", settings=dict(settings))], data="tinyshapes", batch_size=8, steps=4, workers=0
-    )
-    return Trainer(config, host.registry, out)
+    """The engine's trainer for the task alone on 32 shapes images: batch 8, 4 steps."""
+    return prepare(SuperResolutionTask, settings=settings, plugin=sslx_superres.plugin).trainer(out)
 
 
 def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_term(tmp_path: Path) -> None:
