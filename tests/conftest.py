@@ -57,6 +57,13 @@ def write_images(folder: Path, count: int, size: int = 20, seed: int = 0) -> lis
     return paths
 
 
+def write_two_classes(root: Path, per_class: int, size: int) -> Path:
+    """A labelled folder ``root/c0``, ``root/c1`` of ``per_class`` random ``size`` px PNGs each (seeds 0 and 1)."""
+    for label in range(2):
+        write_images(root / f"c{label}", per_class, size=size, seed=label)
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """A labelled folder: 3 classes of 30 small PNGs each."""

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
-from tests.conftest import write_images
+from tests.conftest import write_two_classes
 
 STEPS = 4
 GLOBAL_BATCH = 8
@@ -28,10 +28,7 @@ GLOBAL_BATCH = 8
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for label in range(2):
-        write_images(root / f"c{label}", 16, size=16, seed=label)
-    return root
+    return write_two_classes(tmp_path_factory.mktemp("data"), 16, size=16)
 
 
 def pretrain(folder: Path, out: Path, processes: int, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.config import CONFIG_FILE, PretrainConfig, TaskSpec
 from ssl_engine.plugins import get_host
 from ssl_engine.train.loop import Trainer
-from tests.conftest import write_images
+from tests.conftest import write_two_classes
 
 WEIGHTS = {"rotation": 1.0, "jigsaw": 0.5, "simclr": 1.0, "inpainting": 2.0}
 IMAGE_SIZE = 48
@@ -26,10 +26,7 @@ IMAGE_SIZE = 48
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for label in range(2):
-        write_images(root / f"c{label}", 12, size=24, seed=label)
-    return root
+    return write_two_classes(tmp_path_factory.mktemp("data"), 12, size=24)
 
 
 def test_four_task_mix_from_the_cli_logs_each_loss_and_their_weighted_sum(invoke, folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -20,17 +20,14 @@ from ssl_engine.plugins import get_host
 from ssl_engine.train import loop
 from ssl_engine.train import step as step_module
 from ssl_engine.train.loop import Trainer
-from tests.conftest import write_images
+from tests.conftest import write_two_classes
 
 STEPS = 12
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for label in range(2):
-        write_images(root / f"c{label}", 24, size=16, seed=label)
-    return root
+    return write_two_classes(tmp_path_factory.mktemp("data"), 24, size=16)
 
 
 def run_args(folder: Path, out: Path) -> list[str]:
