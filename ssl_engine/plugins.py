@@ -3,7 +3,9 @@
 Plugins are found through entry points in the group ``ssl_engine``. Each hook implementation is called on its
 own, so everything registered is attributed to its plugin and distribution, and a plugin that fails to import,
 raises in a hook or registers a name already taken is recorded as a :class:`PluginProblem` (shown by
-``sslx plugins`` and warned about on every command) while the other plugins keep working.
+``sslx plugins`` and warned about on every command) while the other plugins keep working. A name registered by
+two distributions is refused for both (a problem for each, naming both), whatever order they load in, until the
+user disables one of them; everything else they registered keeps working.
 
 Environment switches:
     ``SSLX_DISABLE_PLUGINS``: comma-separated plugin names not to load.
@@ -24,7 +26,14 @@ from typing import Any
 import pluggy
 
 from ssl_engine import hookspecs
-from ssl_engine.registry import DuplicateNameError, Registered, Registry
+from ssl_engine.registry import (
+    KINDS,
+    ConflictingClaimsError,
+    DuplicateNameError,
+    Registered,
+    Registry,
+    describe_conflict,
+)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 CORE_PLUGIN = "core"
@@ -160,7 +169,6 @@ class PluginHost:
             "register_evaluators": "evaluator",
         }
         for hook_name, kind in kinds.items():
-            # get_hookimpls() lists implementations in registration order, so the core (added first) wins clashes.
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 info = self.plugins[impl.plugin_name]
                 register = self._register_callback(kind, info)
@@ -168,6 +176,20 @@ class PluginHost:
                     impl.function(**{arg: register for arg in impl.argnames})
                 except Exception as error:
                     self.problems.append(PluginProblem(info.name, info.distribution, hook_name, _describe(error)))
+        self._report_conflicts()
+
+    def _report_conflicts(self) -> None:
+        """A problem for each claim on a name several distributions registered, once every claim is known."""
+        for kind in KINDS:
+            for name, claims in self.registry.conflicts(kind).items():
+                for claim in claims:
+                    registered = self.plugins[claim.plugin].registered
+                    if name in registered.get(kind, []):  # the first claim was listed before the second came
+                        registered[kind].remove(name)
+                        if not registered[kind]:
+                            del registered[kind]
+                    message = describe_conflict(kind, name, claims)
+                    self.problems.append(PluginProblem(claim.plugin, claim.distribution, "register", message))
 
     def _register_callback(self, kind: str, info: PluginInfo) -> Callable[..., None]:
         def register(name_or_obj: Any, obj: Any = None, *, help: str = "", **meta: Any) -> None:
@@ -186,6 +208,8 @@ class PluginHost:
             entry = Registered(kind, name, obj, info.name, info.distribution, help, dict(meta))
             try:
                 self.registry.add(entry)
+            except ConflictingClaimsError:
+                return  # reported once every plugin has registered, naming all claimants
             except DuplicateNameError as error:
                 self.problems.append(PluginProblem(info.name, info.distribution, "register", str(error)))
                 return

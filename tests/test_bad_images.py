@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ from PIL import Image
 
 from ssl_engine.data.folder import UnreadableImagesWarning, image_folder
 from ssl_engine.data.options import DataError
-from tests.conftest import write_images
+from tests.conftest import write_images, write_two_classes
 
 
 def bad_folder(root: Path) -> Path:
@@ -61,6 +63,55 @@ def test_cli_reports_skipped_files_and_trains_on_the_rest(invoke, tmp_path: Path
                     "--batch-size", "4", "--out", tmp_path / "R", "--no-probe")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: skipped 3 unreadable image(s) of 19" in result.output and "truncated.png" in result.output
+
+
+def write_bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> None:
+    """A valid PNG of about 60 bytes whose header declares ``width x height`` RGB pixels (10^10 by default)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+def write_hostile_entries(folder: Path) -> set[str]:
+    """A decompression bomb, a directory and a symlink loop, all named like images; returns their names."""
+    write_bomb_png(folder / "bomb.png")
+    (folder / "cat.png").mkdir()
+    (folder / "loop.png").symlink_to("loop.png")
+    return {"bomb.png", "cat.png", "loop.png"}
+
+
+def test_decompression_bombs_directories_and_link_loops_are_skipped_counted_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_images(tmp_path, 6, size=20)
+    hostile = write_hostile_entries(tmp_path)
+    # Between the pixel limit and twice it PIL only warns, then decodes it all: refused as well.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "big.png")  # 1600 pixels: a warning only
+    hostile.add("big.png")
+    with pytest.warns(UnreadableImagesWarning, match=r"skipped 4 unreadable image\(s\) of 10") as caught:
+        dataset = image_folder(tmp_path, "train", 16)
+    assert all(name in str(caught[0].message) for name in hostile)
+    assert {path.name for path in dataset.skipped} == hostile and len(dataset) == 6
+    assert dataset[0][0].shape == (3, 16, 16)
+
+
+def test_pretrain_and_evaluate_skip_hostile_entries(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = write_two_classes(tmp_path / "data", per_class=12, size=20)
+    hostile = write_hostile_entries(root / "c0") | write_hostile_entries(root / "c1")
+    run = tmp_path / "R"
+    result = invoke("pretrain", "--task", "rotation", "--data", root, "--image-size", "16", "--steps", "2",
+                    "--batch-size", "4", "--no-probe", "--workers", "0", "--out", run)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped" in result.output and all(name in result.output for name in hostile)
+    evaluated = invoke("evaluate", run, "--protocol", "knn", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "warning: skipped" in evaluated.output
 
 
 @pytest.mark.parametrize(

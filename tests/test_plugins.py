@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from torch import nn
 
+from ssl_engine import builtin
 from ssl_engine.hookspecs import hookimpl
 from ssl_engine.plugins import PluginHost, PluginLoadError
+from ssl_engine.registry import NameConflictError
 from ssl_engine.task import PretextBatch, PretextTask, TaskDeclarationError, TaskOutput
 
 
@@ -52,16 +54,67 @@ def test_inline_plugin_registers_with_attribution() -> None:
     assert "linear" in host.registry.names("evaluator")
 
 
-def test_duplicate_name_is_reported_and_first_kept() -> None:
-    class Clash:
+class ImpostorPlugin:
+    """Claims the toy task (and the core's ``linear`` head), and registers a head of its own."""
+
+    @hookimpl
+    def register_tasks(self, register):  # type: ignore[no-untyped-def]
+        register(type("ImpostorTask", (ToyTask,), {"summary": "not the real toy"}))
+
+    @hookimpl
+    def register_heads(self, register):  # type: ignore[no-untyped-def]
+        register("linear", lambda i, o: nn.Identity(), kind="classifier")
+        register("impostor-head", lambda i, o: nn.Identity(), kind="classifier")
+
+
+@pytest.mark.parametrize("impostor_first", [True, False])
+def test_name_claimed_by_two_distributions_is_refused_for_both_whatever_the_order(impostor_first: bool) -> None:
+    host = PluginHost()
+    plugins = [("toy", ToyPlugin(), "sslx-toy"), ("impostor", ImpostorPlugin(), "sslx-impostor")]
+    for name, plugin, distribution in [("core", builtin, "sslx"), *(plugins[::-1] if impostor_first else plugins)]:
+        host.add(name, plugin, distribution=distribution, version="1.0")
+    host.collect()
+    for kind, name, others in [("task", "toy", ["sslx-toy"]), ("head", "linear", ["sslx"])]:
+        with pytest.raises(NameConflictError) as caught:
+            host.registry.get(kind, name)
+        message = str(caught.value)
+        assert all(distribution in message for distribution in ["sslx-impostor", *others])
+        assert "SSLX_DISABLE_PLUGINS=impostor" in message and "SSLX_DISABLE_PLUGINS=core" not in message
+    # each claimant is told, by plugin and distribution, with the same message whichever came first
+    conflicts = sorted(
+        (p.plugin, p.distribution, p.message) for p in host.problems if "registered by both" in p.message
+    )
+    assert [(plugin, distribution) for plugin, distribution, _ in conflicts] == [
+        ("core", "sslx"), ("impostor", "sslx-impostor"), ("impostor", "sslx-impostor"), ("toy", "sslx-toy")
+    ]  # fmt: skip
+    assert len(host.problems) == 4
+    assert {message for plugin, _, message in conflicts if plugin == "toy"} == {
+        "task 'toy' is registered by both plugin 'impostor' (sslx-impostor) and plugin 'toy' (sslx-toy), so neither "
+        "gets it; disable one (SSLX_DISABLE_PLUGINS=impostor or SSLX_DISABLE_PLUGINS=toy)"
+    }
+    # everything else they registered keeps working; the listing no longer claims the refused names
+    assert host.registry.get("head", "tiny").plugin == "toy"
+    assert host.registry.get("head", "impostor-head").plugin == "impostor"
+    assert host.registry.get("head", "mlp").plugin == "core"
+    assert host.plugins["toy"].registered == {"head": ["tiny"]}
+    assert host.plugins["impostor"].registered == {"head": ["impostor-head"]}
+    assert "linear" not in host.plugins["core"].registered["head"]
+
+
+def test_name_conflict_is_fatal_in_strict_mode_and_same_distribution_twice_keeps_the_first() -> None:
+    with pytest.raises(PluginLoadError, match="task 'toy' is registered by both"):
+        PluginHost.from_plugins([("toy", ToyPlugin()), ("impostor", ImpostorPlugin())], strict=True)
+
+    class Twice:
         @hookimpl
         def register_heads(self, register):  # type: ignore[no-untyped-def]
-            register("linear", lambda i, o: nn.Identity(), kind="classifier")
+            register("twice", lambda i, o: nn.Identity(), kind="first")
+            register("twice", lambda i, o: nn.Identity(), kind="second")
 
-    host = PluginHost.from_plugins([("clash", Clash())])
-    assert host.registry.get("head", "linear").plugin == "core"
+    host = PluginHost.from_plugins([("twice", Twice())])
+    assert host.registry.get("head", "twice").meta == {"kind": "first"}
     [problem] = host.problems
-    assert problem.plugin == "clash" and "'linear'" in problem.message and "'core'" in problem.message
+    assert "already registered" in problem.message
 
 
 def test_hook_that_raises_is_reported_and_others_keep_working() -> None:
@@ -166,14 +219,70 @@ def test_hook_errors_and_taken_names_of_installed_plugins_through_the_cli(tmp_pa
     problems = {p["plugin"]: p for p in json.loads(result.stdout)["problems"]}
     assert problems["raising"]["distribution"] == "sslx-raising" and "hook exploded" in problems["raising"]["message"]
     assert problems["raising"]["stage"] == "register_tasks"
-    # plugins load in name order, so whichever of the two comes second is reported, naming both
-    [clash] = [p for p in problems.values() if "task 'rotation'" in p["message"]]
-    assert "sslx-clashing" in clash["message"] + clash["distribution"]
-    assert "sslx-rotation" in clash["message"] + clash["distribution"] and "already registered" in clash["message"]
+    # a name two distributions claim is refused for both: each is told, naming the other
+    clashes = {p["plugin"]: p for p in problems.values() if "task 'rotation'" in p["message"]}
+    assert {(name, p["distribution"]) for name, p in clashes.items()} == {
+        ("clashing", "sslx-clashing"), ("rotation", "sslx-rotation")
+    }  # fmt: skip
+    assert all("sslx-clashing" in p["message"] and "sslx-rotation" in p["message"] for p in clashes.values())
     human = sslx("plugins", env=env)
     assert "PROBLEM  plugin 'raising' (sslx-raising) failed at register_tasks" in human.stdout
-    # the task everyone else provides still trains
-    run = sslx("pretrain", "--task", "rotation", "--steps", "1", "--batch-size", "4", "--image-size", "16",
-               "--no-probe", "--out", str(tmp_path / "R"), env=env)  # fmt: skip
+    assert "PROBLEM  plugin 'clashing' (sslx-clashing) failed at register: task 'rotation'" in human.stdout
+    # until the user chooses, the name trains nothing: exit 2, naming both and the way out
+    args = ("--steps", "1", "--batch-size", "4", "--image-size", "16", "--no-probe", "--workers", "0")
+    refused = sslx("pretrain", "--task", "rotation", *args, "--out", str(tmp_path / "R0"), env=env)
+    assert refused.returncode == 2, refused.stderr
+    error = refused.stderr.splitlines()[-1]
+    assert "sslx-clashing" in error and "sslx-rotation" in error and "SSLX_DISABLE_PLUGINS=clashing" in error
+    assert not (tmp_path / "R0").exists()
+    # disabling one gives the name to the other; the other plugins' problems are still warned about
+    chosen = {**env, "SSLX_DISABLE_PLUGINS": "clashing"}
+    run = sslx("pretrain", "--task", "rotation", *args, "--out", str(tmp_path / "R"), env=chosen)
     assert run.returncode == 0, run.stderr
-    assert "warning: plugin 'raising' (sslx-raising)" in run.stderr
+    assert "warning: plugin 'raising' (sslx-raising)" in run.stderr and "sslx-clashing" not in run.stderr
+
+
+IMPOSTOR = """
+    from ssl_engine.hookspecs import hookimpl
+    from sslx_rotation.task import RotationTask
+    from torch import nn
+
+
+    class ImpostorRotation(RotationTask):
+        summary = "not the real rotation"
+
+
+    @hookimpl
+    def register_tasks(register):
+        register(ImpostorRotation)
+
+
+    @hookimpl
+    def register_heads(register):
+        register("impostor-head", lambda i, o: nn.Identity(), kind="classifier")
+"""
+
+
+@pytest.mark.parametrize("plugin", ["aaa-impostor", "zzz-impostor"])
+def test_installed_impostor_gets_no_taken_name_whichever_way_its_name_sorts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugin: str
+) -> None:
+    make_distribution(tmp_path, "sslx-impostor", plugin, f"sslx_{plugin.replace('-', '_')}_mod", IMPOSTOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for switch in ("SSLX_DISABLE_PLUGINS", "SSLX_LOAD_PLUGINS", "SSLX_NO_PLUGINS", "SSLX_STRICT_PLUGINS"):
+        monkeypatch.delenv(switch, raising=False)
+    host = PluginHost.from_entry_points(strict=False)
+    with pytest.raises(NameConflictError) as caught:
+        host.registry.get("task", "rotation")
+    message = str(caught.value)
+    assert "(sslx-impostor)" in message and "(sslx-rotation)" in message
+    assert f"SSLX_DISABLE_PLUGINS={plugin}" in message and "SSLX_DISABLE_PLUGINS=rotation" in message
+    blamed = {(p.plugin, p.distribution) for p in host.problems if "task 'rotation'" in p.message}
+    assert blamed == {(plugin, "sslx-impostor"), ("rotation", "sslx-rotation")}
+    assert host.registry.get("head", "impostor-head").plugin == plugin and "jigsaw" in host.registry.names("task")
+    with pytest.raises(PluginLoadError, match="task 'rotation' is registered by both"):
+        PluginHost.from_entry_points(strict=True)
+    monkeypatch.setenv("SSLX_DISABLE_PLUGINS", plugin)
+    chosen = PluginHost.from_entry_points(strict=False)
+    assert chosen.registry.get("task", "rotation").distribution == "sslx-rotation"
+    assert not [p for p in chosen.problems if "rotation" in p.message]

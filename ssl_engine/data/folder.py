@@ -6,14 +6,17 @@ Layouts accepted for ``--data PATH``:
     ``PATH/*.jpg``: unlabelled (label -1), every image in ``train``; it can be pretrained on, not evaluated.
 
 Every file is decoded once when the data set is opened: grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit
-images are converted to 8-bit RGB; files that can't be decoded (zero-byte, truncated, corrupt, not an image) are
-skipped and counted, and a warning names how many and the first few. Images of any size are resized (up or down)
-to ``--image-size``. A split left with no readable image is an error before training starts.
+images are converted to 8-bit RGB; entries that can't be decoded (zero-byte, truncated, corrupt, not an image, a
+decompression bomb over PIL's ``Image.MAX_IMAGE_PIXELS``, a directory or a broken or looping link named like an
+image) are skipped and counted, and a warning names how many and the first few. Images of any size are resized
+(up or down) to ``--image-size``. A split left with no readable image is an error before training starts.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,7 +30,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Every entry named like an image, files or not: a directory or a looping link called cat.png is then
+    # counted as skipped instead of vanishing without a word.
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -38,13 +43,41 @@ class UnreadableImagesWarning(UserWarning):
     """Some files of a folder data set could not be decoded and were skipped."""
 
 
-def readable(path: Path) -> bool:
-    """Whether the file decodes completely as an image."""
-    try:
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` refusing decompression bombs: past ``Image.MAX_IMAGE_PIXELS`` raises, not only past twice it.
+
+    Raises:
+        Image.DecompressionBombError, Image.DecompressionBombWarning: too many pixels declared.
+        UnidentifiedImageError, OSError, SyntaxError, ValueError: PIL's errors for files it cannot decode.
+    """
+    with warnings.catch_warnings():
+        # PIL only warns between the limit and twice it, then allocates it all on load().
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
+            yield image
+
+
+# What PIL raises on a file it cannot decode or will not decode (too many pixels).
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+def readable(path: Path) -> bool:
+    """Whether ``path`` is a regular file that decodes completely as an image of a sane size."""
+    if not path.is_file():  # a directory, a FIFO (opening it would block), a broken or looping link
+        return False
+    try:
+        with open_image(path) as image:
             image.load()
         return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # PIL raises all of these on bad files
+    except DECODE_ERRORS:
         return False
 
 
@@ -78,9 +111,9 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.files[index]
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 return to_rgb_tensor(image, self.image_size), label
-        except (UnidentifiedImageError, OSError) as error:
+        except DECODE_ERRORS as error:
             raise DataError(f"cannot read image {path}: {error}") from None
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ssl_engine.data.catalog import DataSource
 from ssl_engine.data.options import DataError
-from ssl_engine.eval.features import extract_features
+from ssl_engine.eval.features import extract_features, load_cached_features, save_cached_features
 from ssl_engine.task import Representation
 
 
@@ -57,17 +56,16 @@ class EvalContext:
         if split in self._memo:
             return self._memo[split]
         path = self.cache_dir / f"features-{self.cache_key}-{split}.safetensors" if self.cache_dir else None
-        if path is not None and path.exists():
-            stored = load_file(str(path))
-            result = stored["features"], stored["labels"]
+        cached = load_cached_features(path) if path is not None else None
+        if cached is not None:
+            result = cached
         else:
             dataset = self.source.split(split, self.image_size)
             result = extract_features(self.representation, dataset, self.device, self.batch_size)
             if (result[1] < 0).any():
                 raise DataError(f"the {split} split of {self.source.name!r} has unlabelled images")
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({"features": result[0].contiguous(), "labels": result[1]}, str(path))
+                save_cached_features(path, *result)
         self._memo[split] = result
         return result
 
