@@ -177,10 +177,30 @@ def write_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         save_file(cpu, str(temporary), metadata=header)
+        _sort_metadata_in_place(temporary)
         _replace_atomically(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _sort_metadata_in_place(path: Path) -> None:
+    """Rewrite the header of a just-written file with its metadata keys sorted, at the same length.
+
+    safetensors keeps the metadata in a hash map whose order changes from one process to the next, so two identical
+    runs would write different bytes; sorted, identical runs write identical files. The header is re-encoded as
+    compactly as safetensors writes it and padded with spaces to its old length (as safetensors pads it); in the
+    unexpected case that the re-encoding is longer, the file is left as it is.
+    """
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        metadata = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata is not None else {}
+        encoded = json.dumps(ordered | header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(encoded) <= length:
+            handle.seek(8)
+            handle.write(encoded.ljust(length, b" "))
 
 
 def write_latest(run_dir: Path, checkpoint: Path) -> None:

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
 from ssl_engine import __version__
 from ssl_engine.checkpoint import CheckpointError
-from ssl_engine.config import ConfigError, PretrainConfig, TaskSpec, apply_overrides
+from ssl_engine.config import FIELD_RULES, FIELD_TYPES, ConfigError, PretrainConfig, TaskSpec, apply_overrides
 from ssl_engine.data.options import DataError
+from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.plugins import PluginHost, PluginLoadError, get_host
 from ssl_engine.registry import UnknownNameError
 from ssl_engine.settings import SettingError
 from ssl_engine.task import ImageSizeError
 from ssl_engine.train.interrupt import TrainingInterrupted
 from ssl_engine.train.model import RunSetupError
-from ssl_engine.train.optim import OPTIMIZERS
 
+FC = TypeVar("FC", bound=Callable[..., Any])
 USER_ERRORS = (UnknownNameError, SettingError, RunSetupError, DataError, ImageSizeError, CheckpointError)
 
 
@@ -40,11 +43,16 @@ def host_or_exit() -> PluginHost:
 
 
 def parse_task(value: str) -> TaskSpec:
+    """``NAME`` or ``NAME=WEIGHT`` of ``--task`` (the weight a finite number > 0)."""
     name, _, weight = value.partition("=")
     try:
-        return TaskSpec(name.strip(), float(weight) if weight else 1.0)
+        number = float(weight) if weight else 1.0
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected NAME or NAME=WEIGHT", param_hint="--task") from None
+    try:
+        return TaskSpec(name.strip(), number)
+    except ConfigError as error:
+        raise click.BadParameter(f"{value!r}: {error}", param_hint="--task") from None
 
 
 def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -81,9 +89,43 @@ def parse_settings(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def debugging() -> bool:
+    """``sslx --debug`` or ``SSLX_DEBUG=1``: show plugin tracebacks instead of one line."""
+    context = click.get_current_context(silent=True)
+    flag = bool(context and context.find_root().params.get("debug"))
+    return flag or os.environ.get("SSLX_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def os_error_line(error: OSError) -> str:
+    """An I/O error as one line naming the path and the OS's reason."""
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+class SslxGroup(click.Group):
+    """The ``sslx`` group: an error in a plugin's code, or an I/O error no command expected, becomes one line
+    naming the plugin (or the path) and exit 1, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PluginCodeError as error:
+            if debugging():
+                raise
+            click.echo(f"Error: {error}\n(the plugin's traceback: sslx --debug ... or SSLX_DEBUG=1)", err=True)
+            sys.exit(1)
+        except OSError as error:
+            if debugging():
+                raise
+            click.echo(f"Error: {os_error_line(error)}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=SslxGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="sslx")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show full tracebacks of errors raised in plugins' code.")
+def main(debug: bool) -> None:
     """sslx: self-supervised pretraining for images, with pretext tasks as plugins.
 
     \b
@@ -131,48 +173,66 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     """``click.echo`` for ranks other than 0: says nothing."""
 
 
-def fail(error: Exception) -> None:
+def fail(error: Exception | str) -> None:
     """A user error: message on stderr, exit code 2."""
     click.echo(f"Error: {error}", err=True)
     sys.exit(2)
 
 
-# Command-line option -> PretrainConfig field (the options that map one to one).
-CONFIG_OPTIONS = {
-    "backbone": "backbone",
-    "data": "data",
-    "data_dir": "data_dir",
-    "download": "download",
-    "image_size": "image_size",
-    "batch_size": "batch_size",
-    "steps": "steps",
-    "epochs": "epochs",
-    "optimizer": "optimizer",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup": "warmup_fraction",
-    "seed": "seed",
-    "device": "device",
-    "workers": "workers",
-    "log_every": "log_every",
-    "checkpoint_every": "checkpoint_every",
-    "keep_checkpoints": "keep_checkpoints",
-    "probe": "probe",
-    "online_probe": "online_probe",
-    "sync_bn": "sync_bn",
-    "scale_lr": "scale_lr",
-    "compile": "compile",
-}
+def validate_field(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
+    """Check a command-line value against its config field's rule (the same check a config file gets)."""
+    name = parameter.name or ""
+    if value is None or context.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+        return value
+    try:
+        FIELD_RULES[name].check(name, str(value) if isinstance(value, Path) else value, FIELD_TYPES[name])
+    except ConfigError as error:
+        raise click.BadParameter(str(error).replace(f"field {name!r} ", "")) from None
+    return value
+
+
+def field_option(name: str) -> Callable[[FC], FC]:
+    """The ``click.option`` of one config field, generated from its declaration in ``ssl_engine.config``."""
+    rule, annotation = FIELD_RULES[name], FIELD_TYPES[name]
+    kind = annotation.split(" ")[0]
+    default = next(f.default for f in fields(PretrainConfig) if f.name == name)
+    settings: dict[str, Any] = {"help": rule.help, "callback": validate_field, "default": default}
+    if kind == "bool":
+        two_way = "/" in (rule.flag or "")  # --x/--no-x: click makes it a flag itself
+        settings["show_default"] = two_way
+        if not two_way:
+            settings["is_flag"] = True
+    else:
+        settings["show_default"] = default is not None
+        if rule.metavar:
+            settings["metavar"] = rule.metavar
+        if rule.choices is not None:
+            settings["type"] = click.Choice(rule.choices)
+        elif rule.path:
+            settings["type"] = click.Path(file_okay=False, path_type=Path)
+        elif kind == "int":
+            settings["type"] = click.IntRange(rule.minimum, rule.maximum)  # type: ignore[arg-type]
+        elif kind == "float":
+            settings["type"] = click.FloatRange(rule.minimum, rule.maximum, min_open=rule.min_open)
+    flag = rule.flag or "--" + name.replace("_", "-")
+    return click.option(flag, name, **settings)
+
+
+def config_field_options(command: FC) -> FC:
+    """One option per :class:`PretrainConfig` field, in declaration order."""
+    for name in reversed(list(FIELD_RULES)):
+        command = field_option(name)(command)
+    return command
 
 
 def given_options(options: dict[str, Any]) -> dict[str, Any]:
     """The config fields the user set on the command line (not click's defaults)."""
     context = click.get_current_context()
     given = {}
-    for option, field_name in CONFIG_OPTIONS.items():
-        if context.get_parameter_source(option) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
-            value = options[option]
-            given[field_name] = str(value) if isinstance(value, Path) else value
+    for name in FIELD_RULES:
+        if context.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            value = options[name]
+            given[name] = str(value) if isinstance(value, Path) else value
     return given
 
 
@@ -190,45 +250,17 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Experiment file (TOML) holding any of these options; options given here override it.",
 )
-@click.option("--backbone", default="smallconv", show_default=True, help="Backbone name (see `sslx plugins`).")
-@click.option(
-    "--data",
-    default="shapes",
-    show_default=True,
-    metavar="NAME|PATH",
-    help="Registered data set or a folder of images.",
-)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Where downloadable data sets live.")
-@click.option("--download", is_flag=True, help="Allow downloading the data set.")
-@click.option("--image-size", type=click.IntRange(8, 1024), help="Image side in px [default: the task's].")
-@click.option("--steps", type=click.IntRange(1), help="Optimisation steps (wins over --epochs) [default: 600].")
-@click.option("--epochs", type=click.FloatRange(0, min_open=True), help="Epochs over the pretraining split.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2), help="Images per step.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True, help="Optimiser.")
-@click.option(
-    "--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate [sgd 0.05, adamw 1e-3, lars 1]."
-)
-@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0), help="l2 on weights.")
-@click.option(
-    "--warmup",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Share of the steps spent warming up linearly, before the cosine decay.",
-)
-@click.option("--seed", default=0, show_default=True, type=int, help="Seeds initialisation, data order, pseudo-labels.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-    help="Where to train; auto picks CUDA (bf16 autocast), then MPS, then the CPU.",
-)
+@config_field_options
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/TASK-TIME]."
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest complete checkpoint.")
 @click.option("--force", is_flag=True, help="With --resume, accept changed options other than budget and logging.")
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="With --resume, start again from step 0 when no checkpoint can be used (they are moved to RUN_DIR/damaged).",
+)
 @click.option("--head", "heads", multiple=True, metavar="TASK=NAME", help="Give a task another registered head.")
 @click.option("--loss", "losses", multiple=True, metavar="TASK=NAME", help="Give a task another registered loss.")
 @click.option(
@@ -237,48 +269,6 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
     multiple=True,
     metavar="TASK.KEY=VALUE",
     help="A task setting, e.g. jigsaw.permutations=30 (see `sslx plugins`).",
-)
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Data-loading processes.")
-@click.option("--log-every", default=10, show_default=True, type=click.IntRange(1), help="Steps between metric lines.")
-@click.option(
-    "--checkpoint-every",
-    default=500,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Steps between checkpoints (one is always written at the end).",
-)
-@click.option(
-    "--keep-checkpoints",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1),
-    help="How many of the newest checkpoints to keep.",
-)
-@click.option(
-    "--probe/--no-probe",
-    default=True,
-    show_default=True,
-    help="After training, linear-probe the backbone and a random-init one.",
-)
-@click.option(
-    "--online-probe",
-    is_flag=True,
-    help="Train a linear classifier on detached features during the run and log probe/accuracy.",
-)
-@click.option(
-    "--sync-bn",
-    is_flag=True,
-    help="Under torchrun: batch-norm statistics over the global batch of all processes (SyncBatchNorm).",
-)
-@click.option(
-    "--scale-lr",
-    is_flag=True,
-    help="Under torchrun: multiply the lr by the number of processes (linear scaling rule, Goyal et al. 2017).",
-)
-@click.option(
-    "--compile",
-    is_flag=True,
-    help="torch.compile the backbone and heads (worth it on a GPU for long runs; the first steps are slower).",
 )
 def pretrain(**options: Any) -> None:
     """Pretrain a backbone on one or more pretext tasks.
@@ -294,12 +284,14 @@ def pretrain(**options: Any) -> None:
     """
     host = host_or_exit()
     from ssl_engine.distributed import broadcast_from_main, init_from_env, shutdown
-    from ssl_engine.train.loop import RunDirectoryError, Trainer, pick_device, saved_config
+    from ssl_engine.train.loop import CheckpointWriteError, RunDirectoryError, Trainer, pick_device, saved_config
     from ssl_engine.train.probe import probe_against_random
 
     tasks = [parse_task(value) for value in options["tasks"]]
     out: Path | None = options["out"]
     try:
+        if options["restart"] and not options["resume"]:
+            raise click.UsageError("--restart goes with --resume")
         if options["resume"]:
             if out is None:
                 raise click.UsageError("--resume needs --out RUN_DIR")
@@ -322,11 +314,15 @@ def pretrain(**options: Any) -> None:
         if out is None:  # rank 0's clock names the directory of every rank
             stamp = broadcast_from_main(f"{datetime.now():%Y%m%d-%H%M%S}", world)
             out = Path("runs") / f"{'+'.join(t.name for t in config.tasks)}-{stamp}"
-        trainer = Trainer(config, host.registry, out, resume=options["resume"], force=options["force"])
+        trainer = Trainer(
+            config, host.registry, out, resume=options["resume"], force=options["force"], restart=options["restart"]
+        )
     except click.UsageError:
         raise
     except (*USER_ERRORS, ConfigError, RunDirectoryError, ValueError) as error:
         fail(error)
+    except OSError as error:  # e.g. a read-only or unwritable --out
+        fail(f"cannot use run directory {out}: {os_error_line(error)}")
     say = click.echo if world.is_main else _quiet  # one voice under torchrun: rank 0 reports and probes
     say(
         f"pretraining {', '.join(t.name for t in config.tasks)} on {config.data} ({trainer.image_size} px), "
@@ -338,7 +334,7 @@ def pretrain(**options: Any) -> None:
     except TrainingInterrupted as stop:
         say(f"{stop}; resume with: sslx pretrain --out {out} --resume", err=True)
         sys.exit(stop.exit_code)
-    except FloatingPointError as error:
+    except (FloatingPointError, CheckpointWriteError) as error:
         say(f"Error: {error}", err=True)
         sys.exit(1)
     shutdown(world)  # the processes part here; rank 0 probes on its own
@@ -444,6 +440,8 @@ def export(run_dir: Path, out: Path, task: str | None) -> None:
         report = export_representation(run_dir, out, host.registry, task)
     except USER_ERRORS as error:
         fail(error)
+    except OSError as error:
+        fail(f"cannot write --out {out}: {os_error_line(error)}")
     click.echo(f"wrote {report.path} ({report.architecture}): {report.message}")
 
 
@@ -495,6 +493,10 @@ def bench(
     from ssl_engine.bench import Bench, BenchPlan, MissingExtraError
 
     names = host.registry.names("task") if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise click.BadParameter(f"{tasks!r} names no task; give T1,T2,... or all", param_hint="--tasks")
+    if not [p for p in protocols.split(",") if p.strip()]:
+        raise click.BadParameter(f"{protocols!r} names no protocol", param_hint="--protocols")
     plan = BenchPlan(names, out, [p.strip() for p in protocols.split(",") if p.strip()], data, backbone, image_size,
                      steps, batch_size, seed, device, parse_options(protocol_options))  # fmt: skip
     try:
@@ -574,7 +576,10 @@ def show(
         path = out if out is not None and len(pictures) == 1 else None
         if path is None:
             path = run_dir / f"show-{name}.png" if run_dir is not None else Path(f"{name}.png")
-        picture.save(path)
+        try:
+            picture.save(path)
+        except OSError as error:
+            fail(f"cannot write {path}: {os_error_line(error)}")
         click.echo(f"wrote {path}")
 
 

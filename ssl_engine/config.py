@@ -16,6 +16,12 @@ A config file holds everything the command-line options do; options given on the
     [tasks.jigsaw.settings]
     permutations = 30
 
+Each field is declared once, with its type (the annotation) and its :class:`FieldRule` (range, choices, help,
+command-line spelling, whether a resume may change it). The command line's options are generated from these
+declarations (``ssl_engine.cli``) and every :class:`PretrainConfig`, from a file, a checkpoint header or the
+command line, is checked against the same rules when it is built, so a config file can't hold a value the command
+line refuses.
+
 The run directory keeps the resolved config, so ``sslx pretrain --config RUN_DIR/config.toml --out NEW`` reproduces
 the run.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,19 +39,84 @@ from typing import Any
 import tomli_w
 
 CONFIG_FILE = "config.toml"
-# Fields a resumed run may change: the budget, logging and checkpoint frequency, and where it runs.
-RESUMABLE_CHANGES = frozenset(
-    {"steps", "epochs", "log_every", "checkpoint_every", "keep_checkpoints", "probe", "device", "workers", "compile"}
-)
+# Longest string a field may hold: a path (PATH_MAX on Linux) or a registry name.
+MAX_PATH_LENGTH = 4096
+MAX_NAME_LENGTH = 200
+# A config file larger than this is not a config file (refused before parsing).
+MAX_CONFIG_BYTES = 1 << 20
+OPTIMIZER_NAMES = ("sgd", "adamw", "lars")
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 
 
 class ConfigError(ValueError):
     """A config file can't be read or holds an unknown or ill-typed field; the message names the file and field."""
 
 
+@dataclass(frozen=True)
+class FieldRule:
+    """What a :class:`PretrainConfig` field accepts and how the command line spells it.
+
+    The field's type and whether ``None`` is allowed come from its annotation (``int``, ``float | None``, ...).
+
+    Attributes:
+        help: one line for ``--help``.
+        minimum, maximum: bounds for numbers (inclusive unless ``min_open``).
+        min_open: the minimum itself is excluded (``lr > 0``).
+        choices: the allowed strings.
+        max_length: longest allowed string.
+        resumable: a ``--resume`` may change it without ``--force`` (budget, logging, placement).
+        flag: the command-line option (default ``--field-name``); ``--x/--no-x`` for a two-way switch.
+        metavar: shown in ``--help`` for the value.
+        path: the value names a directory (shown and checked as a path on the command line).
+    """
+
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    min_open: bool = False
+    choices: tuple[str, ...] | None = None
+    max_length: int = MAX_NAME_LENGTH
+    resumable: bool = False
+    flag: str | None = None
+    metavar: str | None = None
+    path: bool = False
+
+    def check(self, name: str, value: Any, annotation: str) -> None:
+        """Raise :class:`ConfigError` naming the field unless ``value`` fits the annotation and this rule."""
+        kind = annotation.split(" ")[0]
+        if value is None:
+            if "None" not in annotation:
+                raise ConfigError(f"field {name!r} needs a value ({kind})")
+            return
+        accepted: tuple[type, ...] = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[kind]
+        if not isinstance(value, accepted) or (kind != "bool" and isinstance(value, bool)):
+            raise ConfigError(f"field {name!r} should be {annotation}, got {value!r}")
+        if isinstance(value, str) and len(value) > self.max_length:
+            raise ConfigError(f"field {name!r} is {len(value)} characters long; at most {self.max_length} allowed")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"field {name!r} must be one of {', '.join(self.choices)}; got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            check_number(f"field {name!r}", value, self.minimum, self.maximum, self.min_open)
+
+
+def check_number(what: str, value: float, minimum: float | None, maximum: float | None, min_open: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is finite and within the bounds."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number; got {value!r}")
+    if minimum is not None and (value <= minimum if min_open else value < minimum):
+        raise ConfigError(f"{what} must be {'>' if min_open else '>='} {minimum:g}; got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{what} must be <= {maximum:g}; got {value!r}")
+
+
+def declared(default: Any, rule: FieldRule) -> Any:
+    """A dataclass field with its :class:`FieldRule` attached."""
+    return field(default=default, metadata={"rule": rule})
+
+
 @dataclass
 class TaskSpec:
-    """One task of the run: its name, loss weight, settings and optional head/loss overrides."""
+    """One task of the run: its name, loss weight (finite, > 0), settings and optional head/loss overrides."""
 
     name: str
     weight: float = 1.0
@@ -52,39 +124,115 @@ class TaskSpec:
     head: str | None = None
     loss: str | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_NAME_LENGTH:
+            raise ConfigError(f"task name {str(self.name)[:40]!r} must be 1 to {MAX_NAME_LENGTH} characters")
+        if not isinstance(self.weight, int | float) or isinstance(self.weight, bool):
+            raise ConfigError(f"weight of task {self.name!r} should be a number, got {self.weight!r}")
+        check_number(f"weight of task {self.name!r}", self.weight, 0, None, min_open=True)
+        if not isinstance(self.settings, dict):
+            raise ConfigError(f"settings of task {self.name!r} should be a table, got {self.settings!r}")
+        for key, value in self.settings.items():
+            if isinstance(value, str) and len(value) > MAX_PATH_LENGTH:
+                raise ConfigError(f"setting {self.name}.{key} is {len(value)} characters long")
+        for what, value in (("head", self.head), ("loss", self.loss)):
+            if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH):
+                raise ConfigError(f"{what} of task {self.name!r} should be a name, got {str(value)[:40]!r}")
+
 
 @dataclass
 class PretrainConfig:
-    """Everything that defines a pretraining run (the CLI options, resolved).
+    """Everything that defines a pretraining run (the CLI options, resolved), checked when built.
 
     ``steps`` wins over ``epochs`` when both are set; neither means the default budget. ``image_size`` ``None``
     means the largest default image size of the run's tasks.
+
+    Raises:
+        ConfigError: a field is of the wrong type or out of range (the message names the field).
     """
 
     tasks: list[TaskSpec]
-    backbone: str = "smallconv"
-    data: str = "shapes"
-    data_dir: str | None = None
-    download: bool = False
-    image_size: int | None = None
-    batch_size: int = 64
-    steps: int | None = None
-    epochs: float | None = None
-    optimizer: str = "sgd"
-    lr: float | None = None
-    weight_decay: float = 5e-4
-    warmup_fraction: float = 0.05
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 2
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    probe: bool = True
-    online_probe: bool = False
-    sync_bn: bool = False
-    scale_lr: bool = False
-    compile: bool = False
+    backbone: str = declared("smallconv", FieldRule("Backbone name (see `sslx plugins`)."))
+    data: str = declared(
+        "shapes",
+        FieldRule("Registered data set or a folder of images.", max_length=MAX_PATH_LENGTH, metavar="NAME|PATH"),
+    )
+    data_dir: str | None = declared(
+        None, FieldRule("Where downloadable data sets live.", max_length=MAX_PATH_LENGTH, path=True)
+    )
+    download: bool = declared(False, FieldRule("Allow downloading the data set."))
+    image_size: int | None = declared(
+        None, FieldRule("Image side in px [default: the task's].", minimum=8, maximum=1024)
+    )
+    batch_size: int = declared(64, FieldRule("Images per step.", minimum=2, maximum=1 << 20))
+    steps: int | None = declared(
+        None, FieldRule("Optimisation steps (wins over --epochs) [default: 600].", minimum=1, resumable=True)
+    )
+    epochs: float | None = declared(
+        None, FieldRule("Epochs over the pretraining split.", minimum=0, min_open=True, maximum=1e6, resumable=True)
+    )
+    optimizer: str = declared("sgd", FieldRule("Optimiser.", choices=OPTIMIZER_NAMES))
+    lr: float | None = declared(
+        None, FieldRule("Peak learning rate [sgd 0.05, adamw 1e-3, lars 1].", minimum=0, min_open=True)
+    )
+    weight_decay: float = declared(5e-4, FieldRule("l2 on weights.", minimum=0))
+    warmup_fraction: float = declared(
+        0.05,
+        FieldRule("Share of the steps spent warming up linearly, before the cosine decay.", 0, 1, flag="--warmup"),
+    )
+    seed: int = declared(
+        0, FieldRule("Seeds initialisation, data order, pseudo-labels.", minimum=0, maximum=(1 << 63) - 1)
+    )
+    device: str = declared(
+        "auto",
+        FieldRule(
+            "Where to train; auto picks CUDA (bf16 autocast), then MPS, then the CPU.",
+            choices=DEVICE_NAMES,
+            resumable=True,
+        ),
+    )
+    workers: int = declared(2, FieldRule("Data-loading processes.", minimum=0, maximum=256, resumable=True))
+    log_every: int = declared(10, FieldRule("Steps between metric lines.", minimum=1, resumable=True))
+    checkpoint_every: int = declared(
+        500, FieldRule("Steps between checkpoints (one is always written at the end).", minimum=1, resumable=True)
+    )
+    keep_checkpoints: int = declared(
+        3, FieldRule("How many of the newest checkpoints to keep.", minimum=1, resumable=True)
+    )
+    probe: bool = declared(
+        True,
+        FieldRule(
+            "After training, linear-probe the backbone and a random-init one.",
+            resumable=True,
+            flag="--probe/--no-probe",
+        ),
+    )
+    online_probe: bool = declared(
+        False, FieldRule("Train a linear classifier on detached features during the run and log probe/accuracy.")
+    )
+    sync_bn: bool = declared(
+        False,
+        FieldRule("Under torchrun: batch-norm statistics over the global batch of all processes (SyncBatchNorm)."),
+    )
+    scale_lr: bool = declared(
+        False,
+        FieldRule(
+            "Under torchrun: multiply the lr by the number of processes (linear scaling rule, Goyal et al. 2017)."
+        ),
+    )
+    compile: bool = declared(
+        False,
+        FieldRule(
+            "torch.compile the backbone and heads (worth it on a GPU for long runs; the first steps are slower).",
+            resumable=True,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tasks, list) or not all(isinstance(task, TaskSpec) for task in self.tasks):
+            raise ConfigError("field 'tasks' should be a list of tasks")
+        for name, rule in FIELD_RULES.items():
+            rule.check(name, getattr(self, name), FIELD_TYPES[name])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; ``tasks`` as an ordered table keyed by task name."""
@@ -105,46 +253,40 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> PretrainConfig:
-        """Build and type-check a config from plain data (a parsed file); unknown fields are errors."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
+        """Build and check a config from plain data (a parsed file); unknown fields are errors.
+
+        Raises:
+            ConfigError: naming ``source`` and the field.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a table of fields, got {type(data).__name__}")
+        known = {"tasks", *FIELD_RULES}
+        unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown field {unknown[0]!r}; valid fields: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{source}: unknown field {unknown[0][:40]!r}; valid fields: {', '.join(sorted(known))}")
         values = {key: value for key, value in data.items() if key != "tasks"}
-        for key, value in values.items():
-            if not _fits(value, str(fields[key].type)):
-                raise ConfigError(f"{source}: field {key!r} should be {fields[key].type}, got {value!r}")
         tasks = data.get("tasks", {})
         if not isinstance(tasks, dict):
             raise ConfigError(f"{source}: 'tasks' should be a table of [tasks.NAME] sections")
-        specs = []
-        for name, spec in tasks.items():
-            spec = spec or {}
-            stray = sorted(set(spec) - {"weight", "settings", "head", "loss"})
-            if stray:
-                raise ConfigError(
-                    f"{source}: [tasks.{name}] has unknown key {stray[0]!r}; valid: head, loss, settings, weight"
-                )
-            specs.append(
-                TaskSpec(
-                    name,
-                    float(spec.get("weight", 1.0)),
-                    dict(spec.get("settings", {})),
-                    spec.get("head"),
-                    spec.get("loss"),
-                )
-            )
-        return cls(tasks=specs, **values)
+        try:
+            specs = [task_from_table(name, spec) for name, spec in tasks.items()]
+            return cls(tasks=specs, **values)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
 
     @classmethod
     def load(cls, path: Path) -> PretrainConfig:
         """Read a TOML config file (or the JSON kept in checkpoint headers)."""
         try:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
             text = path.read_text()
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except (OSError, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise
             raise ConfigError(f"cannot read config file {path}: {error}") from None
         return cls.from_dict(data, str(path))
 
@@ -154,15 +296,23 @@ class PretrainConfig:
         return [(key, mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]]
 
 
-def _fits(value: Any, annotation: str) -> bool:
-    """Does ``value`` fit a field annotated ``int``, ``float | None``, ...? (bools are not numbers here)."""
-    if value is None:
-        return "None" in annotation
-    kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
-    accepted = kinds.get(annotation.split(" ")[0])
-    if accepted is None:
-        return True
-    return isinstance(value, accepted) and (accepted == (bool,) or not isinstance(value, bool))
+def task_from_table(name: str, spec: Any) -> TaskSpec:
+    """A ``[tasks.NAME]`` section as a :class:`TaskSpec` (checked)."""
+    spec = spec or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"[tasks.{name}] should be a table, got {spec!r}")
+    stray = sorted(set(spec) - {"weight", "settings", "head", "loss"})
+    if stray:
+        raise ConfigError(f"[tasks.{name}] has unknown key {stray[0][:40]!r}; valid: head, loss, settings, weight")
+    return TaskSpec(name, spec.get("weight", 1.0), spec.get("settings", {}), spec.get("head"), spec.get("loss"))
+
+
+FIELD_RULES: dict[str, FieldRule] = {
+    f.name: f.metadata["rule"] for f in dataclasses.fields(PretrainConfig) if "rule" in f.metadata
+}
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(PretrainConfig)}
+# Fields a resumed run may change: the budget, logging and checkpoint frequency, and where it runs.
+RESUMABLE_CHANGES = frozenset(name for name, rule in FIELD_RULES.items() if rule.resumable)
 
 
 def apply_overrides(

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ssl_engine.config import ConfigError, check_number
 from ssl_engine.data.catalog import DataSource
 from ssl_engine.data.options import DataError
 from ssl_engine.eval.features import extract_features, load_cached_features, save_cached_features
@@ -43,13 +44,27 @@ class EvalContext:
     cache_key: str = ""
     _memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
-    def option(self, name: str, default: Any, kind: type) -> Any:
-        """A protocol option converted to ``kind`` (``default`` when not given)."""
+    def option(self, name: str, default: Any, kind: type, minimum: float | None = None, min_open: bool = False) -> Any:
+        """A protocol option converted to ``kind`` (``default`` when not given), finite and at least ``minimum``
+        (above it with ``min_open``).
+
+        Raises:
+            DataError: the value is not a ``kind`` or out of range (the message names the option).
+        """
         value = self.options.get(name, default)
         try:
-            return kind(value)
+            if kind is int and isinstance(value, str):
+                parsed = int(value.strip())
+            else:
+                parsed = kind(value)
         except (TypeError, ValueError):
             raise DataError(f"evaluation option {name}={value!r} should be {kind.__name__}") from None
+        if kind in (int, float):
+            try:
+                check_number(f"evaluation option {name}", parsed, minimum, None, min_open)
+            except ConfigError as error:
+                raise DataError(str(error)) from None
+        return parsed
 
     def features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen features ``(N, D)`` and labels ``(N,)`` of ``split``, extracted once (then from the cache)."""

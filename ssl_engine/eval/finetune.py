@@ -38,8 +38,9 @@ def accuracy_on(model: nn.Module, context: EvalContext, split: str) -> float:
 
 def finetune_protocol(context: EvalContext) -> dict[str, Any]:
     """Train representation + linear head end to end; test accuracy of the best-on-val epoch."""
-    epochs, lr = context.option("epochs", 5, int), context.option("lr", 0.01, float)
-    batch_size = context.option("batch_size", 128, int)
+    epochs = context.option("epochs", 5, int, minimum=1)
+    lr = context.option("lr", 0.01, float, minimum=0, min_open=True)
+    batch_size = context.option("batch_size", 128, int, minimum=1)
     images, labels = materialize(context.source.split("train", context.image_size))  # (N, 3, S, S) uint8, (N,)
     keep = context.train_indices(labels)
     subset: Dataset[tuple[torch.Tensor, int]] = TensorDataset(images[keep], labels[keep])  # type: ignore[assignment]

@@ -29,7 +29,8 @@ def knn_predict(
 
 def knn_protocol(context: EvalContext) -> dict[str, Any]:
     """Top-1 test accuracy of the weighted kNN classifier on the train split's features."""
-    k, temperature = context.option("k", 200, int), context.option("temperature", 0.1, float)
+    k = context.option("k", 200, int, minimum=1)
+    temperature = context.option("temperature", 0.1, float, minimum=0, min_open=True)
     train_x, train_y = context.features("train")
     keep = context.train_indices(train_y)
     classes = int(train_y.max()) + 1

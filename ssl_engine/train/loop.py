@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,16 +16,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssl_engine import __version__
 from ssl_engine.checkpoint import (
+    CheckpointError,
     LoadedCheckpoint,
     checkpoint_path,
-    latest_complete_checkpoint,
+    checkpoint_paths,
+    load_module_state,
     module_tensors,
     optimizer_tensors,
     prune_checkpoints,
+    read_checkpoint,
     restore_optimizer,
     restore_rng,
     rng_tensors,
     write_atomic,
+    write_latest,
 )
 from ssl_engine.config import CONFIG_FILE, RESUMABLE_CHANGES, PretrainConfig
 from ssl_engine.data.augment import random_crop_flip
@@ -51,6 +57,14 @@ from ssl_engine.train.step import PretextStep, StepResult, StepSlice
 from ssl_engine.train.sync_batchnorm import convert_to_global_batchnorm
 
 DEFAULT_STEPS = 600
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the file, the cause and the last good checkpoint."""
+
+    def __init__(self, path: Path, error: BaseException, last_good: str) -> None:
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        super().__init__(f"cannot write checkpoint {path}: {cause}; {last_good}")
 
 
 class RunDirectoryError(ValueError):
@@ -97,19 +111,35 @@ def check_resume_changes(saved: PretrainConfig, config: PretrainConfig, force: b
         raise RunDirectoryError(f"--resume would change the run ({details}); pass --force to accept")
 
 
-def prepare_run_dir(out: Path, resume: bool, create: bool = True) -> LoadedCheckpoint | None:
-    """Create ``out`` for a new run (only checked when ``create`` is False: ranks other than 0), or find its
-    latest complete checkpoint for ``--resume``."""
+def prepare_run_dir(out: Path, resume: bool, create: bool = True) -> None:
+    """Create ``out`` for a new run (only checked when ``create`` is False: ranks other than 0), or check that it
+    is a run directory for ``--resume``."""
     if resume:
         saved_config(out)
-        return latest_complete_checkpoint(out)
+        return
     if out.exists() and any(out.iterdir()):
         raise RunDirectoryError(
             f"run directory {out} already exists; pass --resume to continue it or pick another --out"
         )
     if create:
         out.mkdir(parents=True, exist_ok=True)
-    return None
+
+
+DAMAGED_DIR = "damaged"
+
+
+def set_aside(paths: list[Path], out: Path) -> list[Path]:
+    """Move unusable checkpoint files into ``out/damaged/`` (kept for inspection, out of the resume's way)."""
+    if not paths:
+        return []
+    folder = out / DAMAGED_DIR
+    folder.mkdir(exist_ok=True)
+    moved = []
+    for path in paths:
+        target = folder / path.name
+        path.replace(target)
+        moved.append(target)
+    return moved
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -143,11 +173,20 @@ class Trainer:
         config: the resolved run config.
         registry: plugins' registry.
         out: the run directory.
-        resume: continue from the latest checkpoint in ``out``.
+        resume: continue from the latest checkpoint in ``out`` that reads back and fits the model.
+        force: with ``resume``, accept config changes beyond budget, logging and placement.
+        restart: with ``resume``, start again from step 0 when no checkpoint in ``out`` can be used (the unusable
+            files are moved to ``out/damaged/``); without it, that is an error listing each file.
     """
 
     def __init__(
-        self, config: PretrainConfig, registry: Registry, out: Path, resume: bool = False, force: bool = False
+        self,
+        config: PretrainConfig,
+        registry: Registry,
+        out: Path,
+        resume: bool = False,
+        force: bool = False,
+        restart: bool = False,
     ) -> None:
         self.config, self.registry, self.out = config, registry, out
         self.device = pick_device(config.device)
@@ -167,6 +206,7 @@ class Trainer:
         # Building the model validates settings, heads and losses; it is cheap, so it comes before the run
         # directory is touched and before the data is read.
         torch.manual_seed(config.seed)
+        random.seed(config.seed)  # Python's generator too: its state is saved, so identical runs write identical files
         model = PretrainModel(config, registry, self.image_size)
         if config.sync_bn and self.world.distributed:
             convert_to_global_batchnorm(model, self.device.type)
@@ -179,7 +219,7 @@ class Trainer:
         dataset = self.source.split(self.source.pretrain_split, self.image_size)  # opened (and checked), not read
         if resume:
             check_resume_changes(saved_config(out), config, force)
-        self.resumed = prepare_run_dir(out, resume, create=self.world.is_main)
+        prepare_run_dir(out, resume, create=self.world.is_main)
         barrier(self.world)  # every rank has checked the directory before rank 0 writes into it
         base_lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
         # Linear scaling rule (Goyal et al. 2017): the given lr is that of one process's batch.
@@ -209,8 +249,10 @@ class Trainer:
             classes = count_classes(dataset, self.stream.labels)
             self.online_probe = OnlineProbe(self.model.representation().feature_dim, classes).to(self.device)
         self.step = 0
-        if self.resumed is not None:
-            self._restore(self.resumed)
+        self.resumed: LoadedCheckpoint | None = None
+        self.damaged: list[Path] = []  # checkpoint files a resume could not use, set aside when training starts
+        if resume:
+            self.resumed = self._resume(restart)
         self.forward_step = PretextStep(self.model)
         if config.compile:
             self.model.backbone.compile()
@@ -229,24 +271,129 @@ class Trainer:
         # Per task: the first step whose loss was not finite (0: none yet), kept on the device.
         self._first_non_finite = torch.zeros(len(self.model.runtimes), dtype=torch.long, device=self.device)
 
+    def _resume(self, restart: bool) -> LoadedCheckpoint | None:
+        """Restore the newest checkpoint of the run directory that reads back and fits the model, falling back
+        past damaged ones (each reported). ``None``: starting again from step 0, said so.
+
+        Raises:
+            RunDirectoryError: checkpoints exist but none can be used, and ``restart`` was not given (each file and
+                why are listed; nothing in the directory is touched).
+        """
+        problems: list[tuple[Path, str]] = []
+        for path in reversed(checkpoint_paths(self.out)):
+            try:
+                checkpoint = read_checkpoint(path)
+                self._restore(checkpoint)
+            except CheckpointError as error:
+                problems.append((path, str(error)))
+                continue
+            for _, why in problems:
+                warnings.warn(
+                    f"{why}; it is set aside in {self.out / DAMAGED_DIR} and the run resumes from {path.name}",
+                    stacklevel=2,
+                )
+            self.damaged = [damaged for damaged, _ in problems]
+            return checkpoint
+        if problems and not restart:
+            listed = "".join(f"\n  {why}" for _, why in problems)
+            raise RunDirectoryError(
+                f"--resume: no checkpoint in {self.out} can be used, nothing was changed:{listed}\n"
+                f"pass --restart to set them aside in {self.out / DAMAGED_DIR} and start again from step 0"
+            )
+        if problems:
+            warnings.warn(
+                f"--restart: none of the {len(problems)} checkpoints of {self.out} can be used; they are moved to "
+                f"{self.out / DAMAGED_DIR} and the run starts again from step 0",
+                stacklevel=2,
+            )
+        else:
+            warnings.warn(
+                f"{self.out} holds no checkpoint yet (the run stopped before its first one): starting again from "
+                "step 0",
+                stacklevel=2,
+            )
+        self.damaged = [path for path, _ in problems]
+        if self.world.is_main:
+            truncate_metrics(self.out / "metrics.jsonl", 0)
+        return None
+
     def _restore(self, checkpoint: LoadedCheckpoint) -> None:
-        self.model.backbone.load_state_dict(checkpoint.module_state("model"))
-        for name in self.model.task_modules:
-            self.model.task_modules[name].load_state_dict(checkpoint.module_state(f"task/{name}"))
-            self.model.aux_modules[name].load_state_dict(checkpoint.module_state(f"aux/{name}"))
-        groups = json.loads(checkpoint.metadata["optim"])
-        restore_optimizer(self.optimizer, "optim/main", checkpoint.tensors, groups["main"])
-        for name, optimizer in self.aux_optimizers.items():
-            restore_optimizer(optimizer, f"optim/aux/{name}", checkpoint.tensors, groups[name])
-        if self.online_probe is not None and "probe" in groups:
-            self.online_probe.load_state_dict(checkpoint.module_state("probe"))
-            restore_optimizer(self.online_probe.optimizer, "optim/probe", checkpoint.tensors, groups["probe"])
-        restore_rng(checkpoint.tensors, checkpoint.metadata["python_rng"])
+        """Load every module, optimizer and generator from ``checkpoint`` (:class:`CheckpointError` if it does not
+        fit this run's model)."""
+        try:
+            load_module_state(self.model.backbone, checkpoint, "model")
+            for name in self.model.task_modules:
+                load_module_state(self.model.task_modules[name], checkpoint, f"task/{name}")
+                load_module_state(self.model.aux_modules[name], checkpoint, f"aux/{name}")
+            groups = json.loads(checkpoint.metadata["optim"])
+            restore_optimizer(self.optimizer, "optim/main", checkpoint.tensors, groups["main"])
+            for name, optimizer in self.aux_optimizers.items():
+                restore_optimizer(optimizer, f"optim/aux/{name}", checkpoint.tensors, groups[name])
+            if self.online_probe is not None and "probe" in groups:
+                load_module_state(self.online_probe, checkpoint, "probe")
+                restore_optimizer(self.online_probe.optimizer, "optim/probe", checkpoint.tensors, groups["probe"])
+            restore_rng(checkpoint.tensors, checkpoint.metadata["python_rng"])
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:  # optimizer or generator state that fits not
+            raise CheckpointError(f"{checkpoint.path} does not fit this run: {type(error).__name__}: {error}") from None
         self.step = checkpoint.step
         if self.world.is_main:
             truncate_metrics(self.out / "metrics.jsonl", self.step)
 
+    def checked_state(self) -> list[tuple[str, torch.Tensor]]:
+        """Every floating tensor a checkpoint would hold (model, task and aux modules, optimizer states), by name,
+        without copies."""
+        named: list[tuple[str, torch.Tensor]] = []
+        modules: list[tuple[str, torch.nn.Module]] = [("model", self.model.backbone)]
+        modules += [(f"task/{name}", module) for name, module in self.model.task_modules.items()]
+        modules += [(f"aux/{name}", module) for name, module in self.model.aux_modules.items()]
+        if self.online_probe is not None:
+            modules.append(("probe", self.online_probe))
+        for prefix, module in modules:
+            named += [(f"{prefix}/{key}", value) for key, value in module.state_dict().items()]
+        optimizers = {"main": self.optimizer, **{f"aux/{k}": v for k, v in self.aux_optimizers.items()}}
+        for prefix, optimizer in optimizers.items():
+            for index, per_param in enumerate(optimizer.state.values()):
+                named += [(f"optim/{prefix}/{index}/{key}", v) for key, v in per_param.items() if torch.is_tensor(v)]
+        return [(name, tensor) for name, tensor in named if tensor.is_floating_point()]
+
+    def check_state_finite(self) -> None:
+        """Raise :class:`FloatingPointError` if any process's state holds a NaN or inf (checked on the device,
+        one read-back for all tensors), so that no checkpoint is ever written with one."""
+        named = self.checked_state()
+        finite = [torch.isfinite(tensor).all() for _, tensor in named]
+        finite.append(torch.ones((), dtype=torch.bool, device=self.device))
+        flags = torch.stack(finite).to(self.device)
+        bad = (~flags.all()).long().reshape(1)
+        if not int(max_over_ranks(bad, self.world).item()):
+            return
+        first = next((name for (name, _), ok in zip(named, flags.tolist(), strict=False) if not ok), None)
+        raise FloatingPointError(
+            f"the model state is not finite at step {self.step} (first bad tensor: {first or 'on another process'}); "
+            f"no checkpoint was written; {self.last_good_checkpoint()}"
+        )
+
+    def last_good_checkpoint(self) -> str:
+        """Which checkpoint a user can go back to, said in a sentence."""
+        paths = checkpoint_paths(self.out)
+        if not paths:
+            return "there is no earlier checkpoint"
+        return f"the last good checkpoint is {paths[-1]} (step {int(paths[-1].stem.rsplit('-', 1)[1])})"
+
+    def checkpoint(self) -> Path | None:
+        """Check every process's losses and state, then write a checkpoint (rank 0; others get ``None``)."""
+        self.check_finite()
+        self.check_state_finite()
+        return self.save_checkpoint() if self.world.is_main else None
+
     def save_checkpoint(self) -> Path:
+        """Write the checkpoint of the current step (no checks: :meth:`checkpoint` checks first).
+
+        Raises:
+            CheckpointWriteError: the file could not be written (disk full, read-only); the earlier checkpoints
+                and ``latest`` are untouched.
+        """
         tensors = self.model.state_tensors()
         main_tensors, main_groups = optimizer_tensors("optim/main", self.optimizer)
         tensors |= main_tensors
@@ -261,19 +408,19 @@ class Trainer:
         random_tensors, python_rng = rng_tensors()
         tensors |= random_tensors
         path = checkpoint_path(self.out, self.step)
-        write_atomic(
-            path,
-            tensors,
-            {
-                "step": str(self.step),
-                "config": self.config.to_json(),
-                "image_size": str(self.image_size),
-                "optim": json.dumps(groups),
-                "python_rng": python_rng,
-                "sslx_version": __version__,
-            },
-        )
-        (self.out / "latest").write_text(path.name + "\n")
+        metadata = {
+            "step": str(self.step),
+            "config": self.config.to_json(),
+            "image_size": str(self.image_size),
+            "optim": json.dumps(groups),
+            "python_rng": python_rng,
+            "sslx_version": __version__,
+        }
+        try:
+            write_atomic(path, tensors, metadata)
+            write_latest(self.out, path)
+        except Exception as error:  # OSError, or safetensors' own error for the same causes
+            raise CheckpointWriteError(path, error, self.last_good_checkpoint()) from error
         prune_checkpoints(self.out, self.config.keep_checkpoints)
         return path
 
@@ -345,7 +492,7 @@ class Trainer:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in (logged or {}).items() if k.startswith(f"{name}/"))
         raise FloatingPointError(
             f"non-finite loss of task {name!r} at step {step} (logged at step {self.step}: {terms or 'n/a'}); "
-            f"no checkpoint was written after it (try a lower --lr)"
+            f"no checkpoint was written after it; {self.last_good_checkpoint()} (try a lower --lr)"
         )
 
     def read_back(self, logged: dict[str, torch.Tensor | float]) -> dict[str, float]:
@@ -387,7 +534,10 @@ class Trainer:
         accelerator never waits for the host inside that span. Only rank 0 writes files and shows progress.
         """
         main = self.world.is_main
+        barrier(self.world)  # every process has read the checkpoints before any file is moved
         if main:  # written on resume too, so the kept config shows the budget the run now has
+            set_aside(self.damaged, self.out)
+            self.damaged = []
             (self.out / CONFIG_FILE).write_text(self.config.to_toml())
         progress = Progress(self.total, start=self.step, every=self.config.log_every, enabled=main)
         logged: dict[str, float] = {}
@@ -400,9 +550,7 @@ class Trainer:
                 signal_number = self.agreed_stop(stop)
                 if signal_number is not None:
                     progress.close()
-                    self.check_finite()
-                    if main:
-                        self.save_checkpoint()
+                    self.checkpoint()
                     raise TrainingInterrupted(signal_number, self.step)
                 on_device = self.device_step(images, labels)
                 images_since += len(images) * self.world.size
@@ -418,12 +566,9 @@ class Trainer:
                 else:
                     progress.advance(self.step)
                 if self.step % self.config.checkpoint_every == 0 and not last:
-                    self.check_finite()
-                    if main:
-                        self.save_checkpoint()
+                    self.checkpoint()
         progress.close()
         self.check_finite(logged)
-        if main:
-            self.save_checkpoint()
+        self.checkpoint()
         barrier(self.world)  # no rank reads the final checkpoint before it is written
         return RunResult(self.out, self.step, {k: v for k, v in logged.items() if k != "lr"})

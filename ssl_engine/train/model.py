@@ -10,8 +10,9 @@ from torch import nn
 
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.registry import Registered, Registry, UnknownNameError
-from ssl_engine.settings import resolve_settings
+from ssl_engine.settings import SettingError, resolve_settings
 from ssl_engine.task import PretextTask, Representation, TaskContext
 
 
@@ -27,6 +28,7 @@ class TaskRuntime:
     task: PretextTask
     modules: nn.ModuleDict
     aux: nn.ModuleDict
+    origin: Registered | None = None  # the registry entry (plugin, distribution) the task came from
 
 
 def resolve_image_size(config: PretrainConfig, registry: Registry) -> int:
@@ -97,6 +99,46 @@ def pick_loss(
     return pick_of_kind(registry, "loss", spec.loss or default, kind, spec.name, condition)
 
 
+def checked_factory(entry: Registered, returns: type) -> Any:
+    """``entry.obj`` (a backbone or head factory) wrapped so that raising or returning something other than a
+    ``returns`` instance is a :class:`PluginCodeError` naming the plugin that registered it."""
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        try:
+            built = entry.obj(*args, **kwargs)
+        except (RunSetupError, SettingError, UnknownNameError, PluginCodeError):
+            raise
+        except Exception as error:
+            raise PluginCodeError(entry, "its factory", error) from error
+        if not isinstance(built, returns):
+            wrong = f"returned {type(built).__name__}, not a {returns.__name__}"
+            raise PluginCodeError(entry, "its factory", problem=wrong)
+        return built
+
+    return build
+
+
+def build_task(
+    origin: Registered, task_class: type[PretextTask], context: TaskContext
+) -> tuple[PretextTask, nn.ModuleDict, nn.ModuleDict]:
+    """The task object and its modules; what the plugin's code raises or returns wrong names the plugin."""
+    where = "__init__"
+    try:
+        task = task_class(context)
+        where = "build_modules"
+        modules = task.build_modules()
+        where = "build_aux_modules"
+        aux = task.build_aux_modules()
+    except (RunSetupError, SettingError, UnknownNameError, PluginCodeError):
+        raise  # the user's choice of settings, heads or losses: already a message for them
+    except Exception as error:
+        raise PluginCodeError(origin, where, error) from error
+    for where, built in (("build_modules", modules), ("build_aux_modules", aux)):
+        if not isinstance(built, nn.ModuleDict):
+            raise PluginCodeError(origin, where, problem=f"returned {type(built).__name__}, not an nn.ModuleDict")
+    return task, modules, aux
+
+
 class PretrainModel(nn.Module):
     """Backbone + tasks, built from a config through the registry.
 
@@ -108,10 +150,11 @@ class PretrainModel(nn.Module):
 
     def __init__(self, config: PretrainConfig, registry: Registry, image_size: int) -> None:
         super().__init__()
-        backbone_factory = registry.get("backbone", config.backbone).obj
+        backbone_entry = registry.get("backbone", config.backbone)
 
         def make_backbone(in_channels: int = 3) -> Backbone:
-            return backbone_factory(in_channels, image_size)
+            built: Backbone = checked_factory(backbone_entry, Backbone)(in_channels, image_size)
+            return built
 
         self.backbone = make_backbone(3)
         self.task_modules = nn.ModuleDict()
@@ -128,15 +171,15 @@ class PretrainModel(nn.Module):
                 in_channels=3,
                 feature_dim=self.backbone.feature_dim,
                 feature_stride=self.backbone.stride,
-                make_head=head.obj,
+                make_head=checked_factory(head, nn.Module),
                 loss_fn=loss.obj(),
                 make_backbone=make_backbone,
             )
-            task = task_class(context)
-            modules, aux = task.build_modules(), task.build_aux_modules()
+            origin = registry.get("task", spec.name)
+            task, modules, aux = build_task(origin, task_class, context)
             self.task_modules[spec.name] = modules
             self.aux_modules[spec.name] = aux
-            self.runtimes.append(TaskRuntime(spec, task, modules, aux))
+            self.runtimes.append(TaskRuntime(spec, task, modules, aux, origin))
 
     def main_parameters_modules(self) -> list[nn.Module]:
         """What the main optimizer trains: the backbone and every task's modules (not aux)."""

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ssl_engine.config import OPTIMIZER_NAMES
 from ssl_engine.train.lars import LARS
 
-OPTIMIZERS = ("sgd", "adamw", "lars")
+OPTIMIZERS = OPTIMIZER_NAMES
 # The trust ratio of LARS makes its step independent of the gradient scale, hence the large base rate (SimCLR).
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "lars": 1.0}
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.task import PretextBatch, TaskOutput
 from ssl_engine.train.model import PretrainModel, TaskRuntime
@@ -68,9 +69,17 @@ class PretextStep(nn.Module):
         outputs = []
         for runtime in self._runtimes:
             name = runtime.spec.name
-            pretext = runtime.task.pseudo_labels(images, where.random(name, len(images), images.device))
-            output = runtime.task.forward(self.backbone, runtime.modules, runtime.aux, pretext)
-            task_loss = runtime.task.weighted_total(output.losses)
+            call = "pseudo_labels"
+            try:
+                pretext = runtime.task.pseudo_labels(images, where.random(name, len(images), images.device))
+                call = "forward"
+                output = runtime.task.forward(self.backbone, runtime.modules, runtime.aux, pretext)
+                call = "weighted_total"
+                task_loss = runtime.task.weighted_total(output.losses)
+            except Exception as error:
+                if runtime.origin is None:
+                    raise
+                raise PluginCodeError(runtime.origin, call, error) from error
             total = total + runtime.spec.weight * task_loss
             task_losses[name] = task_loss
             logged[f"{name}/loss"] = task_loss.detach()
