@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from torch import nn
 
 T = TypeVar("T")
@@ -110,6 +111,33 @@ def max_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
     largest = values.detach().clone()
     dist.all_reduce(largest, op=dist.ReduceOp.MAX)
     return largest
+
+
+# torch 2.14 deprecates the autograd collectives of ``torch.distributed.nn.functional`` and refuses them under
+# ``torch.compile``; its functional ``all_gather_single``, which has a backward, replaces them. Older torch lacks
+# it and keeps the legacy gather (eager only).
+_FUNCTIONAL_AUTOGRAD = hasattr(funcol, "all_gather_single")
+
+
+def all_gather_with_grad(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's ``rows`` ``(n, ...)`` stacked in rank order ``(W * n, ...)``, differentiable.
+
+    ``n`` must be the same on every process. The backward is a reduce-scatter of the summed gradients: this
+    process's rows get the gradient that every rank's loss sends to their gathered copies. Traceable by
+    ``torch.compile``. Call it only in an initialised process group.
+    """
+    if _FUNCTIONAL_AUTOGRAD:
+        world = dist.group.WORLD
+        assert world is not None, "all_gather_with_grad needs an initialised process group"
+        gathered = funcol.all_gather_single(rows.contiguous(), 0, world)
+        # Eager, that is an AsyncCollectiveTensor that waits at its first use; hand back a plain tensor, which
+        # saves and pickles like any other (traced, it is one already).
+        if isinstance(gathered, funcol.AsyncCollectiveTensor):
+            gathered = funcol.wait_tensor(gathered)
+        return gathered
+    import torch.distributed.nn.functional as legacy
+
+    return torch.cat(legacy.all_gather(rows.contiguous()))
 
 
 def average_gradients(module: nn.Module, world: World) -> None:

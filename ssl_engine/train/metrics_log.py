@@ -1,7 +1,9 @@
 """Where logged metrics go: ``RUN_DIR/metrics.jsonl`` always, TensorBoard event files when it is installed.
 
 TensorBoard is an optional extra (``pip install 'sslx[tensorboard]'``); its event files go to
-``RUN_DIR/tensorboard/`` so ``tensorboard --logdir runs`` shows every run.
+``RUN_DIR/tensorboard/`` so ``tensorboard --logdir runs`` shows every run. A resumed run adds an event file to
+the same folder, which tells TensorBoard to drop what earlier sessions logged after the checkpoint it resumes
+from (a ``purge_step``), so the steps trained again show once, as the resumed run logs them.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 class MetricsLog:
     """Appends one JSON line per logged step and mirrors scalars to TensorBoard when available.
 
-    ``enabled=False`` (ranks other than 0 under torchrun) writes nothing.
+    ``enabled=False`` (ranks other than 0 under torchrun) writes nothing. ``start_step`` is the step the run
+    starts from (the checkpoint's on resume): TensorBoard then hides the events earlier sessions logged after it,
+    which this session logs again. ``None`` keeps every earlier event.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, start_step: int | None = None) -> None:
         self.file: Any = None
         self.writer: Any = None
         if not enabled:
@@ -28,7 +32,9 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is an optional extra
             return
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        # purge_step P hides earlier events at steps >= P; the checkpoint's own step was logged before it was saved.
+        purge_step = None if start_step is None else start_step + 1
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         """Log ``values`` (scalars keyed like ``rotation/accuracy``) at ``step``."""

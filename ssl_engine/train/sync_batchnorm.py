@@ -1,19 +1,46 @@
 """Batch normalisation over the global batch of all processes (``--sync-bn``).
 
 On CUDA this is :class:`torch.nn.SyncBatchNorm`. PyTorch's version refuses CPU tensors, so on the CPU (gloo)
-:class:`GlobalBatchNorm` does the same computation with autograd-aware all-reduces: each process sums its
-per-channel count, sum and sum of squares, the sums are all-reduced, and every process normalises with the
-global mean and (biased) variance and updates the running statistics with the global unbiased variance, as one
-process would on the whole batch (Ioffe & Szegedy 2015; the synchronised form of Peng et al. 2018, MegDet).
-The all-reduce's backward all-reduces the incoming gradients, so gradients through the statistics reach every
-process's inputs.
+:class:`GlobalBatchNorm` does the same computation with an autograd-aware all-gather: each process computes its
+per-channel count, mean and sum of squared deviations from that mean (``M2``), the processes gather them, and
+every process combines them into the global mean and (biased) variance (Chan, Golub & LeVeque 1979, the pairwise
+update for several groups at once), normalises with them, and updates the running statistics with the global
+unbiased variance, as one process would on the whole batch (Ioffe & Szegedy 2015; the synchronised form of
+Peng et al. 2018, MegDet). Combining per-process moments, rather than all-reducing sums of ``x`` and ``x^2``,
+keeps float32 accurate when the mean is large against the spread: ``E[x^2] - mean^2`` cancels catastrophically
+(at mean/std 1000 it is off by 0.3 in normalised units, against 4e-5 for this). The gather's backward
+reduce-scatters the incoming gradients, so gradients through the statistics reach every process's inputs.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed.nn.functional as distributed_autograd
 from torch import nn
+
+from ssl_engine.distributed import all_gather_with_grad
+
+
+def combine_moments(
+    counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The count, mean and ``M2`` of ``G`` groups together, from each group's (Chan et al. 1979).
+
+    ``M2`` is the sum of squared deviations from the mean; the variance is ``M2 / count``. With ``mean`` the
+    overall mean, ``M2 = sum_g M2_g + sum_g count_g (mean_g - mean)^2``: every term is non-negative and small
+    when the data are, whatever their offset.
+
+    Args:
+        counts: ``(G, 1)``, the number of values per channel in each group (all positive).
+        means: ``(G, C)``, each group's per-channel mean.
+        m2s: ``(G, C)``, each group's per-channel ``M2``.
+
+    Returns:
+        ``count`` ``(1,)``, ``mean`` ``(C,)`` and ``M2`` ``(C,)`` of all groups together.
+    """
+    count = counts.sum(0)
+    mean = (counts * means).sum(0) / count
+    m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
+    return count, mean, m2
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -32,13 +59,13 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(input)
         values = input.float()
         reduced = [0, *range(2, values.dim())]
-        count = torch.full((1,), values.numel() / values.shape[1], device=input.device)
-        sums = values.sum(dim=reduced)
-        squares = values.square().sum(dim=reduced)
-        total = distributed_autograd.all_reduce(torch.cat([count, sums, squares]))
-        n = total[0]
-        mean = total[1 : 1 + self.num_features] / n
-        variance = (total[1 + self.num_features :] / n - mean.square()).clamp_min(0)
+        local_variance, local_mean = torch.var_mean(values, dim=reduced, correction=0)  # (C,) each
+        local_count = torch.full((1,), values.numel() / values.shape[1], device=input.device)
+        moments = torch.cat([local_count, local_mean, local_variance * local_count])[None]  # (1, 1 + 2C)
+        gathered = all_gather_with_grad(moments)  # (W, 1 + 2C), rank order
+        channels = self.num_features
+        n, mean, m2 = combine_moments(gathered[:, :1], gathered[:, 1 : 1 + channels], gathered[:, 1 + channels :])
+        variance = m2 / n
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 tracked = self.num_batches_tracked

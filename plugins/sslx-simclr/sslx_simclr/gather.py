@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as distributed_autograd
+
+from ssl_engine.distributed import all_gather_with_grad
 
 
 def is_distributed() -> bool:
@@ -36,6 +37,6 @@ def gather_from_all_ranks(rows: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return rows
-    # Its backward sums every rank's gradient for these rows (a reduce-scatter on NCCL, an all-to-all then a
-    # sum on gloo), which is what the formula above needs; a plain ``dist.all_gather`` would cut the graph.
-    return torch.cat(distributed_autograd.all_gather(rows.contiguous()))
+    # Its backward reduce-scatters every rank's gradient for these rows (summed), which is what the formula above
+    # needs; a plain ``dist.all_gather`` would cut the graph. Traceable by torch.compile.
+    return all_gather_with_grad(rows)
