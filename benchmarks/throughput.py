@@ -77,9 +77,11 @@ from torchvision.transforms import functional as TF
 
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data.augment import random_crop_flip
+from ssl_engine.distributed import pick_device
 from ssl_engine.images import MEAN, STD
 from ssl_engine.plugins import get_host
 from ssl_engine.randomness import BatchRandom
+from ssl_engine.run import build_run
 from ssl_engine.task import PretextBatch, PretextTask
 from ssl_engine.train.loop import Trainer
 
@@ -102,12 +104,6 @@ CONTENDERS = {
 
 
 # --- devices and clocks --------------------------------------------------------------------------------------------
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so the clock measures it (a no-op on the CPU)."""
     if device.type == "cuda":
@@ -463,7 +459,7 @@ def make_trainer(task: str, backbone: str, options: Options, out: Path) -> Train
         workers=options.workers,
         online_probe=False,
     )
-    return Trainer(config, registry, out)
+    return Trainer(build_run(config, registry, out))
 
 
 def count_flops(contender: PlainContender) -> int:

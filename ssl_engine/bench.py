@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ssl_engine.atomic_files import write_json_atomic
 from ssl_engine.config import PretrainConfig, TaskSpec
-from ssl_engine.data.options import DataError
+from ssl_engine.data.catalog import DataSource, resolve_data
+from ssl_engine.data.options import DataError, DataOptions
+from ssl_engine.distributed import pick_device
 from ssl_engine.eval.context import EvalContext
 from ssl_engine.eval.supervised import train_supervised
 from ssl_engine.registry import Registry
+from ssl_engine.run import Run, build_run
 from ssl_engine.task import ImageSizeError, Representation
 from ssl_engine.train.loop import Trainer
-from ssl_engine.train.model import PretrainModel, resolve_image_size
+from ssl_engine.train.model import build_model, resolve_image_size
 from ssl_engine.train.online_probe import count_classes
 
 RANDOM_INIT = "random init"
@@ -57,9 +58,7 @@ def _slug(method: str) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_json_atomic(path, data)
 
 
 class Bench:
@@ -83,8 +82,9 @@ class Bench:
                               probe=False)  # fmt: skip
 
     def trainer(self, task: str, run_dir: Path) -> Trainer:
+        """The trainer of a task's row; a row whose pretraining was interrupted resumes it."""
         resume = (run_dir / "config.toml").exists()
-        return Trainer(self.config(task), self.registry, run_dir, resume=resume)
+        return Trainer(build_run(self.config(task), self.registry, run_dir, resume=resume))
 
     def reference_task(self) -> str:
         """A task of the plan that accepts the data, to build the reference rows' networks and data stream with
@@ -99,21 +99,21 @@ class Bench:
             return task
         return self.plan.tasks[0]
 
-    def representation(self, method: str) -> tuple[Representation, Trainer | None]:
-        """Train (or resume) what ``method`` needs and return its representation."""
+    def representation(self, method: str) -> tuple[Representation, Run | None]:
+        """Train (or resume) what ``method`` needs and return its representation and run."""
         runs = self.plan.out / "runs"
         if method == RANDOM_INIT:
-            torch.manual_seed(self.plan.seed)
-            model = PretrainModel(self.config(self.reference_task()), self.registry, self.image_size)
+            model = build_model(self.config(self.reference_task()), self.registry, self.image_size, seed=self.plan.seed)
             return Representation(model.backbone), None
         if method == SUPERVISED:
             shutil.rmtree(runs / SUPERVISED, ignore_errors=True)  # a half-trained reference starts over
-            trainer = Trainer(self.config(self.reference_task()), self.registry, runs / SUPERVISED, resume=False)
-            classes = count_classes(trainer.source.split("train", self.image_size), trainer.stream.labels)
-            return train_supervised(trainer, classes), trainer
+            run = build_run(self.config(self.reference_task()), self.registry, runs / SUPERVISED)
+            assert run.source is not None and run.stream is not None
+            classes = count_classes(run.source.split("train", self.image_size), run.stream.labels)
+            return train_supervised(run, classes), run
         trainer = self.trainer(method, runs / method)
         trainer.train()
-        return trainer.model.representation(), trainer
+        return trainer.model.representation(), trainer.run
 
     def row(self, method: str) -> dict[str, Any]:
         """One row: ``{"method", "<protocol>": accuracy, ...}``, or ``n/a`` with the reason."""
@@ -123,31 +123,23 @@ class Bench:
             return dict(json.loads(path.read_text()))
         self.echo(f"{method}: training and evaluating")
         try:
-            representation, trainer = self.representation(method)
+            representation, run = self.representation(method)
         except (ImageSizeError, DataError) as error:
             row: dict[str, Any] = {"method": method, "note": f"n/a: {error}"} | {p: None for p in self.plan.protocols}
             _write_json(path, row)
             return row
-        source = trainer.source if trainer is not None else self._source()
-        row = {"method": method, "steps": trainer.total if trainer is not None else 0}
+        source = run.source if run is not None and run.source is not None else self._source()
+        device = run.device if run is not None else pick_device(self.plan.device)
+        row = {"method": method, "steps": run.total_steps if run is not None else 0}
         for protocol in self.plan.protocols:
-            context = EvalContext(representation.to(self._device(trainer)), source, self.image_size,
-                                  self._device(trainer), seed=self.plan.seed,
+            context = EvalContext(representation.to(device), source, self.image_size, device, seed=self.plan.seed,
                                   options=dict(self.plan.protocol_options))  # fmt: skip
             row[protocol] = float(self.registry.get("evaluator", protocol).obj(context)["accuracy"])
         _write_json(path, row)
         return row
 
-    def _source(self) -> Any:
-        from ssl_engine.data.catalog import resolve_data
-        from ssl_engine.data.options import DataOptions
-
+    def _source(self) -> DataSource:
         return resolve_data(self.plan.data, self.registry, DataOptions())
-
-    def _device(self, trainer: Trainer | None) -> torch.device:
-        from ssl_engine.train.loop import pick_device
-
-        return trainer.device if trainer is not None else pick_device(self.plan.device)
 
     def run(self) -> list[dict[str, Any]]:
         """Every row (tasks, then the two references), then the table files."""

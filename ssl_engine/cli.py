@@ -8,7 +8,6 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -283,9 +282,11 @@ def pretrain(**options: Any) -> None:
       torchrun --nproc-per-node 4 -m ssl_engine.cli pretrain --task simclr --sync-bn --out runs/simclr4
     """
     host = host_or_exit()
-    from ssl_engine.distributed import broadcast_from_main, init_from_env, shutdown
-    from ssl_engine.train.loop import CheckpointWriteError, RunDirectoryError, Trainer, pick_device, saved_config
-    from ssl_engine.train.probe import probe_against_random
+    from ssl_engine.distributed import shutdown
+    from ssl_engine.eval.evaluate import probe_against_random
+    from ssl_engine.run import build_run
+    from ssl_engine.run_directory import RunDirectoryError, saved_config
+    from ssl_engine.train.loop import CheckpointWriteError, Trainer
 
     tasks = [parse_task(value) for value in options["tasks"]]
     out: Path | None = options["out"]
@@ -310,23 +311,21 @@ def pretrain(**options: Any) -> None:
         )
         if not config.tasks:
             raise click.UsageError("no task given: pass --task NAME (or a --config file with [tasks.NAME])")
-        world = init_from_env(pick_device(config.device).type)
-        if out is None:  # rank 0's clock names the directory of every rank
-            stamp = broadcast_from_main(f"{datetime.now():%Y%m%d-%H%M%S}", world)
-            out = Path("runs") / f"{'+'.join(t.name for t in config.tasks)}-{stamp}"
-        trainer = Trainer(
+        run = build_run(
             config, host.registry, out, resume=options["resume"], force=options["force"], restart=options["restart"]
         )
+        trainer = Trainer(run)
     except click.UsageError:
         raise
     except (*USER_ERRORS, ConfigError, RunDirectoryError, ValueError) as error:
         fail(error)
     except OSError as error:  # e.g. a read-only or unwritable --out
-        fail(f"cannot use run directory {out}: {os_error_line(error)}")
+        fail(f"cannot use run directory {out or 'runs/'}: {os_error_line(error)}")
+    world, out = run.world, run.out
     say = click.echo if world.is_main else _quiet  # one voice under torchrun: rank 0 reports and probes
     say(
-        f"pretraining {', '.join(t.name for t in config.tasks)} on {config.data} ({trainer.image_size} px), "
-        f"backbone {config.backbone}, {trainer.total} steps on {trainer.device}, run directory {out}",
+        f"pretraining {', '.join(t.name for t in config.tasks)} on {config.data} ({run.image_size} px), "
+        f"backbone {config.backbone}, {run.total_steps} steps on {run.device}, run directory {out}",
         err=True,
     )
     try:
@@ -344,7 +343,7 @@ def pretrain(**options: Any) -> None:
     say(f"finished {result.steps} steps: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     if config.probe and trainer.source.labelled:
         say("linear probe (frozen features, classifier chosen on val, test top-1):", err=True)
-        report = probe_against_random(trainer)
+        report = probe_against_random(run, step=result.steps)
         name = "+".join(t.name for t in config.tasks)
         say(f"  {'pretrained ' + name:<30} {report['pretrained']['accuracy']:.4f}")
         say(f"  {'random init':<30} {report['random_init']['accuracy']:.4f}")
@@ -399,7 +398,7 @@ def evaluate(
       sslx evaluate runs/jigsaw --protocol linear --data fashion-mnist --json
     """
     host = host_or_exit()
-    from ssl_engine.train.probe import evaluate_run
+    from ssl_engine.eval.evaluate import evaluate_run
 
     try:
         result = evaluate_run(

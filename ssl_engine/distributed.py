@@ -161,3 +161,26 @@ def shutdown(world: World) -> None:
     """Leave the process group (end of a torchrun process)."""
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def pick_device(requested: str, world: World = SINGLE) -> torch.device:
+    """Where this process computes: ``auto`` -> CUDA, else MPS, else the CPU; under torchrun each process takes
+    its local rank's GPU. An explicit device that isn't there is an error.
+
+    Raises:
+        ValueError: ``cuda`` or ``mps`` asked for but not available.
+    """
+    if requested == "auto":
+        if torch.cuda.is_available():
+            requested = "cuda"
+        elif torch.backends.mps.is_available():
+            requested = "mps"
+        else:
+            requested = "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was asked for but MPS is not available")
+    if requested == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return torch.device(requested)

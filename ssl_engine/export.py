@@ -64,7 +64,7 @@ def export_representation(run_dir: Path, out: Path, registry: Registry, task: st
         "format": "sslx.export",
         "run": str(run_dir),
         "task": task_name,
-        "step": str(run.checkpoint.step),
+        "step": str(run.step),
         "image_size": str(run.image_size),
         "input": "rgb normalised with ImageNet mean/std" if standard_input else f"prepared by task {task_name!r}",
     }

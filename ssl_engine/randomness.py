@@ -25,7 +25,7 @@ class BatchRandom:
 
     Args:
         seed: the run's seed.
-        step: the optimisation step.
+        step: the optimisation step (kept as :attr:`step`, for tasks whose pseudo-labels follow a schedule).
         stream: a name separating independent streams (the task's name, "augment", ...).
         local_batch: samples on this process.
         global_batch: samples over all processes (defaults to ``local_batch``).
@@ -44,6 +44,7 @@ class BatchRandom:
         offset: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        self.step = step
         self.local_batch = local_batch
         self.global_batch = local_batch if global_batch is None else global_batch
         if not 0 <= offset <= self.global_batch - local_batch:
@@ -80,7 +81,8 @@ class BatchRandom:
     def split(self, stream: str) -> BatchRandom:
         """An independent stream with the same slice (e.g. one per augmentation)."""
         child = BatchRandom.__new__(BatchRandom)
-        child.local_batch, child.global_batch, child.offset = self.local_batch, self.global_batch, self.offset
+        child.step, child.local_batch, child.global_batch = self.step, self.local_batch, self.global_batch
+        child.offset = self.offset
         child.device = self.device
         child.generator = torch.Generator(device=self.device)
         child.generator.manual_seed(mix_seed(self.generator.initial_seed(), stream))

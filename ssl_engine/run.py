@@ -1,34 +1,250 @@
-"""Loading a finished (or running) pretraining run back: its model, backbone and representation."""
+"""A run, assembled once: :func:`build_run` for training, :func:`load_run` for a finished (or running) one.
+
+Every command consumes the same :class:`Run`: ``sslx pretrain`` trains it (:class:`~ssl_engine.train.loop.Trainer`),
+the closing probe and ``sslx evaluate`` evaluate its representation, ``sslx bench`` builds one per row (and the
+supervised reference trains one with labels), ``sslx show`` and ``sslx export`` read a finished one, and the
+conformance kit builds one for a task under test. Validation happens here, once, before anything is written::
+
+    config ─> build_run ─> names, mix, image size, data, settings, heads and losses checked
+                           process group and device
+                           model built (seeded) and moved to the device; settings pinned in a resolved copy
+                           run directory created, or its newest usable checkpoint found and restored (--resume)
+                           batch stream over the pretraining split
+"""
 
 from __future__ import annotations
 
+import random
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+import torch
+
 from ssl_engine.backbones.base import Backbone
-from ssl_engine.checkpoint import CheckpointError, CheckpointScan, LoadedCheckpoint, load_module_state
+from ssl_engine.checkpoint import CheckpointError, CheckpointScan, LoadedCheckpoint
 from ssl_engine.config import CONFIG_FILE, PretrainConfig
+from ssl_engine.data.batches import BatchStream
+from ssl_engine.data.catalog import DataSource, resolve_data
+from ssl_engine.data.options import DataOptions
+from ssl_engine.distributed import World, barrier, broadcast_from_main, init_from_env, pick_device
 from ssl_engine.plugins import get_host
 from ssl_engine.registry import Registry, UnknownNameError
+from ssl_engine.run_directory import (
+    DAMAGED_DIR,
+    RunDirectoryError,
+    check_resume_changes,
+    prepare_run_dir,
+    saved_config,
+)
 from ssl_engine.settings import SettingError
 from ssl_engine.task import ImageSizeError, Representation
-from ssl_engine.train.model import PretrainModel, RunSetupError
+from ssl_engine.train.model import (
+    PretrainModel,
+    RunSetupError,
+    build_model,
+    pinned_settings,
+    resolve_image_size,
+    task_classes,
+)
+from ssl_engine.train.optim import DEFAULT_LR
+from ssl_engine.train.sync_batchnorm import convert_to_global_batchnorm
+
+DEFAULT_STEPS = 600
 
 
-@dataclass
-class LoadedRun:
-    """A run directory read back: config, image size, the model with the latest weights, the checkpoint."""
+@dataclass(frozen=True)
+class Run:
+    """Everything a command needs of one run, built once and not changed afterwards (the model's weights are, by
+    training).
 
-    run_dir: Path
+    Attributes:
+        config: the resolved config: every task's settings pinned to their parsed values, defaults included (the
+            caller's config is left as it was).
+        registry: where names were looked up.
+        world: the process group (one process outside torchrun).
+        device: this process's device.
+        image_size: side of the square images every task sees.
+        model: backbone and tasks, on ``device``, with the resumed or loaded weights.
+        out: the run directory (``None`` for a run that writes nothing).
+        source: the data set of the config (``None`` for a loaded run until asked for).
+        stream: this process's batches of the pretraining split (``None`` for a loaded run).
+        total_steps: the budget (``--steps``, else ``--epochs`` worth, else :data:`DEFAULT_STEPS`).
+        lr: the peak learning rate (scaled by the process count with ``--scale-lr``).
+        checkpoint: what the model was restored from (``None``: fresh initialisation).
+        damaged: checkpoints a resume had to skip; the trainer sets them aside in ``RUN_DIR/damaged/``.
+    """
+
     config: PretrainConfig
+    registry: Registry
+    world: World
+    device: torch.device
     image_size: int
     model: PretrainModel
-    checkpoint: LoadedCheckpoint
+    out: Path | None = None
+    source: DataSource | None = None
+    stream: BatchStream | None = None
+    total_steps: int = DEFAULT_STEPS
+    lr: float = 0.05
+    checkpoint: LoadedCheckpoint | None = None
+    damaged: tuple[Path, ...] = ()
+
+    @property
+    def step(self) -> int:
+        """The step the model's weights are from (0: fresh)."""
+        return self.checkpoint.step if self.checkpoint is not None else 0
+
+    def data(self) -> DataSource:
+        """The config's data set (resolved now for a loaded run)."""
+        if self.source is not None:
+            return self.source
+        options = DataOptions(Path(self.config.data_dir) if self.config.data_dir else None, self.config.download)
+        return resolve_data(self.config.data, self.registry, options)
 
 
-def load_run(run_dir: str | Path, registry: Registry | None = None) -> LoadedRun:
-    """Rebuild the run's model from its newest usable checkpoint (CPU, eval mode).
+def total_steps(config: PretrainConfig, steps_per_epoch: int) -> int:
+    """``--steps``, else ``--epochs`` worth of steps, else :data:`DEFAULT_STEPS`."""
+    if config.steps is not None:
+        return config.steps
+    if config.epochs is not None:
+        return max(1, round(config.epochs * steps_per_epoch))
+    return DEFAULT_STEPS
+
+
+def default_run_dir(config: PretrainConfig, world: World) -> Path:
+    """``runs/TASKS-TIME``, named by rank 0's clock for every rank."""
+    stamp = broadcast_from_main(f"{datetime.now():%Y%m%d-%H%M%S}", world)
+    return Path("runs") / f"{'+'.join(t.name for t in config.tasks)}-{stamp}"
+
+
+def build_run(
+    config: PretrainConfig,
+    registry: Registry,
+    out: Path | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    restart: bool = False,
+) -> Run:
+    """Validate ``config`` and assemble its run: process group, device, data, model, stream, run directory.
+
+    Args:
+        config: the run's config (not modified).
+        registry: where tasks, backbones, heads, losses and data sets are looked up.
+        out: the run directory (default ``runs/TASKS-TIME``); created for a new run, read for ``resume``.
+        resume: restore the newest checkpoint of ``out`` that reads back and fits the model, falling back past
+            damaged ones (each reported with a warning).
+        force: with ``resume``, accept config changes beyond budget, logging and placement.
+        restart: with ``resume``, start again from step 0 when no checkpoint of ``out`` can be used; without it,
+            that is a :class:`RunDirectoryError` listing each file and why (and nothing is touched).
+
+    Raises:
+        UnknownNameError, RunSetupError, SettingError, ImageSizeError, DataError, RunDirectoryError: the run can't
+            be built as asked (each message names the option, task or file).
+    """
+    task_classes(config, registry)  # names and mix checked before anything is created
+    image_size = resolve_image_size(config, registry)
+    registry.get("backbone", config.backbone)
+    device = pick_device(config.device)
+    world = init_from_env(device.type)
+    device = pick_device(config.device, world)
+    source = resolve_data(
+        config.data, registry, DataOptions(Path(config.data_dir) if config.data_dir else None, config.download)
+    )
+    for spec in config.tasks:
+        registry.get("task", spec.name).obj.check_images(image_size, source.color)
+    if config.online_probe and not source.labelled:
+        raise RunSetupError(f"--online-probe needs labels; data {config.data!r} has none")
+    # Building the model validates settings, heads and losses; it is cheap, so it comes before the run directory
+    # is touched and before the data is read.
+    model = build_model(config, registry, image_size, seed=config.seed)
+    random.seed(config.seed)  # Python's generator too: its state is saved, so identical runs write identical files
+    if config.sync_bn and world.distributed:
+        convert_to_global_batchnorm(model, device.type)
+    model = model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    resolved = pinned_settings(config, registry)
+    dataset = source.split(source.pretrain_split, image_size)  # opened (and checked), not read
+    out = out if out is not None else default_run_dir(config, world)
+    if resume:
+        check_resume_changes(pinned_settings(saved_config(out), registry), resolved, force)
+    prepare_run_dir(out, resume, create=world.is_main)
+    barrier(world)  # every rank has checked the directory before rank 0 writes into it
+    checkpoint, damaged = resumed_checkpoint(model, out, restart) if resume else (None, ())
+    base_lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
+    stream = BatchStream.for_dataset(
+        dataset, config.batch_size, config.seed, workers=config.workers, device=device, rank=world.rank,
+        world=world.size,
+    )  # fmt: skip
+    budget = total_steps(config, stream.steps_per_epoch)
+    model.clock.total = budget
+    return Run(
+        config=resolved,
+        registry=registry,
+        world=world,
+        device=device,
+        image_size=image_size,
+        model=model,
+        out=out,
+        source=source,
+        stream=stream,
+        total_steps=budget,
+        # Linear scaling rule (Goyal et al. 2017): the given lr is that of one process's batch.
+        lr=base_lr * (world.size if config.scale_lr else 1),
+        checkpoint=checkpoint,
+        damaged=damaged,
+    )
+
+
+def resumed_checkpoint(
+    model: PretrainModel, out: Path, restart: bool
+) -> tuple[LoadedCheckpoint | None, tuple[Path, ...]]:
+    """Restore ``model`` from the newest checkpoint of ``out`` that reads back and fits it; ``None`` when the run
+    starts again from step 0 (said with a warning). Also returns the checkpoints it had to skip.
+
+    Raises:
+        RunDirectoryError: checkpoints exist but none can be used, and ``restart`` was not given.
+    """
+    scan = CheckpointScan(out)
+    for checkpoint in scan:
+        try:
+            model.load_state(checkpoint)
+        except CheckpointError as error:
+            scan.skip(checkpoint, error)
+            continue
+        for skipped in scan.skipped:
+            warnings.warn(
+                f"{skipped.reason}; it is set aside in {out / DAMAGED_DIR} and the run resumes from "
+                f"{checkpoint.path.name}",
+                stacklevel=2,
+            )
+        return checkpoint, tuple(skipped.path for skipped in scan.skipped)
+    problems = [skipped.reason for skipped in scan.skipped]
+    if problems and not restart:
+        listed = "".join(f"\n  {why}" for why in problems)
+        raise RunDirectoryError(
+            f"--resume: no checkpoint in {out} can be used, nothing was changed:{listed}\n"
+            f"pass --restart to set them aside in {out / DAMAGED_DIR} and start again from step 0"
+        )
+    if problems:
+        warnings.warn(
+            f"--restart: none of the {len(problems)} checkpoints of {out} can be used; they are moved to "
+            f"{out / DAMAGED_DIR} and the run starts again from step 0",
+            stacklevel=2,
+        )
+    else:
+        warnings.warn(
+            f"{out} holds no checkpoint yet (the run stopped before its first one): starting again from step 0",
+            stacklevel=2,
+        )
+    return None, tuple(skipped.path for skipped in scan.skipped)
+
+
+def load_run(run_dir: str | Path, registry: Registry | None = None, device: str | torch.device = "cpu") -> Run:
+    """A finished (or running) run read back from its newest usable checkpoint: the model in eval mode on
+    ``device``; no data is opened and nothing is written.
 
     A checkpoint that is damaged, or whose tensors don't fit the model its config builds, is reported (a warning)
     and the next older one is used.
@@ -50,7 +266,18 @@ def load_run(run_dir: str | Path, registry: Registry | None = None) -> LoadedRun
             continue
         for skipped in scan.skipped:
             warnings.warn(f"{skipped.reason}; using {checkpoint.path.name} instead", stacklevel=2)
-        return LoadedRun(run_dir, checkpoint.config, checkpoint.image_size, model, checkpoint)
+        target = pick_device(device) if isinstance(device, str) else device
+        return Run(
+            config=checkpoint.config,
+            registry=registry,
+            world=World(),
+            device=target,
+            image_size=checkpoint.image_size,
+            model=model.to(target),
+            out=run_dir,
+            total_steps=checkpoint.config.steps or checkpoint.step,
+            checkpoint=checkpoint,
+        )
     raise scan.failure()
 
 
@@ -62,13 +289,10 @@ def restored_model(checkpoint: LoadedCheckpoint, registry: Registry) -> Pretrain
             module does not fit the model built.
     """
     try:
-        model = PretrainModel(checkpoint.config, registry, checkpoint.image_size)
+        model = build_model(checkpoint.config, registry, checkpoint.image_size)
     except (UnknownNameError, SettingError, ImageSizeError, RunSetupError) as error:
         raise CheckpointError(f"checkpoint {checkpoint.path}: its config does not build a model: {error}") from None
-    load_module_state(model.backbone, checkpoint, "model")
-    for name in model.task_modules:
-        load_module_state(model.task_modules[name], checkpoint, f"task/{name}")
-        load_module_state(model.aux_modules[name], checkpoint, f"aux/{name}")
+    model.load_state(checkpoint)
     model.eval()
     return model
 

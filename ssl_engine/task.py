@@ -3,13 +3,21 @@
 A task is a subclass of :class:`PretextTask` registered through the ``register_tasks`` hook. One training step,
 as the core runs it for every task in the (possibly mixed) run::
 
+    clock.step = step                                   # what every task sees: self.context.clock
     images  (B, 3, H, W) float in [0, 1], base-augmented, on the device
     batch   = task.pseudo_labels(images, random)        # PretextBatch: views, targets; one vectorised pass
     output  = task.forward(backbone, modules, aux, batch)  # TaskOutput: named loss terms, metrics
     total  += weight_of_task * sum(task.loss_weights[t] * output.losses[t])
-    ... total.backward(); optimizer.step()              # backbone + every task's ``modules``
+    ... total.backward(); optimizer.step()              # backbone + every task's trainable ``modules``
     aux_terms = task.aux_losses(aux, batch, output)     # e.g. the discriminator, on detached outputs
     ... sum(aux_terms).backward(); aux_optimizer.step() # only the task's ``aux`` modules
+    task.after_step(backbone, modules, aux, batch, output)  # no grad: EMA teachers, queues, centres
+
+Step-aware tasks (momentum teachers, queues, schedules) keep their state in modules and registered buffers of
+``modules`` (so checkpoints save and restore it): a parameter with ``requires_grad=False`` is left out of the main
+optimizer (a teacher updated by :meth:`PretextTask.after_step`), and :meth:`PretextTask.setup` sees the shared
+backbone once after building, e.g. to start a teacher as a copy of it. Views of several resolutions (multi-crop)
+go in :attr:`PretextBatch.inputs` (the first resolution) and :attr:`PretextBatch.crops` (the others), each batched.
 
 How the eight tasks of the project fit it:
 
@@ -44,6 +52,7 @@ from PIL import Image
 from torch import nn
 
 from ssl_engine.backbones.base import Backbone
+from ssl_engine.drawing import default_drawing
 from ssl_engine.images import normalize
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import TaskSetting, resolve_settings
@@ -70,12 +79,23 @@ class PretextBatch:
         targets: pseudo-labels; ``(B * views,)`` integer classes, ``(B,)`` or a dense tensor for regression.
         views: views per image.
         extras: anything else the task's forward or drawing needs (masks, originals, permutation indices).
+        crops: views at further resolutions (multi-crop), see :meth:`resolutions`; empty for one resolution.
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     views: int = 1
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    crops: tuple[torch.Tensor, ...] = ()
+
+    def resolutions(self) -> list[torch.Tensor]:
+        """Every view tensor, one per resolution: ``[inputs, *crops]``.
+
+        Multi-crop (Caron et al. 2020/2021): ``inputs`` holds the views of the first resolution, ``(B * v0, C,
+        h0, w0)``, and each of ``crops`` those of another, ``(B * v_r, C, h_r, w_r)``, sample-major like
+        ``inputs``; ``views`` is the total ``v0 + sum(v_r)``. Run the backbone once per resolution (batched).
+        """
+        return [self.inputs, *self.crops]
 
 
 @dataclass
@@ -95,6 +115,24 @@ class TaskOutput:
     predictions: torch.Tensor | None = None
 
 
+@dataclass
+class StepClock:
+    """Where training is, shared by every task of a run: the core sets ``step`` before each step.
+
+    Attributes:
+        step: the optimisation step being computed (0-based; the step a resumed run continues from).
+        total: the run's budget in steps (0 outside training: ``sslx show``, evaluation, tests).
+    """
+
+    step: int = 0
+    total: int = 0
+
+    @property
+    def progress(self) -> float:
+        """``step / total`` in [0, 1] (0 when there is no budget), for schedules such as cosine momentum."""
+        return min(1.0, self.step / self.total) if self.total > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """What the core hands a task when it is built.
@@ -110,7 +148,8 @@ class TaskContext:
             ``make_head(in_channels, out_channels, scale)`` for decoders.
         loss_fn: the loss chosen for the task (its default or ``--loss TASK=NAME``).
         make_backbone: builds a fresh backbone of the run's kind, ``make_backbone(in_channels)``, for tasks
-            with more than one network (split-brain).
+            with more than one network (split-brain) or a momentum teacher (BYOL, MoCo, DINO).
+        clock: the step and the budget (:class:`StepClock`), read during training for schedules.
     """
 
     settings: Mapping[str, Any]
@@ -121,6 +160,12 @@ class TaskContext:
     make_head: HeadFactory
     loss_fn: LossFunction
     make_backbone: Callable[[int], Backbone]
+    clock: StepClock = field(default_factory=StepClock)
+
+    @property
+    def total_steps(self) -> int:
+        """The run's budget in steps (0 outside training)."""
+        return self.clock.total
 
 
 class Representation(nn.Module):
@@ -264,6 +309,24 @@ class PretextTask:
         """Run the networks on the pretext batch and compute the named loss terms and the pretext metric."""
         raise NotImplementedError
 
+    def setup(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
+        """Called once after the whole model is built (before a checkpoint is restored into it), with the shared
+        backbone: e.g. start a momentum teacher as a copy of it. The default does nothing."""
+
+    def after_step(
+        self,
+        backbone: Backbone,
+        modules: nn.ModuleDict,
+        aux: nn.ModuleDict,
+        batch: PretextBatch,
+        output: TaskOutput,
+    ) -> None:
+        """Called after every optimizer step (main and aux), under ``torch.no_grad()``, with the step's batch and
+        output: momentum (EMA) updates of teachers, queue pushes, centre updates. ``self.context.clock.step`` is
+        the step just taken. State changed here must live in ``modules`` (parameters with ``requires_grad=False``
+        or registered buffers) so checkpoints keep it, and must depend only on the run's tensors (the same on
+        every process under torchrun: gather what other processes hold first). The default does nothing."""
+
     def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
         """Named loss terms of the auxiliary modules, minimised by their own optimizer after the main step.
 
@@ -279,8 +342,6 @@ class PretextTask:
             batch: ``pseudo_labels`` of those images.
             output: the model's output on the batch after a run (``None`` before training).
         """
-        from ssl_engine.show import default_drawing
-
         predictions = output.predictions if output is not None else None
         return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}")
 

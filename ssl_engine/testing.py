@@ -77,12 +77,23 @@ rule                        what it asks of a task
 ``mix``                     the task builds and trains beside another task on one shared backbone
 ``mix-isolated``            in a mix it computes exactly what it computes alone
 ``mix-refused``             a task declaring ``shares_backbone = False`` is refused in a mix (``RunSetupError``)
+**step-aware** (whole training steps through the engine's trainer on the kit's data; for tasks that override
+``after_step`` or ``setup``, keep buffers or freeze parameters)
+``crops-shape``             multi-crop views are ``(B * v, C, h, w)`` per resolution, their views adding up to
+                            ``views`` (checked with the pseudo-labels)
+``teacher-not-optimized``   parameters the task freezes (``requires_grad=False``: a momentum teacher) are not in the
+                            main optimizer; every other parameter is
+``after-step-deterministic`` the same run trained twice ends in the same state, buffers and teachers included,
+                            whatever the global RNGs hold
+``state-restored``          a run stopped after a checkpoint and resumed ends bit for bit in the state of an
+                            uninterrupted one (teachers, queues, centres included)
 =========================== =========================================================================================
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random as python_random
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -105,10 +116,12 @@ from ssl_engine.images import normalize, to_float
 from ssl_engine.plugins import PluginHost
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
+from ssl_engine.run import build_run
+from ssl_engine.run_directory import write_config
 from ssl_engine.settings import resolve_settings
 from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskOutput, accuracy
 from ssl_engine.train.loop import Trainer
-from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime
+from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime, build_model
 
 __all__ = [
     "CHECKS",
@@ -127,6 +140,7 @@ __all__ = [
     "check_pretext_task",
     "check_pseudo_labels",
     "check_representation",
+    "check_step_aware",
     "prepare",
 ]
 
@@ -170,6 +184,11 @@ RULES: dict[str, str] = {
     "mix": "the task builds and trains beside another task on one shared backbone",
     "mix-isolated": "in a mix it computes exactly what it computes alone",
     "mix-refused": "a task declaring shares_backbone = False is refused in a mix",
+    "crops-shape": "multi-crop views are (B * v, C, h, w) per resolution, their views adding up to views",
+    "teacher-not-optimized": "parameters a task freezes (requires_grad=False, a teacher) are not in the main "
+    "optimizer; every other parameter is",
+    "after-step-deterministic": "the same run trained twice ends in the same state, buffers and teachers included",
+    "state-restored": "a run stopped and resumed from a checkpoint ends in the state of an uninterrupted one",
 }
 
 PLUGIN_UNDER_TEST = "under-test"
@@ -230,9 +249,15 @@ KIT_DATA_IMAGES = 32
 
 
 class _ReferencePlugin:
+    """The kit's reference task and data; without the task when the task under test is the reference itself."""
+
+    def __init__(self, with_task: bool = True) -> None:
+        self.with_task = with_task
+
     @hookimpl
     def register_tasks(self, register: Callable[[type], None]) -> None:
-        register(ReferenceTask)
+        if self.with_task:
+            register(ReferenceTask)
 
     @hookimpl
     def register_datasets(self, register: Callable[..., None]) -> None:
@@ -306,7 +331,8 @@ class TaskUnderTest:
     def registry(self) -> Registry:
         """The core's pieces, the task's plugin and the kit's reference task."""
         plugin = self.plugin if self.plugin is not None else _PluginOf(self.task_class)
-        host = PluginHost.from_plugins([(PLUGIN_UNDER_TEST, plugin), ("kit-reference", _ReferencePlugin())])
+        reference = _ReferencePlugin(with_task=self.task_class is not ReferenceTask)
+        host = PluginHost.from_plugins([(PLUGIN_UNDER_TEST, plugin), ("kit-reference", reference)])
         problems = [str(problem) for problem in host.problems if problem.plugin == PLUGIN_UNDER_TEST]
         if problems:
             self.fail("registration", "could not be registered: " + "; ".join(problems))
@@ -348,13 +374,12 @@ class TaskUnderTest:
             device=str(self.device),
             **options,
         )
-        return Trainer(config, self.registry, out)
+        return Trainer(build_run(config, self.registry, out))
 
     def build(self, seed: int = 0) -> tuple[PretrainModel, TaskRuntime]:
         """A fresh model with the task alone, its weights initialised from ``seed``, in training mode."""
-        torch.manual_seed(seed)
         try:
-            model = PretrainModel(PretrainConfig([self.spec()]), self.registry, self.image_size)
+            model = build_model(PretrainConfig([self.spec()]), self.registry, self.image_size, seed=seed)
         except ConformanceError:
             raise
         except Exception as error:
@@ -499,6 +524,12 @@ def _batch_difference(a: PretextBatch, b: PretextBatch, *, extras: bool = True) 
         difference = _difference(first, second, exact=True)
         if difference is not None:
             return f"{what}: {difference}"
+    if len(a.crops) != len(b.crops):
+        return f"crops: {len(a.crops)} vs {len(b.crops)} resolutions"
+    for index, (first, second) in enumerate(zip(a.crops, b.crops, strict=True)):
+        difference = _difference(first, second, exact=True)
+        if difference is not None:
+            return f"crops[{index}]: {difference}"
     if a.views != b.views:
         return f"views: {a.views} vs {b.views}"
     if extras:
@@ -582,6 +613,9 @@ def _check_pretext_batch(subject: TaskUnderTest, batch: PretextBatch, images: in
         if not isinstance(value, torch.Tensor):
             subject.fail("pseudo-labels", f"returned extras[{key!r}] of type {type(value).__name__}, expected a tensor")
     rows = images * batch.views
+    if batch.crops:
+        _check_crops(subject, batch, images)
+        rows = inputs.shape[0]  # the first resolution's views: checked with the crops
     if inputs.ndim != 4 or inputs.shape[0] != rows:
         subject.fail(
             "inputs-shape",
@@ -617,6 +651,22 @@ def _check_pretext_batch(subject: TaskUnderTest, batch: PretextBatch, images: in
     subject.on_device("its targets", targets)
     for key, value in batch.extras.items():
         subject.on_device(f"extras[{key!r}]", value)
+
+
+def _check_crops(subject: TaskUnderTest, batch: PretextBatch, images: int) -> None:
+    """Rule ``crops-shape``: every resolution's views ``(B * v, C, h, w)``, sample-major, adding up to ``views``."""
+    total = 0
+    for index, tensor in enumerate(batch.resolutions()):
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4 or tensor.shape[0] % images:
+            shape = _shape(tensor) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            subject.fail("crops-shape", f"returned views of resolution {index} of shape {shape} for a batch of "
+                         f"{images}; expected (B * v, C, h, w)")  # fmt: skip
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            subject.fail("crops-shape", f"returned views of resolution {index} that are not finite floats")
+        subject.on_device(f"its views of resolution {index}", tensor)
+        total += tensor.shape[0] // images
+    if total != batch.views:
+        subject.fail("crops-shape", f"returned {total} views per image over its resolutions; views={batch.views}")
 
 
 # --- determinism ---------------------------------------------------------------------------------------------------
@@ -962,7 +1012,7 @@ def check_mix(task: Subject) -> None:
     with _global_state_kept():
         if not subject.task_class.shares_backbone:
             try:
-                PretrainModel(config, subject.registry, subject.image_size)
+                build_model(config, subject.registry, subject.image_size)
             except RunSetupError as error:
                 if name not in str(error):
                     subject.fail("mix-refused", f"was refused in a mix with a message not naming it: {error}")
@@ -973,9 +1023,8 @@ def check_mix(task: Subject) -> None:
                 )
             subject.fail("mix-refused", "declares shares_backbone = False, yet a mixed run with it was built")
         alone, alone_runtime = subject.build()
-        torch.manual_seed(3)
         try:
-            mixed = PretrainModel(config, subject.registry, subject.image_size).to(subject.device).train()
+            mixed = build_model(config, subject.registry, subject.image_size, seed=3).to(subject.device).train()
         except Exception as error:
             subject.fail("mix", f"could not be built beside another task: {type(error).__name__}: {error}")
         reference, runtime = mixed.runtimes
@@ -1018,6 +1067,97 @@ def check_mix(task: Subject) -> None:
             )
 
 
+# --- step-aware ----------------------------------------------------------------------------------------------------
+def _is_step_aware(subject: TaskUnderTest, model: PretrainModel, runtime: TaskRuntime) -> bool:
+    """Does the task keep state across steps (so the whole-training-step rules apply)?"""
+    overrides = any(
+        getattr(subject.task_class, method) is not getattr(PretextTask, method) for method in ("after_step", "setup")
+    )
+    frozen = any(not parameter.requires_grad for parameter in runtime.modules.parameters())
+    return overrides or frozen
+
+
+def _final_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Everything a checkpoint keeps of the model: backbone, task modules, aux modules (buffers included)."""
+    return {key: value.detach().cpu().clone() for key, value in trainer.model.state_tensors().items()}
+
+
+def _state_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str | None:
+    if a.keys() != b.keys():
+        return f"state keys differ: {sorted(set(a) ^ set(b))[:3]}"
+    for key in a:
+        difference = _difference(a[key], b[key], exact=True)
+        if difference is not None:
+            return f"{key}: {difference}"
+    return None
+
+
+STEP_AWARE_STEPS = 4
+
+
+def _stop_after(trainer: Trainer, steps: int) -> None:
+    """Train ``steps`` steps of ``trainer``'s budget and checkpoint, as a run stopped there (e.g. preempted)."""
+    write_config(trainer.out, trainer.config)
+    for images, labels in trainer.stream.batches(trainer.step):
+        if trainer.step >= steps:
+            break
+        trainer.device_step(images, labels)
+    trainer.checkpoint()
+
+
+def check_step_aware(task: Subject) -> None:
+    """Whole training steps through the engine's own trainer (on the kit's 32 images): frozen parameters stay out
+    of the main optimizer, ``after_step`` and ``setup`` are deterministic, and a resumed run ends where an
+    uninterrupted one does, teachers, queues and centres included. Tasks with no state across steps pass at once.
+
+    Rules: ``teacher-not-optimized``, ``after-step-deterministic``, ``state-restored``.
+    """
+    subject = _subject(task)
+    with _global_state_kept():
+        model, runtime = subject.build()
+        if not _is_step_aware(subject, model, runtime):
+            return
+        batch = subject.pseudo_labels(runtime.task, subject.images, subject.random())
+        output = subject.forward(model, runtime, batch)
+        trainable = {name: p.detach().clone() for name, p in runtime.modules.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            runtime.task.after_step(model.backbone, runtime.modules, runtime.aux, batch, output)
+        for name, parameter in runtime.modules.named_parameters():
+            if name in trainable and not torch.equal(trainable[name], parameter.detach()):
+                subject.fail("teacher-not-optimized", f"changes parameter {name!r} in after_step while the main "
+                             "optimizer trains it too; freeze it (requires_grad=False) like a teacher")  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="sslx-conformance-") as folder:
+            root = Path(folder)
+            first = subject.trainer(root / "first", steps=STEP_AWARE_STEPS, log_every=1, probe=False)
+            optimized = {id(p) for group in first.optimizer.param_groups for p in group["params"]}
+            for name, parameter in runtime.modules.named_parameters():
+                owned = dict(first.model.task_modules[subject.name].named_parameters())[name]
+                if owned.requires_grad != (id(owned) in optimized):
+                    state = "a frozen" if not owned.requires_grad else "a trainable"
+                    where = "is" if id(owned) in optimized else "is not"
+                    subject.fail("teacher-not-optimized", f"has {state} parameter {name!r} that {where} in the "
+                                 "main optimizer; freeze what after_step updates (requires_grad=False)")  # fmt: skip
+            _scramble_global_rngs(11)
+            first.train()
+            _scramble_global_rngs(12)
+            second = subject.trainer(root / "second", steps=STEP_AWARE_STEPS, log_every=1, probe=False)
+            second.train()
+            difference = _state_difference(_final_state(first), _final_state(second))
+            if difference is not None:
+                subject.fail("after-step-deterministic", f"ends two identical runs in different states "
+                             f"({difference}); after_step and setup may use only the run's tensors")  # fmt: skip
+            stopped = subject.trainer(root / "resumed", steps=STEP_AWARE_STEPS, checkpoint_every=1, probe=False)
+            _stop_after(stopped, STEP_AWARE_STEPS // 2)
+            _scramble_global_rngs(13)
+            resumed = Trainer(build_run(stopped.config, subject.registry, root / "resumed", resume=True))
+            resumed.train()
+            difference = _state_difference(_final_state(first), _final_state(resumed))
+            if difference is not None:
+                subject.fail("state-restored", f"ends a stopped-and-resumed run in another state than an "
+                             f"uninterrupted one ({difference}); keep every state in module parameters or "
+                             "registered buffers")  # fmt: skip
+
+
 CHECKS: dict[str, Callable[[Subject], None]] = {
     "declaration": check_declaration,
     "pseudo_labels": check_pseudo_labels,
@@ -1028,6 +1168,7 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
     "draw": check_draw,
     "checkpoint": check_checkpoint,
     "mix": check_mix,
+    "step_aware": check_step_aware,
 }
 
 

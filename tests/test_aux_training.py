@@ -18,6 +18,7 @@ from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.hookspecs import hookimpl
 from ssl_engine.images import normalize
 from ssl_engine.plugins import PluginHost
+from ssl_engine.run import build_run
 from ssl_engine.task import PretextBatch, PretextTask, TaskOutput
 from ssl_engine.train.loop import Trainer
 
@@ -80,7 +81,7 @@ def make_trainer(out: Path, steps: int, resume: bool = False, **options: Any) ->
     config = PretrainConfig(
         [TaskSpec(TASK)], data="tinyshapes", image_size=16, batch_size=8, steps=steps, workers=0, **options
     )
-    return Trainer(config, host.registry, out, resume=resume)
+    return Trainer(build_run(config, host.registry, out, resume=resume))
 
 
 def critic_of(trainer: Trainer) -> nn.Module:

@@ -17,6 +17,7 @@ import torch
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.config import CONFIG_FILE, PretrainConfig, TaskSpec
 from ssl_engine.plugins import get_host
+from ssl_engine.run import build_run
 from ssl_engine.train.loop import Trainer
 from tests.conftest import write_two_classes
 
@@ -68,21 +69,21 @@ def final_tensors(run: Path) -> dict[str, torch.Tensor]:
 
 def test_an_interrupted_four_task_mix_resumes_to_the_uninterrupted_runs_tensors(folder: Path, tmp_path: Path) -> None:
     registry = get_host().registry
-    Trainer(mixed_config(folder), registry, tmp_path / "full").train()
+    Trainer(build_run(mixed_config(folder), registry, tmp_path / "full")).train()
     expected = final_tensors(tmp_path / "full")
     assert any(key.startswith("aux/inpainting/") for key in expected), "the discriminator is not checkpointed"
     assert any(key.startswith("optim/aux/inpainting") for key in expected), "its optimizer is not checkpointed"
 
     out = tmp_path / "interrupted"
     config = mixed_config(folder)
-    first = Trainer(config, registry, out)
+    first = Trainer(build_run(config, registry, out))
     (out / CONFIG_FILE).write_text(config.to_toml())
     for images, _ in first.stream.batches(0):
         first.train_step(images)
         if first.step == 2:
             first.save_checkpoint()
             break  # the process "dies" here
-    resumed = Trainer(config, registry, out, resume=True)
+    resumed = Trainer(build_run(config, registry, out, resume=True))
     assert resumed.step == 2
     resumed.train()
     got = final_tensors(out)

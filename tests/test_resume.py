@@ -16,8 +16,9 @@ import torch
 
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.config import CONFIG_FILE, PretrainConfig, TaskSpec
+from ssl_engine.data.batches import BatchStream
 from ssl_engine.plugins import get_host
-from ssl_engine.train import loop
+from ssl_engine.run import build_run
 from ssl_engine.train import step as step_module
 from ssl_engine.train.loop import Trainer
 from tests.conftest import write_two_classes
@@ -75,14 +76,14 @@ def small_config(folder: Path) -> PretrainConfig:
 def train_in_process(folder: Path, out: Path) -> dict[str, torch.Tensor]:
     """Train 3 of 6 steps and checkpoint, "crash", resume in a new Trainer and finish; the final weights."""
     config = small_config(folder)
-    first = Trainer(config, get_host().registry, out)
+    first = Trainer(build_run(config, get_host().registry, out))
     (out / CONFIG_FILE).write_text(config.to_toml())
     for images, _ in first.stream.batches(0):
         first.train_step(images)
         if first.step == 3:
             first.save_checkpoint()
             break
-    trainer = Trainer(config, get_host().registry, out, resume=True)
+    trainer = Trainer(build_run(config, get_host().registry, out, resume=True))
     assert trainer.step == 3
     trainer.train()
     return {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
@@ -91,7 +92,7 @@ def train_in_process(folder: Path, out: Path) -> dict[str, torch.Tensor]:
 def test_negative_controls_resume_without_data_position_or_random_streams_diverges(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uninterrupted = Trainer(small_config(folder), get_host().registry, tmp_path / "full")
+    uninterrupted = Trainer(build_run(small_config(folder), get_host().registry, tmp_path / "full"))
     uninterrupted.train()
     expected = {key: value.detach().clone() for key, value in uninterrupted.model.state_dict().items()}
 
@@ -101,8 +102,8 @@ def test_negative_controls_resume_without_data_position_or_random_streams_diverg
     assert same(train_in_process(folder, tmp_path / "exact"))
 
     # Control 1: the data order position is not restored (the stream restarts at the epoch's beginning).
-    original_batches = loop.BatchStream.batches
-    monkeypatch.setattr(loop.BatchStream, "batches", lambda self, start_step=0: original_batches(self, 0))
+    original_batches = BatchStream.batches
+    monkeypatch.setattr(BatchStream, "batches", lambda self, start_step=0: original_batches(self, 0))
     assert not same(train_in_process(folder, tmp_path / "no-data-position"))
     monkeypatch.undo()
 
@@ -138,7 +139,7 @@ def test_corrupted_latest_checkpoint_falls_back_and_only_safetensors_is_read(
     config = small_config(folder)
     config.checkpoint_every = 2
     config.steps = 4
-    Trainer(config, get_host().registry, run).train()
+    Trainer(build_run(config, get_host().registry, run)).train()
     newest = checkpoint_paths(run)[-1]
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
 
@@ -150,7 +151,7 @@ def test_corrupted_latest_checkpoint_falls_back_and_only_safetensors_is_read(
     monkeypatch.setattr(pickle, "loads", refuse)
     config.steps = 5
     with pytest.warns(UserWarning, match=newest.name):
-        trainer = Trainer(config, get_host().registry, run, resume=True)
+        trainer = Trainer(build_run(config, get_host().registry, run, resume=True))
     assert trainer.step == 2
     trainer.train()
     assert read_checkpoint(checkpoint_paths(run)[-1]).step == 5

@@ -11,29 +11,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssl_engine.data.augment import random_crop_flip
-from ssl_engine.data.batches import BatchStream
 from ssl_engine.images import normalize, to_float
 from ssl_engine.randomness import BatchRandom
+from ssl_engine.run import Run
 from ssl_engine.task import Representation
-from ssl_engine.train.loop import DEFAULT_STEPS, Trainer
 from ssl_engine.train.optim import make_optimizer
 from ssl_engine.train.schedule import warmup_cosine
 
 
-def train_supervised(trainer: Trainer, classes: int) -> Representation:
-    """Train ``trainer``'s backbone with labels for ``trainer.total`` steps; returns its representation.
+def train_supervised(run: Run, classes: int) -> Representation:
+    """Train ``run``'s backbone with labels for its budget (``run.total_steps``); returns its representation.
 
-    ``trainer`` is only used for what it built (backbone, data stream, device, config); its tasks are ignored.
+    Only what the run built is used (backbone, batch stream, device, lr, config); its tasks are ignored.
     """
-    config, device = trainer.config, trainer.device
-    backbone = trainer.model.backbone
+    if run.stream is None:
+        raise ValueError("the supervised reference needs a run built by build_run (with a batch stream)")
+    config, device, total = run.config, run.device, run.total_steps
+    backbone = run.model.backbone
     head = nn.Linear(backbone.feature_dim, classes).to(device)
-    optimizer = make_optimizer(config.optimizer, [backbone, head], trainer.lr, config.weight_decay)
-    stream: BatchStream = trainer.stream
-    total = trainer.total or DEFAULT_STEPS
-    for step, (images, labels) in zip(range(total), stream.batches(0), strict=False):
+    optimizer = make_optimizer(config.optimizer, [backbone, head], run.lr, config.weight_decay)
+    loss = torch.zeros(())
+    for step, (images, labels) in zip(range(total), run.stream.batches(0), strict=False):
         for group in optimizer.param_groups:
-            group["lr"] = trainer.lr * warmup_cosine(step, total, round(config.warmup_fraction * total))
+            group["lr"] = run.lr * warmup_cosine(step, total, round(config.warmup_fraction * total))
         batch = to_float(images.to(device))
         batch = random_crop_flip(batch, BatchRandom(config.seed, step, "base-augment", len(batch), device=device))
         backbone.train()

@@ -1,12 +1,17 @@
-"""The pretraining loop: reads top to bottom, one step as in ``ssl_engine.task``'s diagram."""
+"""The pretraining loop: reads top to bottom, one step as in ``ssl_engine.task``'s diagram.
+
+It consumes a :class:`~ssl_engine.run.Run` (built and validated by :func:`~ssl_engine.run.build_run`) and adds only
+what training needs: the optimizers, the online probe, DDP, the resumed optimizer and generator states::
+
+    run = build_run(config, registry, out, resume=...)   # validated, model restored, stream ready
+    Trainer(run).train()                                 # steps, logging, checkpoints
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,39 +29,25 @@ from ssl_engine.checkpoint import (
     module_tensors,
     optimizer_tensors,
     prune_checkpoints,
-    read_checkpoint,
     restore_optimizer,
     restore_rng,
     rng_tensors,
     write_atomic,
     write_latest,
 )
-from ssl_engine.config import CONFIG_FILE, RESUMABLE_CHANGES, PretrainConfig
 from ssl_engine.data.augment import random_crop_flip
-from ssl_engine.data.batches import BatchStream
-from ssl_engine.data.catalog import resolve_data
-from ssl_engine.data.options import DataOptions
-from ssl_engine.distributed import (
-    World,
-    average_gradients,
-    barrier,
-    init_from_env,
-    max_over_ranks,
-    mean_over_ranks,
-)
+from ssl_engine.distributed import average_gradients, barrier, max_over_ranks, mean_over_ranks
 from ssl_engine.images import to_float
-from ssl_engine.registry import Registry
+from ssl_engine.plugin_failure import PluginCodeError
+from ssl_engine.run import Run
+from ssl_engine.run_directory import METRICS_FILE, set_aside, truncate_metrics, write_config
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
 from ssl_engine.train.metrics_log import MetricsLog
-from ssl_engine.train.model import PretrainModel, RunSetupError, resolve_image_size, task_classes
 from ssl_engine.train.online_probe import OnlineProbe, count_classes
-from ssl_engine.train.optim import DEFAULT_LR, make_optimizer
+from ssl_engine.train.optim import make_optimizer
 from ssl_engine.train.progress import Progress
 from ssl_engine.train.schedule import warmup_cosine
 from ssl_engine.train.step import PretextStep, StepResult, StepSlice
-from ssl_engine.train.sync_batchnorm import convert_to_global_batchnorm
-
-DEFAULT_STEPS = 600
 
 
 class CheckpointWriteError(OSError):
@@ -65,25 +56,6 @@ class CheckpointWriteError(OSError):
     def __init__(self, path: Path, error: BaseException, last_good: str) -> None:
         cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         super().__init__(f"cannot write checkpoint {path}: {cause}; {last_good}")
-
-
-class RunDirectoryError(ValueError):
-    """The run directory can't be used as asked (exists without --resume, nothing to resume, ...)."""
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA, else MPS, else CPU; an explicit device that isn't there is an error."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for but MPS is not available")
-    return torch.device(requested)
 
 
 @dataclass
@@ -96,134 +68,26 @@ class RunResult:
     probe: dict[str, Any] | None = None
 
 
-def saved_config(out: Path) -> PretrainConfig:
-    """The resolved config kept in a run directory (for ``--resume``)."""
-    if not (out / CONFIG_FILE).is_file():
-        raise RunDirectoryError(f"--resume: {out} is not a run directory (no {CONFIG_FILE})")
-    return PretrainConfig.load(out / CONFIG_FILE)
-
-
-def check_resume_changes(saved: PretrainConfig, config: PretrainConfig, force: bool) -> None:
-    """Refuse a resume whose config differs in anything but budget, logging and placement (unless ``force``)."""
-    changed = [(key, old, new) for key, old, new in saved.differences(config) if key not in RESUMABLE_CHANGES]
-    if changed and not force:
-        details = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
-        raise RunDirectoryError(f"--resume would change the run ({details}); pass --force to accept")
-
-
-def prepare_run_dir(out: Path, resume: bool, create: bool = True) -> None:
-    """Create ``out`` for a new run (only checked when ``create`` is False: ranks other than 0), or check that it
-    is a run directory for ``--resume``."""
-    if resume:
-        saved_config(out)
-        return
-    if out.exists() and any(out.iterdir()):
-        raise RunDirectoryError(
-            f"run directory {out} already exists; pass --resume to continue it or pick another --out"
-        )
-    if create:
-        out.mkdir(parents=True, exist_ok=True)
-
-
-DAMAGED_DIR = "damaged"
-
-
-def set_aside(paths: list[Path], out: Path) -> list[Path]:
-    """Move unusable checkpoint files into ``out/damaged/`` (kept for inspection, out of the resume's way)."""
-    if not paths:
-        return []
-    folder = out / DAMAGED_DIR
-    folder.mkdir(exist_ok=True)
-    moved = []
-    for path in paths:
-        target = folder / path.name
-        path.replace(target)
-        moved.append(target)
-    return moved
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric lines up to ``step``: later ones belong to steps a resumed run trains again (a line cut
-    short by a crash is dropped too)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError):
-            continue
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def total_steps(config: PretrainConfig, steps_per_epoch: int) -> int:
-    """``--steps``, else ``--epochs`` worth of steps, else :data:`DEFAULT_STEPS`."""
-    if config.steps is not None:
-        return config.steps
-    if config.epochs is not None:
-        return max(1, round(config.epochs * steps_per_epoch))
-    return DEFAULT_STEPS
-
-
 class Trainer:
-    """Builds everything a run needs from its config, then trains.
+    """Trains a :class:`~ssl_engine.run.Run` from its current step to the end of its budget.
 
     Args:
-        config: the resolved run config.
-        registry: plugins' registry.
-        out: the run directory.
-        resume: continue from the latest checkpoint in ``out`` that reads back and fits the model.
-        force: with ``resume``, accept config changes beyond budget, logging and placement.
-        restart: with ``resume``, start again from step 0 when no checkpoint in ``out`` can be used (the unusable
-            files are moved to ``out/damaged/``); without it, that is an error listing each file.
+        run: the assembled run (with ``out`` and ``stream``); its model is trained in place.
+
+    Raises:
+        CheckpointError: the checkpoint the run resumed from holds optimizer or generator states that do not fit.
     """
 
-    def __init__(
-        self,
-        config: PretrainConfig,
-        registry: Registry,
-        out: Path,
-        resume: bool = False,
-        force: bool = False,
-        restart: bool = False,
-    ) -> None:
-        self.config, self.registry, self.out = config, registry, out
-        self.device = pick_device(config.device)
-        self.world: World = init_from_env(self.device.type)
-        if self.device.type == "cuda" and self.world.distributed:
-            self.device = torch.device("cuda", self.world.local_rank)
-        task_classes(config, registry)  # names and mix checked before anything is created
-        self.image_size = resolve_image_size(config, registry)
-        registry.get("backbone", config.backbone)
-        self.source = resolve_data(
-            config.data,
-            registry,
-            DataOptions(Path(config.data_dir) if config.data_dir else None, config.download),
-        )
-        for spec in config.tasks:
-            registry.get("task", spec.name).obj.check_images(self.image_size, self.source.color)
-        # Building the model validates settings, heads and losses; it is cheap, so it comes before the run
-        # directory is touched and before the data is read.
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)  # Python's generator too: its state is saved, so identical runs write identical files
-        model = PretrainModel(config, registry, self.image_size)
-        if config.sync_bn and self.world.distributed:
-            convert_to_global_batchnorm(model, self.device.type)
-        self.model = model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-        for runtime in self.model.runtimes:
-            # The kept config pins every setting's parsed value, defaults included, so it reproduces the run.
-            runtime.spec.settings = dict(runtime.task.config)
-        dataset = self.source.split(self.source.pretrain_split, self.image_size)  # opened (and checked), not read
-        if resume:
-            check_resume_changes(saved_config(out), config, force)
-        prepare_run_dir(out, resume, create=self.world.is_main)
-        barrier(self.world)  # every rank has checked the directory before rank 0 writes into it
-        base_lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
-        # Linear scaling rule (Goyal et al. 2017): the given lr is that of one process's batch.
-        self.lr = base_lr * (self.world.size if config.scale_lr else 1)
+    def __init__(self, run: Run) -> None:
+        if run.out is None or run.stream is None or run.source is None:
+            raise ValueError("Trainer needs a run built by build_run (with a run directory and a batch stream)")
+        self.run = run
+        self.config, self.model, self.device, self.world = run.config, run.model, run.device, run.world
+        self.out: Path = run.out
+        self.stream = run.stream
+        self.source = run.source
+        self.image_size, self.total, self.lr = run.image_size, run.total_steps, run.lr
+        config = self.config
         self.optimizer = make_optimizer(
             config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
         )
@@ -232,27 +96,14 @@ class Trainer:
             for runtime in self.model.runtimes
             if any(True for _ in runtime.aux.parameters())
         }
-        self.stream = BatchStream.for_dataset(
-            dataset,
-            config.batch_size,
-            config.seed,
-            workers=config.workers,
-            device=self.device,
-            rank=self.world.rank,
-            world=self.world.size,
-        )
-        self.total = total_steps(config, self.stream.steps_per_epoch)
         self.online_probe: OnlineProbe | None = None
         if config.online_probe:
-            if not self.source.labelled:
-                raise RunSetupError(f"--online-probe needs labels; data {config.data!r} has none")
+            dataset = self.source.split(self.source.pretrain_split, self.image_size)
             classes = count_classes(dataset, self.stream.labels)
             self.online_probe = OnlineProbe(self.model.representation().feature_dim, classes).to(self.device)
         self.step = 0
-        self.resumed: LoadedCheckpoint | None = None
-        self.damaged: list[Path] = []  # checkpoint files a resume could not use, set aside when training starts
-        if resume:
-            self.resumed = self._resume(restart)
+        if run.checkpoint is not None:
+            self._restore_training_state(run.checkpoint)
         self.forward_step = PretextStep(self.model)
         if config.compile:
             self.model.backbone.compile()
@@ -271,60 +122,9 @@ class Trainer:
         # Per task: the first step whose loss was not finite (0: none yet), kept on the device.
         self._first_non_finite = torch.zeros(len(self.model.runtimes), dtype=torch.long, device=self.device)
 
-    def _resume(self, restart: bool) -> LoadedCheckpoint | None:
-        """Restore the newest checkpoint of the run directory that reads back and fits the model, falling back
-        past damaged ones (each reported). ``None``: starting again from step 0, said so.
-
-        Raises:
-            RunDirectoryError: checkpoints exist but none can be used, and ``restart`` was not given (each file and
-                why are listed; nothing in the directory is touched).
-        """
-        problems: list[tuple[Path, str]] = []
-        for path in reversed(checkpoint_paths(self.out)):
-            try:
-                checkpoint = read_checkpoint(path)
-                self._restore(checkpoint)
-            except CheckpointError as error:
-                problems.append((path, str(error)))
-                continue
-            for _, why in problems:
-                warnings.warn(
-                    f"{why}; it is set aside in {self.out / DAMAGED_DIR} and the run resumes from {path.name}",
-                    stacklevel=2,
-                )
-            self.damaged = [damaged for damaged, _ in problems]
-            return checkpoint
-        if problems and not restart:
-            listed = "".join(f"\n  {why}" for _, why in problems)
-            raise RunDirectoryError(
-                f"--resume: no checkpoint in {self.out} can be used, nothing was changed:{listed}\n"
-                f"pass --restart to set them aside in {self.out / DAMAGED_DIR} and start again from step 0"
-            )
-        if problems:
-            warnings.warn(
-                f"--restart: none of the {len(problems)} checkpoints of {self.out} can be used; they are moved to "
-                f"{self.out / DAMAGED_DIR} and the run starts again from step 0",
-                stacklevel=2,
-            )
-        else:
-            warnings.warn(
-                f"{self.out} holds no checkpoint yet (the run stopped before its first one): starting again from "
-                "step 0",
-                stacklevel=2,
-            )
-        self.damaged = [path for path, _ in problems]
-        if self.world.is_main:
-            truncate_metrics(self.out / "metrics.jsonl", 0)
-        return None
-
-    def _restore(self, checkpoint: LoadedCheckpoint) -> None:
-        """Load every module, optimizer and generator from ``checkpoint`` (:class:`CheckpointError` if it does not
-        fit this run's model)."""
+    def _restore_training_state(self, checkpoint: LoadedCheckpoint) -> None:
+        """The optimizers, online probe and generators of ``checkpoint`` (the model was restored by the run)."""
         try:
-            load_module_state(self.model.backbone, checkpoint, "model")
-            for name in self.model.task_modules:
-                load_module_state(self.model.task_modules[name], checkpoint, f"task/{name}")
-                load_module_state(self.model.aux_modules[name], checkpoint, f"aux/{name}")
             groups = json.loads(checkpoint.metadata["optim"])
             restore_optimizer(self.optimizer, "optim/main", checkpoint.tensors, groups["main"])
             for name, optimizer in self.aux_optimizers.items():
@@ -335,11 +135,9 @@ class Trainer:
             restore_rng(checkpoint.tensors, checkpoint.metadata["python_rng"])
         except CheckpointError:
             raise
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:  # optimizer or generator state that fits not
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise CheckpointError(f"{checkpoint.path} does not fit this run: {type(error).__name__}: {error}") from None
         self.step = checkpoint.step
-        if self.world.is_main:
-            truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     def checked_state(self) -> list[tuple[str, torch.Tensor]]:
         """Every floating tensor a checkpoint would hold (model, task and aux modules, optimizer states), by name,
@@ -440,6 +238,7 @@ class Trainer:
         """One optimisation step, with no host-device synchronisation: the logged values stay 0-d tensors on
         the device (the lr is a float)."""
         config, step = self.config, self.step
+        self.model.clock.step = step
         scale = warmup_cosine(step, self.total, round(config.warmup_fraction * self.total))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * scale
@@ -478,6 +277,15 @@ class Trainer:
                 average_gradients(runtime.aux, self.world)
                 aux_optimizer.step()
                 logged |= {f"{runtime.spec.name}/{term}": value.detach() for term, value in aux_terms.items()}
+        # Momentum teachers, queues and centres follow the updated networks, outside autograd.
+        with torch.no_grad(), self.autocast():
+            for runtime, pretext, output in result.outputs:
+                try:
+                    runtime.task.after_step(self.model.backbone, runtime.modules, runtime.aux, pretext, output)
+                except Exception as error:
+                    if runtime.origin is None:
+                        raise
+                    raise PluginCodeError(runtime.origin, "after_step", error) from error
         self.step += 1
         return logged
 
@@ -536,14 +344,14 @@ class Trainer:
         main = self.world.is_main
         barrier(self.world)  # every process has read the checkpoints before any file is moved
         if main:  # written on resume too, so the kept config shows the budget the run now has
-            set_aside(self.damaged, self.out)
-            self.damaged = []
-            (self.out / CONFIG_FILE).write_text(self.config.to_toml())
+            set_aside(self.run.damaged, self.out)
+            truncate_metrics(self.out / METRICS_FILE, self.step)
+            write_config(self.out, self.config)
         progress = Progress(self.total, start=self.step, every=self.config.log_every, enabled=main)
         logged: dict[str, float] = {}
         since, images_since = time.perf_counter(), 0
         stop = StopRequest()
-        with MetricsLog(self.out, enabled=main) as metrics, stop.installed():
+        with MetricsLog(self.out, enabled=main, start_step=self.step) as metrics, stop.installed():
             for images, labels in self.stream.batches(self.step):
                 if self.step >= self.total:
                     break

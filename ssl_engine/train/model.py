@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,11 +10,12 @@ import torch
 from torch import nn
 
 from ssl_engine.backbones.base import Backbone
+from ssl_engine.checkpoint import LoadedCheckpoint, load_module_state, module_tensors
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.registry import Registered, Registry, UnknownNameError
 from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import PretextTask, Representation, TaskContext
+from ssl_engine.task import PretextTask, Representation, StepClock, TaskContext
 
 
 class RunSetupError(ValueError):
@@ -54,6 +56,18 @@ def task_classes(config: PretrainConfig, registry: Registry) -> list[type[Pretex
                 f"{', '.join(n for n in names if n != loners[0])}"
             )
     return classes
+
+
+def pinned_settings(config: PretrainConfig, registry: Registry) -> PretrainConfig:
+    """A copy of ``config`` whose tasks' settings hold every declared setting's parsed value, defaults included, so
+    the kept config reproduces the run whatever the defaults become (raises :class:`SettingError` on bad ones)."""
+    tasks = [
+        dataclasses.replace(
+            spec, settings=resolve_settings(spec.name, registry.get("task", spec.name).obj.settings, spec.settings)
+        )
+        for spec in config.tasks
+    ]
+    return dataclasses.replace(config, tasks=tasks)
 
 
 DEFAULT_KINDS = {"head": "classifier", "loss": "classification"}
@@ -157,6 +171,7 @@ class PretrainModel(nn.Module):
             return built
 
         self.backbone = make_backbone(3)
+        self.clock = StepClock()  # the run sets its total and, before each step, its step
         self.task_modules = nn.ModuleDict()
         self.aux_modules = nn.ModuleDict()
         self.runtimes: list[TaskRuntime] = []
@@ -174,15 +189,23 @@ class PretrainModel(nn.Module):
                 make_head=checked_factory(head, nn.Module),
                 loss_fn=loss.obj(),
                 make_backbone=make_backbone,
+                clock=self.clock,
             )
             origin = registry.get("task", spec.name)
             task, modules, aux = build_task(origin, task_class, context)
             self.task_modules[spec.name] = modules
             self.aux_modules[spec.name] = aux
             self.runtimes.append(TaskRuntime(spec, task, modules, aux, origin))
+        for runtime in self.runtimes:
+            try:
+                runtime.task.setup(self.backbone, runtime.modules, runtime.aux)
+            except Exception as error:
+                origin = runtime.origin or registry.get("task", runtime.spec.name)
+                raise PluginCodeError(origin, "setup", error) from error
 
     def main_parameters_modules(self) -> list[nn.Module]:
-        """What the main optimizer trains: the backbone and every task's modules (not aux)."""
+        """What the main optimizer trains: the backbone and every task's modules (not aux); of these, only
+        parameters with ``requires_grad`` (a momentum teacher's are not)."""
         return [self.backbone, self.task_modules]
 
     def representation(self, task: str | None = None) -> Representation:
@@ -194,10 +217,27 @@ class PretrainModel(nn.Module):
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Every module's state under the checkpoint layout's ``model/``, ``task/`` and ``aux/`` prefixes."""
-        from ssl_engine.checkpoint import module_tensors
-
         tensors = module_tensors("model", self.backbone.state_dict())
         for name in self.task_modules:
             tensors |= module_tensors(f"task/{name}", self.task_modules[name].state_dict())
             tensors |= module_tensors(f"aux/{name}", self.aux_modules[name].state_dict())
         return tensors
+
+    def load_state(self, checkpoint: LoadedCheckpoint) -> None:
+        """Load every module saved under ``model/``, ``task/`` and ``aux/`` (the inverse of :meth:`state_tensors`).
+
+        Raises:
+            CheckpointError: a module's saved state is missing keys, has extra ones or a tensor of another shape.
+        """
+        load_module_state(self.backbone, checkpoint, "model")
+        for name in self.task_modules:
+            load_module_state(self.task_modules[name], checkpoint, f"task/{name}")
+            load_module_state(self.aux_modules[name], checkpoint, f"aux/{name}")
+
+
+def build_model(config: PretrainConfig, registry: Registry, image_size: int, seed: int | None = None) -> PretrainModel:
+    """The run's model, on the CPU; with ``seed``, initialised from ``torch.manual_seed(seed)`` (the network a run
+    with that seed starts from, e.g. the random-init reference of the probe)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return PretrainModel(config, registry, image_size)

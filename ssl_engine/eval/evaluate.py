@@ -1,55 +1,57 @@
-"""Evaluating runs: ``sslx evaluate`` and the linear probe printed at the end of ``sslx pretrain``."""
+"""Evaluating runs: ``sslx evaluate`` and the linear probe printed at the end of ``sslx pretrain``.
+
+Both consume a :class:`~ssl_engine.run.Run`: a finished one read back with :func:`~ssl_engine.run.load_run`, or the
+one just trained. Results are written into the run directory atomically.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ssl_engine.data.catalog import resolve_data
+from ssl_engine.atomic_files import write_json_atomic
+from ssl_engine.data.catalog import DataSource, resolve_data
 from ssl_engine.data.options import DataError, DataOptions
+from ssl_engine.distributed import pick_device
 from ssl_engine.eval.context import EvalContext
 from ssl_engine.registry import Registry
-from ssl_engine.run import load_run
+from ssl_engine.run import Run, load_run
 from ssl_engine.task import Representation
-from ssl_engine.train.loop import Trainer, pick_device
-from ssl_engine.train.model import PretrainModel
+from ssl_engine.train.model import build_model
+
+PROBE_FILE = "probe.json"
 
 
 def run_protocol(
     protocol: str, registry: Registry, representation: Representation, context_args: dict[str, Any]
 ) -> dict[str, Any]:
+    """Call the registered evaluator ``protocol`` on ``representation``; its result as a plain dict."""
     evaluate = registry.get("evaluator", protocol).obj
     return dict(evaluate(EvalContext(representation=representation, **context_args)))
 
 
-def probe_against_random(trainer: Trainer, protocol: str = "linear") -> dict[str, Any]:
-    """Linear-probe the trained representation and the same backbone at its random initialisation.
+def probe_against_random(run: Run, step: int | None = None, protocol: str = "linear") -> dict[str, Any]:
+    """Linear-probe the run's trained representation and the same backbone at its random initialisation.
 
-    The random model is rebuilt with the run's seed, so it is exactly the network training started from.
-    The report is also written to ``RUN_DIR/probe.json``.
+    ``step`` is the step the model's weights are at (default: the checkpoint the run was built from).
+
+    The random model is rebuilt with the run's seed (:func:`~ssl_engine.train.model.build_model`), so it is exactly
+    the network training started from. The report is also written to ``RUN_DIR/probe.json``.
     """
-    config, registry = trainer.config, trainer.registry
-    args = {
-        "source": trainer.source,
-        "image_size": trainer.image_size,
-        "device": trainer.device,
-        "seed": config.seed,
-    }
-    trained = run_protocol(protocol, registry, trainer.model.representation(), args)
-    torch.manual_seed(config.seed)
-    random_model = PretrainModel(config, registry, trainer.image_size).to(trainer.device)
-    baseline = run_protocol(protocol, registry, random_model.representation(), args)
+    source: DataSource = run.data()
+    args = {"source": source, "image_size": run.image_size, "device": run.device, "seed": run.config.seed}
+    trained = run_protocol(protocol, run.registry, run.model.representation(), args)
+    random_model = build_model(run.config, run.registry, run.image_size, seed=run.config.seed).to(run.device)
+    baseline = run_protocol(protocol, run.registry, random_model.representation(), args)
     report = {
         "protocol": protocol,
-        "data": config.data,
-        "step": trainer.step,
+        "data": run.config.data,
+        "step": run.step if step is None else step,
         "pretrained": trained,
         "random_init": baseline,
     }
-    (trainer.out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+    if run.out is not None:
+        write_json_atomic(run.out / PROBE_FILE, report)
     return report
 
 
@@ -74,7 +76,7 @@ def evaluate_run(
     registry.get("evaluator", protocol)  # unknown protocol -> error listing the valid ones, before any work
     if label_fraction is not None and not 0 < label_fraction <= 1:
         raise DataError(f"--label-fraction must be in (0, 1], got {label_fraction}")
-    run = load_run(run_dir, registry)
+    run = load_run(run_dir, registry, device=pick_device(device))
     data_name = data or run.config.data
     data_options = DataOptions(
         data_dir if data_dir is not None else (Path(run.config.data_dir) if run.config.data_dir else None),
@@ -83,8 +85,7 @@ def evaluate_run(
     source = resolve_data(data_name, registry, data_options)
     if not source.labelled:
         raise DataError(f"data {data_name!r} has no labels; evaluation needs a labelled data set")
-    target = pick_device(device)
-    representation = run.model.representation(task).to(target)
+    representation = run.model.representation(task)
     task_name = task or run.config.tasks[0].name
     safe_name = data_name.replace("/", "_").strip("_.")
     result = run_protocol(
@@ -94,17 +95,17 @@ def evaluate_run(
         {
             "source": source,
             "image_size": run.image_size,
-            "device": target,
+            "device": run.device,
             "seed": run.config.seed,
             "label_fraction": label_fraction,
             "options": dict(options or {}),
             "cache_dir": run_dir / "features",
-            "cache_key": f"{safe_name}-{run.image_size}px-step{run.checkpoint.step}-{task_name}",
+            "cache_key": f"{safe_name}-{run.image_size}px-step{run.step}-{task_name}",
         },
     )
-    result |= {"run": str(run_dir), "data": data_name, "step": run.checkpoint.step, "task": task_name}
+    result |= {"run": str(run_dir), "data": data_name, "step": run.step, "task": task_name}
     if label_fraction is not None:
         result["label_fraction"] = label_fraction
     suffix = f"-labels{label_fraction:g}" if label_fraction is not None else ""
-    (run_dir / f"eval-{protocol}-{safe_name}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(run_dir / f"eval-{protocol}-{safe_name}{suffix}.json", result)
     return result
