@@ -186,9 +186,17 @@ class PretrainConfig:
     device: str = declared(
         "auto",
         FieldRule(
-            "Where to train; auto picks CUDA (bf16 autocast), then MPS, then the CPU.",
+            "Where to train; auto picks CUDA, then MPS, then the CPU.",
             choices=DEVICE_NAMES,
             resumable=True,
+        ),
+    )
+    precision: str = declared(
+        "auto",
+        FieldRule(
+            "Numerics: auto is bf16 autocast on a GPU (fp16 with a gradient scaler where bf16 is missing), float32 "
+            "elsewhere.",
+            choices=("auto", "bf16-mixed", "16-mixed", "32"),
         ),
     )
     workers: int = declared(2, FieldRule("Data-loading processes.", minimum=0, maximum=256, resumable=True))

@@ -49,6 +49,7 @@ from ssl_engine.train.model import (
     task_classes,
 )
 from ssl_engine.train.optim import DEFAULT_LR
+from ssl_engine.train.precision import Precision, resolve_precision
 from ssl_engine.train.sync_batchnorm import convert_to_global_batchnorm
 
 DEFAULT_STEPS = 600
@@ -74,6 +75,7 @@ class Run:
         lr: the peak learning rate (scaled by the process count with ``--scale-lr``).
         checkpoint: what the model was restored from (``None``: fresh initialisation).
         damaged: checkpoints a resume had to skip; the trainer sets them aside in ``RUN_DIR/damaged/``.
+        precision: the autocast dtype and loss scaling on ``device`` (``--precision``, resolved).
     """
 
     config: PretrainConfig
@@ -89,6 +91,7 @@ class Run:
     lr: float = 0.05
     checkpoint: LoadedCheckpoint | None = None
     damaged: tuple[Path, ...] = ()
+    precision: Precision = Precision("32", "cpu")
 
     @property
     def step(self) -> int:
@@ -149,6 +152,7 @@ def build_run(
     device = pick_device(config.device)
     world = init_from_env(device.type)
     device = pick_device(config.device, world)
+    precision = resolve_precision(config.precision, device)
     source = resolve_data(
         config.data, registry, DataOptions(Path(config.data_dir) if config.data_dir else None, config.download)
     )
@@ -195,6 +199,7 @@ def build_run(
         lr=base_lr * (world.size if config.scale_lr else 1),
         checkpoint=checkpoint,
         damaged=damaged,
+        precision=precision,
     )
 
 

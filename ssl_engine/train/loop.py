@@ -49,6 +49,9 @@ from ssl_engine.train.progress import Progress
 from ssl_engine.train.schedule import warmup_cosine
 from ssl_engine.train.step import PretextStep, StepResult, StepSlice
 
+# The gradient scalers' states in the checkpoint's ``optim`` metadata (a "/" can't be in a task's name).
+SCALERS_KEY = "amp/scalers"
+
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the message names the file, the cause and the last good checkpoint."""
@@ -96,6 +99,13 @@ class Trainer:
             for runtime in self.model.runtimes
             if any(True for _ in runtime.aux.parameters())
         }
+        # One gradient scaler per optimizer under --precision 16-mixed (none otherwise); saved with the checkpoint.
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+        if run.precision.scaled:
+            for name in ["main", *self.aux_optimizers]:
+                scaler = run.precision.scaler()
+                assert scaler is not None
+                self.scalers[name] = scaler
         self.online_probe: OnlineProbe | None = None
         if config.online_probe:
             dataset = self.source.split(self.source.pretrain_split, self.image_size)
@@ -132,6 +142,10 @@ class Trainer:
             if self.online_probe is not None and "probe" in groups:
                 load_module_state(self.online_probe, checkpoint, "probe")
                 restore_optimizer(self.online_probe.optimizer, "optim/probe", checkpoint.tensors, groups["probe"])
+            saved_scalers = json.loads(groups.get(SCALERS_KEY, "{}"))
+            for name, scaler in self.scalers.items():
+                if name in saved_scalers:
+                    scaler.load_state_dict(saved_scalers[name])
             restore_rng(checkpoint.tensors, checkpoint.metadata["python_rng"])
         except CheckpointError:
             raise
@@ -203,6 +217,8 @@ class Trainer:
             tensors |= module_tensors("probe", self.online_probe.state_dict())
             probe_tensors, groups["probe"] = optimizer_tensors("optim/probe", self.online_probe.optimizer)
             tensors |= probe_tensors
+        if self.scalers:
+            groups[SCALERS_KEY] = json.dumps({name: scaler.state_dict() for name, scaler in self.scalers.items()})
         random_tensors, python_rng = rng_tensors()
         tensors |= random_tensors
         path = checkpoint_path(self.out, self.step)
@@ -223,9 +239,20 @@ class Trainer:
         return path
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The run's autocast region (``--precision``; nothing for float32)."""
+        return self.run.precision.autocast()
+
+    def optimizer_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, name: str) -> None:
+        """``loss.backward()`` and the optimizer's step, through its gradient scaler under ``16-mixed``."""
+        scaler = self.scalers.get(name)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     def train_step(self, images_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
         """One optimisation step on a uint8 batch ``(B, 3, S, S)``, its logged values read back (a host sync;
@@ -256,9 +283,7 @@ class Trainer:
             (self._first_non_finite == 0) & ~finite, torch.full_like(self._first_non_finite, step + 1),
             self._first_non_finite,
         )  # fmt: skip
-        self.optimizer.zero_grad(set_to_none=True)
-        result.total.backward()
-        self.optimizer.step()
+        self.optimizer_step(result.total, self.optimizer, "main")
         logged: dict[str, torch.Tensor | float] = {"lr": self.lr * scale, **result.logged}
         if self.online_probe is not None and labels is not None:
             logged |= self.online_probe.step(self.model.representation(), images, labels.to(self.device), self.world)
@@ -272,10 +297,16 @@ class Trainer:
             with self.autocast():
                 aux_terms = runtime.task.aux_losses(runtime.aux, pretext, output)
             if aux_terms:
+                aux_total = sum(aux_terms.values(), torch.zeros((), device=self.device))
+                scaler = self.scalers.get(runtime.spec.name)
                 aux_optimizer.zero_grad(set_to_none=True)
-                sum(aux_terms.values(), torch.zeros((), device=self.device)).backward()
+                (scaler.scale(aux_total) if scaler is not None else aux_total).backward()
                 average_gradients(runtime.aux, self.world)
-                aux_optimizer.step()
+                if scaler is None:
+                    aux_optimizer.step()
+                else:
+                    scaler.step(aux_optimizer)
+                    scaler.update()
                 logged |= {f"{runtime.spec.name}/{term}": value.detach() for term, value in aux_terms.items()}
         # Momentum teachers, queues and centres follow the updated networks, outside autograd.
         with torch.no_grad(), self.autocast():
