@@ -325,7 +325,8 @@ def pretrain(**options: Any) -> None:
     say = click.echo if world.is_main else _quiet  # one voice under torchrun: rank 0 reports and probes
     say(
         f"pretraining {', '.join(t.name for t in config.tasks)} on {config.data} ({run.image_size} px), "
-        f"backbone {config.backbone}, {run.total_steps} steps on {run.device} ({run.precision.name}), run directory {out}",
+        f"backbone {config.backbone}, {run.total_steps} steps on {run.device} ({run.precision.name}), "
+        f"run directory {out}",
         err=True,
     )
     try:
