@@ -8,6 +8,25 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where there is one; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def with_user_permissions(path: Path) -> None:
+    """Give ``path`` the permissions of any file the user creates (``0o666`` less the umask): safetensors writes
+    its files ``0o600``, which colleagues on a shared cluster could not read."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync it and rename it over ``path``; the temporary
     file is removed if writing fails (the old ``path`` is then untouched)."""

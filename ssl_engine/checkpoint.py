@@ -52,6 +52,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ssl_engine.atomic_files import with_user_permissions
 from ssl_engine.config import ConfigError, PretrainConfig
 
 FORMAT = "sslx.checkpoint"
@@ -178,6 +179,7 @@ def write_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
     try:
         save_file(cpu, str(temporary), metadata=header)
         _sort_metadata_in_place(temporary)
+        with_user_permissions(temporary)
         _replace_atomically(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

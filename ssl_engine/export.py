@@ -21,6 +21,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ssl_engine.atomic_files import with_user_permissions
 from ssl_engine.backbones.resnet import ResNetBackbone
 from ssl_engine.images import normalize
 from ssl_engine.registry import Registry
@@ -74,6 +75,7 @@ def export_representation(run_dir: Path, out: Path, registry: Registry, task: st
         metadata |= {"layout": "torchvision", "architecture": backbone.architecture,
                      "small_stem": json.dumps(backbone.small_stem)}  # fmt: skip
         save_file(state, str(out), metadata=metadata)
+        with_user_permissions(out)
         lines = [f"model = torchvision.models.{backbone.architecture}()"]
         if backbone.small_stem:
             lines += list(SMALL_STEM_LINES)
@@ -87,6 +89,7 @@ def export_representation(run_dir: Path, out: Path, registry: Registry, task: st
     architecture = type(backbone).__name__ if backbone is not None else type(representation).__name__
     metadata |= {"layout": "sslx", "architecture": architecture, "config": run.config.to_json()}
     save_file(state, str(out), metadata=metadata)
+    with_user_permissions(out)
     message = (
         f"the representation of task {task_name!r} ({architecture}) is not a torchvision model, so it was exported "
         f"in sslx's own layout (the Representation module's state_dict); load it with "

@@ -279,3 +279,13 @@ def test_plugin_failures_through_the_cli_are_one_line_naming_the_distribution(tm
     assert "SSLX_DEBUG=1" in result.stderr
     debug = sslx("--debug", *args, "--out", tmp_path / "debug", env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr, debug.stderr
+
+
+def test_checkpoints_and_exports_follow_the_users_umask(invoke, finished: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from ssl_engine.atomic_files import current_umask
+
+    expected = 0o666 & ~current_umask()
+    assert all(path.stat().st_mode & 0o777 == expected for path in checkpoint_paths(finished))
+    exported = invoke("export", finished, "--out", tmp_path / "backbone.safetensors")
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "backbone.safetensors").stat().st_mode & 0o777 == expected
