@@ -585,9 +585,11 @@ def show(
 
 def _add_command_modules() -> None:
     """Subcommands that live in their own modules."""
+    from ssl_engine.embed import embed
     from ssl_engine.scaffold import new_plugin
 
     main.add_command(new_plugin)
+    main.add_command(embed)
 
 
 _add_command_modules()

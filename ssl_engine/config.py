@@ -158,11 +158,29 @@ class PretrainConfig:
         FieldRule("Registered data set or a folder of images.", max_length=MAX_PATH_LENGTH, metavar="NAME|PATH"),
     )
     data_dir: str | None = declared(
-        None, FieldRule("Where downloadable data sets live.", max_length=MAX_PATH_LENGTH, path=True)
+        None,
+        FieldRule(
+            "Where downloadable data sets live (DIR/NAME/ or torchvision's own layout) [default: $SSLX_DATA_DIR, "
+            "else ~/.cache/sslx/data].",
+            max_length=MAX_PATH_LENGTH,
+            path=True,
+        ),
     )
     download: bool = declared(False, FieldRule("Allow downloading the data set."))
+    verify_images: bool = declared(
+        False,
+        FieldRule(
+            "Decode every image of a folder before training and leave out unreadable ones (slow on large folders; "
+            "by default a folder is only listed, and a file that fails to decode is skipped when loaded)."
+        ),
+    )
     image_size: int | None = declared(
-        None, FieldRule("Image side in px [default: the task's].", minimum=8, maximum=1024)
+        None,
+        FieldRule(
+            "Image side in px [default: the tasks'; for folders and shards 224 on CUDA, 96 elsewhere].",
+            minimum=8,
+            maximum=1024,
+        ),
     )
     batch_size: int = declared(64, FieldRule("Images per step.", minimum=2, maximum=1 << 20))
     steps: int | None = declared(

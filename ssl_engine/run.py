@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -102,8 +102,7 @@ class Run:
         """The config's data set (resolved now for a loaded run)."""
         if self.source is not None:
             return self.source
-        options = DataOptions(Path(self.config.data_dir) if self.config.data_dir else None, self.config.download)
-        return resolve_data(self.config.data, self.registry, options)
+        return resolve_data(self.config.data, self.registry, DataOptions.of_config(self.config))
 
 
 def total_steps(config: PretrainConfig, steps_per_epoch: int) -> int:
@@ -153,9 +152,10 @@ def build_run(
     world = init_from_env(device.type)
     device = pick_device(config.device, world)
     precision = resolve_precision(config.precision, device)
-    source = resolve_data(
-        config.data, registry, DataOptions(Path(config.data_dir) if config.data_dir else None, config.download)
-    )
+    source = resolve_data(config.data, registry, DataOptions.of_config(config))
+    if config.image_size is None and source.file_backed:  # photographs get a size of their own, kept in the config
+        image_size = source.default_image_size(image_size, device)
+        config = replace(config, image_size=image_size)
     for spec in config.tasks:
         registry.get("task", spec.name).obj.check_images(image_size, source.color)
     if config.online_probe and not source.labelled:

@@ -33,7 +33,7 @@ def bad_folder(root: Path) -> Path:
 def test_unreadable_files_are_skipped_counted_and_named(tmp_path: Path) -> None:
     root = bad_folder(tmp_path)
     with pytest.warns(UnreadableImagesWarning, match=r"skipped 3 unreadable image\(s\) of 19") as caught:
-        dataset = image_folder(root, "train", 16)
+        dataset = image_folder(root, "train", 16, verify=True)
     message = str(caught[0].message)
     assert all(name in message for name in ("zero.png", "garbage.jpg", "truncated.png"))
     by_name = {path.name: index for index, (path, _) in enumerate(dataset.files)}
@@ -51,7 +51,7 @@ def test_folder_with_no_readable_image_fails_before_training(invoke, tmp_path: P
     for name in ("a.png", "b.png"):
         (data / name).write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match="no readable image"), pytest.warns(UnreadableImagesWarning):
-        image_folder(data, "train", 16)
+        image_folder(data, "train", 16, verify=True)
     result = invoke("pretrain", "--task", "rotation", "--data", data, "--out", tmp_path / "R")
     assert result.exit_code == 2 and "no readable image" in result.output
     assert not (tmp_path / "R").exists()
@@ -60,7 +60,7 @@ def test_folder_with_no_readable_image_fails_before_training(invoke, tmp_path: P
 def test_cli_reports_skipped_files_and_trains_on_the_rest(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = bad_folder(tmp_path / "data")
     result = invoke("pretrain", "--task", "rotation", "--data", root, "--image-size", "16", "--steps", "2",
-                    "--batch-size", "4", "--out", tmp_path / "R", "--no-probe")  # fmt: skip
+                    "--batch-size", "4", "--out", tmp_path / "R", "--no-probe", "--verify-images")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: skipped 3 unreadable image(s) of 19" in result.output and "truncated.png" in result.output
 
@@ -95,7 +95,7 @@ def test_decompression_bombs_directories_and_link_loops_are_skipped_counted_and_
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "big.png")  # 1600 pixels: a warning only
     hostile.add("big.png")
     with pytest.warns(UnreadableImagesWarning, match=r"skipped 4 unreadable image\(s\) of 10") as caught:
-        dataset = image_folder(tmp_path, "train", 16)
+        dataset = image_folder(tmp_path, "train", 16, verify=True)
     assert all(name in str(caught[0].message) for name in hostile)
     assert {path.name for path in dataset.skipped} == hostile and len(dataset) == 6
     assert dataset[0][0].shape == (3, 16, 16)

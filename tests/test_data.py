@@ -73,6 +73,8 @@ def test_flat_folder_is_unlabelled_and_grayscale_is_promoted(tmp_path: Path) -> 
 def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.warns(UnreadableImagesWarning, match="broken.png"), pytest.raises(DataError, match="no readable image"):
+        image_folder(tmp_path, "train", 16, verify=True)
+    with pytest.raises(DataError, match="no readable image.*broken.png"):  # listed only: named all the same
         image_folder(tmp_path, "train", 16)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.config import CONFIG_FILE, PretrainConfig, TaskSpec
+from ssl_engine.data import file_backed
 from ssl_engine.data.batches import BatchStream
 from ssl_engine.plugins import get_host
 from ssl_engine.run import build_run
@@ -112,6 +113,9 @@ def test_negative_controls_resume_without_data_position_or_random_streams_diverg
     monkeypatch.setattr(
         step_module, "BatchRandom", lambda seed, step, stream, *a, **k: original_random(seed, step % 3, stream, *a, **k)
     )
+    # A folder's random-resized crops are drawn in the data workers, keyed by (seed, step, slot) the same way.
+    original_crop_random = file_backed.crop_random
+    monkeypatch.setattr(file_backed, "crop_random", lambda seed, step, slot: original_crop_random(seed, step % 3, slot))
     assert not same(train_in_process(folder, tmp_path / "no-random-position"))
 
 

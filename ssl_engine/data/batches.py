@@ -2,17 +2,25 @@
 
 The data order depends only on (seed, epoch), so a run can be resumed at any step. Small data sets are decoded
 once into one uint8 tensor (no workers needed); larger ones are read by DataLoader worker processes, which only
-decode files.
+decode files. File-backed data sets (folders, shards: :mod:`ssl_engine.data.file_backed`) are always read by the
+workers, which also take each image's random-resized crop, keyed by (seed, step, place in the global batch).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_engine.randomness import mix_seed
+from ssl_engine.data.augment import random_crop_flip
+from ssl_engine.data.file_backed import FileBackedImages, TrainingCrops, UnreadableImagesWarning, collate_crops
+from ssl_engine.data.order import epoch_order
+from ssl_engine.distributed import World, mean_over_ranks
+from ssl_engine.randomness import BatchRandom
+
+__all__ = ["BatchStream", "epoch_order", "materialize"]
 
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
 
@@ -30,11 +38,6 @@ def materialize(dataset: Dataset[tuple[torch.Tensor, int]]) -> tuple[torch.Tenso
     result = torch.cat(images), torch.cat(labels).long()
     assert len(result[0]) == count
     return result
-
-
-def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of ``range(count)`` used in ``epoch``, the same on every process and every resume."""
-    return torch.randperm(count, generator=torch.Generator().manual_seed(mix_seed(seed, "data-order", epoch)))
 
 
 class BatchStream:
@@ -75,6 +78,9 @@ class BatchStream:
         self.steps_per_epoch = self.count // self.global_batch
         self.images, self.labels = images, labels
         self.pin_memory = pin_memory
+        # File-backed data: crops taken in the workers; unreadable files met so far (index -> name), in order.
+        self.file_backed = isinstance(dataset, FileBackedImages)
+        self.unreadable: dict[int, str] = {}
 
     @classmethod
     def for_dataset(
@@ -92,8 +98,11 @@ class BatchStream:
         the host per step). Larger data sets are decoded by ``workers`` DataLoader processes into pinned memory
         (on CUDA) for asynchronous copies."""
         count = len(dataset)  # type: ignore[arg-type]
-        image, _ = dataset[0]
-        in_memory = count * image.numel() <= IN_MEMORY_LIMIT_BYTES
+        if isinstance(dataset, FileBackedImages):
+            in_memory = False  # every step takes new random crops of the files
+        else:
+            image, _ = dataset[0]
+            in_memory = count * image.numel() <= IN_MEMORY_LIMIT_BYTES
         images, labels = materialize(dataset) if in_memory else (None, None)
         if images is not None and labels is not None and device is not None:
             images, labels = images.to(device), labels.to(device)
@@ -103,8 +112,9 @@ class BatchStream:
     def index_batches(self, start_step: int = 0) -> Iterator[list[int]]:
         """This process's sample indices of every step from ``start_step`` on, epoch after epoch."""
         epoch, within = divmod(start_step, self.steps_per_epoch)
+        order_of = self.dataset.epoch_order if isinstance(self.dataset, FileBackedImages) else None
         while True:
-            order = epoch_order(self.count, self.seed, epoch)
+            order = order_of(self.seed, epoch) if order_of else epoch_order(self.count, self.seed, epoch)
             usable = order[: self.steps_per_epoch * self.global_batch].view(self.steps_per_epoch, self.world, -1)
             yield from usable[within:, self.rank].tolist()  # (steps left, batch_size)
             epoch, within = epoch + 1, 0
@@ -116,6 +126,9 @@ class BatchStream:
                 rows = torch.tensor(indices, device=self.images.device)
                 yield self.images[rows], self.labels[rows]
             return
+        if isinstance(self.dataset, FileBackedImages):
+            yield from self._crops(self.dataset, start_step)
+            return
         # One loader for the whole run: its workers live as long as the stream, across epochs.
         loader = DataLoader(
             self.dataset,
@@ -126,6 +139,73 @@ class BatchStream:
         )
         for batch_images, batch_labels in loader:
             yield batch_images, torch.as_tensor(batch_labels)
+
+    def _crops(self, images: FileBackedImages, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of random-resized crops decoded by the workers; unreadable files are counted here."""
+        keys = _Keyed(self, start_step)
+        loader = DataLoader(
+            TrainingCrops(images, self.seed),
+            batch_sampler=keys,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.workers > 0 else None,
+            collate_fn=collate_crops,
+        )
+        for batch_images, batch_labels, failed in loader:
+            for index in failed:
+                self.unreadable.setdefault(index, images.name_of(index))
+            yield batch_images, batch_labels
+
+    def base_augment(self, images: torch.Tensor, random: BatchRandom) -> torch.Tensor:
+        """The base augmentation of this stream's regime on float images ``(B, 3, S, S)``: pad-crop-flip on the
+        device for data held as ``S x S`` images; none for file-backed data, whose workers took random-resized
+        crops and flips already (keyed by the same seed, step and place in the global batch)."""
+        if self.file_backed:
+            return images
+        return random_crop_flip(images, random)
+
+    def unreadable_report(self, world: World, device: torch.device) -> dict[str, float]:
+        """``{"data/unreadable": N}``: files that failed to decode while loaded so far, over all processes (a
+        collective under torchrun: every rank calls it at the same steps). Empty for data held in memory."""
+        if not self.file_backed:
+            return {}
+        count = torch.tensor([float(len(self.unreadable))])
+        if world.distributed:
+            count = mean_over_ranks(count.to(device), world).cpu() * world.size
+        return {"data/unreadable": round(float(count.item()))}
+
+    def warn_unreadable(self, world: World, device: torch.device) -> dict[str, object]:
+        """Warn (rank 0) how many files failed to decode during the run and name the first ones; returns what a
+        metrics line records of them (empty when none failed). A collective under torchrun, like
+        :meth:`unreadable_report`."""
+        report: dict[str, object] = dict(self.unreadable_report(world, device))
+        if not report.get("data/unreadable"):
+            return {}
+        names = list(self.unreadable.values())[:5]
+        report["data/unreadable_first"] = names
+        if world.is_main:
+            total = int(report["data/unreadable"])  # type: ignore[call-overload]
+            where = f" (named: those of process 0, {len(self.unreadable)})" if world.distributed else ""
+            more = f" and {total - len(names)} more" if total > len(names) else ""
+            warnings.warn(
+                f"skipped {total} unreadable image(s) while training{where}: {', '.join(names)}{more}; each was "
+                f"replaced by another sample (--verify-images leaves them out before training instead)",
+                UnreadableImagesWarning,
+                stacklevel=2,
+            )
+        return report
+
+
+class _Keyed:
+    """A batch sampler of ``(index, step, slot)`` keys: the sample and its place in the global batch of its step."""
+
+    def __init__(self, stream: BatchStream, start_step: int) -> None:
+        self.stream, self.start_step = stream, start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        first_slot = self.stream.rank * self.stream.batch_size
+        for step, indices in enumerate(self.stream.index_batches(self.start_step), start=self.start_step):
+            yield [(index, step, first_slot + place) for place, index in enumerate(indices)]
 
 
 class _Endless:

@@ -14,6 +14,8 @@ from ssl_engine.data.options import DataError, DataOptions
 from ssl_engine.registry import Registry, UnknownNameError
 
 DEFAULT_DATA = "shapes"
+FILE_BACKED_IMAGE_SIZE = 224
+FILE_BACKED_CPU_IMAGE_SIZE = 96
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,28 @@ class DataSource:
     _factory: Any = None
     _path: Path | None = None
 
+    @property
+    def file_backed(self) -> bool:
+        """Whether this data set is file-backed (a folder): decoded in workers, aspect-preserving crops."""
+        return self._path is not None
+
+    def default_image_size(self, task_default: int, device: torch.device) -> int:
+        """The image size when ``--image-size`` is not given: the tasks' default for small registered sets; for
+        file-backed ones (photographs) :data:`FILE_BACKED_IMAGE_SIZE` on CUDA, the size linear-probe and k-NN
+        figures of the field are reported at (torchvision, lightly, solo-learn), and
+        :data:`FILE_BACKED_CPU_IMAGE_SIZE` elsewhere (STL-10's size: about 5x fewer pixels, for CPU budgets);
+        never below the tasks' own default."""
+        if not self.file_backed:
+            return task_default
+        preferred = FILE_BACKED_IMAGE_SIZE if device.type == "cuda" else FILE_BACKED_CPU_IMAGE_SIZE
+        return max(task_default, preferred)
+
     def split(self, split: str, image_size: int) -> Dataset[tuple[torch.Tensor, int]]:
         """The data set of ``split`` with images ``(3, image_size, image_size)``."""
         if self._path is not None:
-            return image_folder(self._path, split, image_size, self.options.val_fraction)
+            return image_folder(
+                self._path, split, image_size, self.options.val_fraction, verify=self.options.verify_images
+            )
         dataset: Dataset[tuple[torch.Tensor, int]] = self._factory(split, image_size, self.options)
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise DataError(f"the {split} split of data set {self.name!r} is empty")

@@ -64,7 +64,10 @@ class IdxImages(Dataset[tuple[np.ndarray, int]]):
 
 
 def _find_idx_folder(options: DataOptions) -> Path | None:
-    candidates = [options.root / "fashion-mnist", options.root, DEBIAN_FASHION_MNIST]
+    root = options.root
+    # Ours, the folder itself, torchvision's layout (its raw/ files are the same IDX files), Debian's copy.
+    torchvision_raw = [root / "FashionMNIST" / "raw", root / "fashion-mnist" / "FashionMNIST" / "raw"]
+    candidates = [root / "fashion-mnist", root, *torchvision_raw, DEBIAN_FASHION_MNIST]
     for folder in candidates:
         if (folder / "train-images-idx3-ubyte.gz").exists() or (folder / "train-images-idx3-ubyte").exists():
             return folder

@@ -35,7 +35,6 @@ from ssl_engine.checkpoint import (
     write_atomic,
     write_latest,
 )
-from ssl_engine.data.augment import random_crop_flip
 from ssl_engine.distributed import average_gradients, barrier, max_over_ranks, mean_over_ranks
 from ssl_engine.images import to_float
 from ssl_engine.plugin_failure import PluginCodeError
@@ -274,7 +273,7 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         batch = len(images)
         where = StepSlice(config.seed, step, batch * self.world.size, batch * self.world.rank)
-        images = random_crop_flip(images, where.random("base-augment", batch, self.device))
+        images = self.stream.base_augment(images, where.random("base-augment", batch, self.device))
         self.model.train()
         with self.autocast():
             result: StepResult = self.step_module(images, where)
@@ -400,12 +399,17 @@ class Trainer:
                     now = time.perf_counter()
                     images_per_s = images_since / max(now - since, 1e-9)
                     since, images_since = now, 0
-                    metrics.write(self.step, {"images_per_s": images_per_s, **logged})
+                    data_health = self.stream.unreadable_report(self.world, self.device)
+                    metrics.write(self.step, {"images_per_s": images_per_s, **logged, **data_health})
                     progress.update(self.step, self.headline(logged), images_per_s)
                 else:
                     progress.advance(self.step)
                 if self.step % self.config.checkpoint_every == 0 and not last:
                     self.checkpoint()
+            progress.close()
+            unreadable = self.stream.warn_unreadable(self.world, self.device)  # files skipped: named once, at the end
+            if unreadable:
+                metrics.write(self.step, unreadable)  # type: ignore[arg-type]
         progress.close()
         self.check_finite(logged)
         self.checkpoint()

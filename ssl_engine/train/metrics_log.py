@@ -44,7 +44,8 @@ class MetricsLog:
         self.file.flush()
         if self.writer is not None:
             for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
+                if isinstance(value, int | float):  # names (of unreadable files) go to metrics.jsonl only
+                    self.writer.add_scalar(key, value, step)
             self.writer.flush()
 
     def __enter__(self) -> MetricsLog:
