@@ -29,6 +29,7 @@ from ssl_engine.data.batches import BatchStream
 from ssl_engine.data.catalog import DataSource, resolve_data
 from ssl_engine.data.options import DataOptions
 from ssl_engine.distributed import World, barrier, broadcast_from_main, init_from_env, pick_device
+from ssl_engine.exported_backbone import load_exported_backbone
 from ssl_engine.plugins import get_host
 from ssl_engine.registry import Registry, UnknownNameError
 from ssl_engine.run_directory import (
@@ -302,9 +303,17 @@ def restored_model(checkpoint: LoadedCheckpoint, registry: Registry) -> Pretrain
     return model
 
 
-def load_backbone(run_dir: str | Path) -> Backbone:
-    """The trained shared backbone of a run: images ``(B, 3, H, W)`` (normalised) -> ``(B, D, h, w)``."""
-    return load_run(run_dir).model.backbone
+def load_backbone(path_or_run_dir: str | Path, map_location: str | torch.device = "cpu") -> Backbone:
+    """The trained shared backbone of a run directory, or of a file written by ``sslx export`` (read with no task
+    plugin installed): images ``(B, 3, H, W)`` (normalised) -> ``(B, D, h, w)``, in eval mode on ``map_location``.
+
+    Raises:
+        CheckpointError: neither a run directory nor an export file, or nothing in it can be used.
+    """
+    path = Path(path_or_run_dir)
+    if path.is_file():
+        return load_exported_backbone(path, get_host().registry, map_location)
+    return load_run(path, device=map_location).model.backbone
 
 
 def load_representation(run_dir: str | Path, task: str | None = None) -> Representation:
