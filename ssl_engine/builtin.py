@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -19,17 +18,24 @@ from ssl_engine.eval.linear import linear_protocol
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
 from ssl_engine.heads.upconv import UpConvDecoder
-from ssl_engine.hookspecs import hookimpl
+from ssl_engine.hookspecs import (
+    BackboneRegister,
+    DatasetRegister,
+    EvaluatorRegister,
+    HeadRegister,
+    LossRegister,
+    hookimpl,
+)
 from ssl_engine.losses.classification import cross_entropy, label_smoothing_cross_entropy
 from ssl_engine.losses.regression import mean_absolute_error, mean_squared_error
 
 
 @hookimpl
-def register_backbones(register: Callable[..., None]) -> None:
+def register_backbones(register: BackboneRegister) -> None:
     register(
         "smallconv",
         lambda in_channels, image_size: SmallConvNet(in_channels),
-        help="fast 6-layer convnet, 256-d",
+        help="fast 4-layer convnet, 256-d",
     )
     for name, builder in (
         ("resnet18", torchvision.models.resnet18),
@@ -44,7 +50,7 @@ def _shapes(split: str, image_size: int, options: DataOptions) -> ShapesDataset:
 
 
 @hookimpl
-def register_datasets(register: Callable[..., None]) -> None:
+def register_datasets(register: DatasetRegister) -> None:
     register("shapes", _shapes, help="embedded: 10 procedurally drawn object classes, any size, no download")
     register("cifar10", torchvision_sets.cifar10, help="CIFAR-10 (torchvision; --download or --data-dir)")
     register("cifar100", torchvision_sets.cifar100, help="CIFAR-100 (torchvision; --download or --data-dir)")
@@ -65,14 +71,14 @@ def register_datasets(register: Callable[..., None]) -> None:
 
 
 @hookimpl
-def register_heads(register: Callable[..., None]) -> None:
+def register_heads(register: HeadRegister) -> None:
     register("linear", linear_head, kind="classifier", help="one linear layer on pooled features")
     register("mlp", mlp_head, kind="classifier", help="Linear-BN-ReLU-Linear on pooled features")
     register("upconv", UpConvDecoder, kind="decoder", help="up-convolutional decoder on the spatial map")
 
 
 @hookimpl
-def register_losses(register: Callable[..., None]) -> None:
+def register_losses(register: LossRegister) -> None:
     register("cross_entropy", cross_entropy, kind="classification", help="cross-entropy")
     register(
         "label_smoothing",
@@ -85,7 +91,7 @@ def register_losses(register: Callable[..., None]) -> None:
 
 
 @hookimpl
-def register_evaluators(register: Callable[..., None]) -> None:
+def register_evaluators(register: EvaluatorRegister) -> None:
     register("linear", linear_protocol, help="linear classifier on frozen features; weight decay chosen on val")
     register("finetune", finetune_protocol, help="all parameters trained with a fresh linear head; epoch chosen on val")
     register("knn", knn_protocol, help="weighted cosine kNN on frozen features (k=200, T=0.1); no training")

@@ -1,9 +1,11 @@
 """Plugin discovery and loading.
 
-Plugins are found through entry points in the group ``ssl_engine``. Each hook implementation is called on its
-own, so everything registered is attributed to its plugin and distribution, and a plugin that fails to import,
-raises in a hook or registers a name already taken is recorded as a :class:`PluginProblem` (shown by
-``sslx plugins`` and warned about on every command) while the other plugins keep working. A name registered by
+Plugins are found through entry points in the group ``ssl_engine``. Each plugin's hook implementation is called
+on its own, through pluggy (which passes it the arguments it names), with a ``register`` callback bound to that
+plugin, so everything registered is attributed to its plugin and distribution, and a plugin that fails to import,
+raises in a hook, calls ``register`` with a keyword its hook's signature lacks (:mod:`ssl_engine.hookspecs`) or
+registers a name already taken is recorded as a :class:`PluginProblem` (shown by ``sslx plugins`` and warned
+about on every command) while the other plugins keep working. A name registered by
 two distributions is refused for both (a problem for each, naming both), whatever order they load in, until the
 user disables one of them; everything else they registered keeps working.
 
@@ -16,10 +18,14 @@ Environment switches:
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import traceback
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from typing import Any
 
@@ -33,7 +39,9 @@ from ssl_engine.registry import (
     Registered,
     Registry,
     describe_conflict,
+    hook_name,
 )
+from ssl_engine.task import PretextTask
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 CORE_PLUGIN = "core"
@@ -152,30 +160,22 @@ class PluginHost:
             self.problems.append(PluginProblem(name, distribution, "register", _describe(error)))
             return
         hooks = sorted(
-            hook_name
-            for hook_name in hookspecs.HOOK_NAMES
-            if any(impl.plugin_name == name for impl in getattr(self.manager.hook, hook_name).get_hookimpls())
+            hook
+            for hook in map(hook_name, KINDS)
+            if any(impl.plugin_name == name for impl in getattr(self.manager.hook, hook).get_hookimpls())
         )
         self.plugins[name] = PluginInfo(name, distribution, version, hooks=hooks)
 
     def collect(self) -> None:
-        """Call every hook implementation once, each with a ``register`` bound to its plugin."""
-        kinds = {
-            "register_tasks": "task",
-            "register_heads": "head",
-            "register_losses": "loss",
-            "register_backbones": "backbone",
-            "register_datasets": "dataset",
-            "register_evaluators": "evaluator",
-        }
-        for hook_name, kind in kinds.items():
-            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+        """Call each plugin's implementation of every hook once, with a ``register`` bound to that plugin."""
+        for kind in KINDS:
+            hook = hook_name(kind)
+            for impl in getattr(self.manager.hook, hook).get_hookimpls():
                 info = self.plugins[impl.plugin_name]
-                register = self._register_callback(kind, info)
                 try:
-                    impl.function(**{arg: register for arg in impl.argnames})
+                    call_plugin_hook(self.manager, hook, impl.plugin_name, register=self._register_callback(kind, info))
                 except Exception as error:
-                    self.problems.append(PluginProblem(info.name, info.distribution, hook_name, _describe(error)))
+                    self.problems.append(PluginProblem(info.name, info.distribution, hook, _describe(error)))
         self._report_conflicts()
 
     def _report_conflicts(self) -> None:
@@ -192,20 +192,34 @@ class PluginHost:
                     self.problems.append(PluginProblem(claim.plugin, claim.distribution, "register", message))
 
     def _register_callback(self, kind: str, info: PluginInfo) -> Callable[..., None]:
-        def register(name_or_obj: Any, obj: Any = None, *, help: str = "", **meta: Any) -> None:
-            if kind == "task":
-                from ssl_engine.task import PretextTask
+        """The ``register`` of the hook of ``kind`` for one plugin: the signature its spec declares, checked."""
+        hook = hook_name(kind)
+        signature = register_signature(hook)
+        keywords = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
-                task_class = name_or_obj
-                if not (isinstance(task_class, type) and issubclass(task_class, PretextTask)):
-                    raise TypeError(f"register_tasks expects a PretextTask subclass, got {task_class!r}")
-                task_class.check_declaration()
-                name, obj, help = task_class.name, task_class, help or task_class.summary
+        def register(*args: Any, **given: Any) -> None:
+            unknown = [keyword for keyword in given if keyword not in keywords]
+            if unknown:
+                what = getattr(args[0], "name", args[0]) if args else "?"
+                self.problems.append(
+                    PluginProblem(info.name, info.distribution, "register", _unknown_keywords(hook, what, unknown))
+                )
+                return
+            bound = signature.bind(*args, **given)  # a wrong number of arguments raises: the hook's problem
+            bound.apply_defaults()
+            details = dict(bound.kwargs)  # every keyword, defaults filled in
+            help = str(details.pop("help", ""))
+            if kind == "task":
+                [obj] = bound.args
+                if not (isinstance(obj, type) and issubclass(obj, PretextTask)):
+                    raise TypeError(f"{hook} expects a PretextTask subclass, got {obj!r}")
+                obj.check_declaration()
+                name, help = obj.name, obj.summary
             else:
-                name = name_or_obj
-                if not isinstance(name, str) or obj is None:
-                    raise TypeError(f"register(name, factory, ...) expected for {kind}s, got {name_or_obj!r}")
-            entry = Registered(kind, name, obj, info.name, info.distribution, help, dict(meta))
+                name, obj = bound.args
+                if not isinstance(name, str) or not callable(obj):
+                    raise TypeError(f"{hook}: register(name, factory, ...) expected, got {name!r}, {obj!r}")
+            entry = Registered(kind, name, obj, info.name, info.distribution, help, details)
             try:
                 self.registry.add(entry)
             except ConflictingClaimsError:
@@ -220,6 +234,41 @@ class PluginHost:
     def _maybe_fail(self, strict: bool) -> None:
         if strict and self.problems:
             raise PluginLoadError("plugin problems (strict mode):\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+def call_plugin_hook(manager: pluggy.PluginManager, hook: str, plugin: str, **arguments: Any) -> None:
+    """Call one plugin's implementation of ``hook`` through pluggy, with the hook's arguments.
+
+    pluggy hands the implementation the arguments it names (so specs can gain arguments and old plugins keep
+    working); calling the plugins one at a time, rather than the hook once for all, is what lets an exception be
+    blamed on its plugin while the others still register.
+    """
+    own = manager.get_plugin(plugin)
+    others = [other for other in manager.get_plugins() if other is not own]
+    manager.subset_hook_caller(hook, remove_plugins=others)(**arguments)
+
+
+@cache
+def register_signature(hook: str) -> inspect.Signature:
+    """The signature of the ``register`` callback that ``hook`` receives, read off the Protocol its spec names
+    (:mod:`ssl_engine.hookspecs`, the one place it is written), without ``self``."""
+    protocol = typing.get_type_hints(getattr(hookspecs, hook))["register"]
+    signature = inspect.signature(protocol.__call__)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def _unknown_keywords(hook: str, what: object, unknown: list[str]) -> str:
+    """The problem of a ``register`` call with keywords its signature lacks, with the likely intended ones."""
+    signature = register_signature(hook)
+    known = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    described = []
+    for keyword in unknown:
+        close = difflib.get_close_matches(keyword, known, n=1)
+        described.append(f"{keyword!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (
+        f"{hook}: register({what!r}, ...) was given the unknown keyword{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(described)}, so it is not registered; register takes {signature}"
+    )
 
 
 def _describe(error: BaseException) -> str:

@@ -1,8 +1,10 @@
-"""The registry that plugins fill through their ``register`` callbacks.
+"""The registry that plugins fill through their ``register`` callbacks: one typed :class:`Table` per kind.
 
-One :class:`Registry` holds every kind of thing a plugin can provide (tasks, heads, losses, backbones, data sets,
-evaluators), each entry remembering the plugin and distribution it came from, so a name clash or a missing name
-can always be reported with who is involved.
+A :class:`Registry` holds every kind of thing a plugin can provide (tasks, heads, losses, backbones, data sets,
+evaluators), each in its own table typed by what it holds (``registry.tasks[name].obj`` is a task class,
+``registry.backbones[name].obj`` a backbone factory), each entry remembering the plugin and distribution it came
+from, so a name clash or a missing name can always be reported with who is involved. The kinds are the tables a
+:class:`Registry` builds (:data:`KINDS`), each filled by one hook (``register_tasks``, ..., :func:`hook_name`).
 
 A name claimed by two different distributions belongs to neither: which one would win must not depend on the
 order plugins happen to load in (an impostor sorting first would take over a genuine task), so both claims are
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-KINDS: tuple[str, ...] = ("task", "head", "loss", "backbone", "dataset", "evaluator")
+if TYPE_CHECKING:
+    from ssl_engine.hookspecs import BackboneFactory, DatasetFactory, Evaluator, LossFactory
+    from ssl_engine.task import HeadFactory, PretextTask
+
+T = TypeVar("T")
 
 
 class UnknownNameError(LookupError):
@@ -28,7 +34,7 @@ class UnknownNameError(LookupError):
 
 
 @dataclass(frozen=True)
-class Registered:
+class Registered(Generic[T]):
     """One registered thing.
 
     Attributes:
@@ -38,12 +44,14 @@ class Registered:
         plugin: the plugin (entry-point) name that registered it.
         distribution: the installed distribution providing the plugin (``"?"`` for inline plugins).
         help: one line for listings.
-        meta: kind-specific details (e.g. ``{"kind": "decoder"}`` for heads, ``{"labelled": True}`` for data).
+        meta: the keywords of its ``register`` call, defaults filled in (``{"kind": "decoder"}`` for a head,
+            ``{"labelled": True, "color": True, "pretrain_split": "train"}`` for a data set; see
+            :mod:`ssl_engine.hookspecs`).
     """
 
     kind: str
     name: str
-    obj: Any
+    obj: T
     plugin: str
     distribution: str
     help: str = ""
@@ -53,7 +61,7 @@ class Registered:
 class NameConflictError(UnknownNameError):
     """A name asked for is claimed by several distributions, so none of them got it."""
 
-    def __init__(self, kind: str, name: str, available: list[str], claims: list[Registered]) -> None:
+    def __init__(self, kind: str, name: str, available: list[str], claims: list[Registered[Any]]) -> None:
         self.claims = claims
         super().__init__(kind, name, available)
         self.args = (describe_conflict(kind, name, claims),)
@@ -70,17 +78,17 @@ class ConflictingClaimsError(DuplicateNameError):
         claims: every claim on the name so far, the new one last.
     """
 
-    def __init__(self, kind: str, name: str, claims: list[Registered]) -> None:
+    def __init__(self, kind: str, name: str, claims: list[Registered[Any]]) -> None:
         self.claims = claims
         super().__init__(describe_conflict(kind, name, claims))
 
 
-def claimant(entry: Registered) -> str:
+def claimant(entry: Registered[Any]) -> str:
     """Who claims a name: the distribution, or the plugin itself when it has none (an inline plugin)."""
     return entry.distribution if entry.distribution != "?" else f"plugin {entry.plugin!r}"
 
 
-def describe_conflict(kind: str, name: str, claims: list[Registered]) -> str:
+def describe_conflict(kind: str, name: str, claims: list[Registered[Any]]) -> str:
     """One message naming every claimant of ``name`` and how to disable all but one."""
     ordered = sorted(claims, key=lambda entry: (entry.distribution, entry.plugin))
     names = [f"plugin {entry.plugin!r} ({entry.distribution})" for entry in ordered]
@@ -95,14 +103,25 @@ def describe_conflict(kind: str, name: str, claims: list[Registered]) -> str:
     return f"{kind} {name!r} is registered by {who}, so none of them gets it; disable all but one ({how})"
 
 
-class Registry:
-    """Name -> :class:`Registered`, one table per kind."""
+class Table(Generic[T]):
+    """The registered things of one kind: name -> :class:`Registered` ``[T]``, plus the names refused because
+    several distributions claim them.
 
-    def __init__(self) -> None:
-        self._tables: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
-        self._conflicts: dict[str, dict[str, list[Registered]]] = {kind: {} for kind in KINDS}
+    Args:
+        kind: what users and messages call the things (``"task"``).
+        hook: the hook through which plugins register them (``"register_tasks"``).
 
-    def add(self, entry: Registered) -> None:
+    ``table[name]`` looks a name up (raising :class:`UnknownNameError` or :class:`NameConflictError`, both
+    lookup errors whose message says what to do), ``name in table`` says whether it would succeed, and
+    iterating gives the entries in registration order.
+    """
+
+    def __init__(self, kind: str, hook: str) -> None:
+        self.kind, self.hook = kind, hook
+        self._entries: dict[str, Registered[T]] = {}
+        self._conflicts: dict[str, list[Registered[T]]] = {}
+
+    def add(self, entry: Registered[T]) -> None:
         """Add ``entry``, unless its name is taken.
 
         Raises:
@@ -110,46 +129,107 @@ class Registry:
                 and refused to every claimant, whatever the order they came in.
             DuplicateNameError: the same distribution registered the name twice; the first one is kept.
         """
-        table, conflicts = self._tables[entry.kind], self._conflicts[entry.kind]
-        if entry.name in conflicts:
-            conflicts[entry.name].append(entry)
-            raise ConflictingClaimsError(entry.kind, entry.name, conflicts[entry.name])
-        if entry.name in table:
-            held = table[entry.name]
+        if entry.name in self._conflicts:
+            self._conflicts[entry.name].append(entry)
+            raise ConflictingClaimsError(self.kind, entry.name, list(self._conflicts[entry.name]))
+        if entry.name in self._entries:
+            held = self._entries[entry.name]
             if claimant(held) != claimant(entry):
-                del table[entry.name]
-                conflicts[entry.name] = [held, entry]
-                raise ConflictingClaimsError(entry.kind, entry.name, conflicts[entry.name])
+                del self._entries[entry.name]
+                self._conflicts[entry.name] = [held, entry]
+                raise ConflictingClaimsError(self.kind, entry.name, [held, entry])
             raise DuplicateNameError(
-                f"{entry.kind} {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}) is already "
+                f"{self.kind} {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}) is already "
                 f"registered by plugin {held.plugin!r} ({held.distribution}); the second one is ignored"
             )
-        table[entry.name] = entry
+        self._entries[entry.name] = entry
 
-    def get(self, kind: str, name: str) -> Registered:
-        """Look a name up.
+    def __getitem__(self, name: str) -> Registered[T]:
+        """The entry registered as ``name``.
 
         Raises:
             NameConflictError: several distributions claim the name (the message names them and the way out).
             UnknownNameError: nobody registered it (the message lists the available names).
         """
-        table = self._tables[kind]
-        if name in self._conflicts[kind]:
-            raise NameConflictError(kind, name, sorted(table), self._conflicts[kind][name])
-        if name not in table:
-            raise UnknownNameError(kind, name, sorted(table))
-        return table[name]
+        if name in self._conflicts:
+            raise NameConflictError(self.kind, name, self.names(), list(self._conflicts[name]))
+        if name not in self._entries:
+            raise UnknownNameError(self.kind, name, self.names())
+        return self._entries[name]
 
-    def conflicts(self, kind: str) -> dict[str, list[Registered]]:
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Registered[T]]:
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        """Sorted names registered (and not refused)."""
+        return sorted(self._entries)
+
+    def conflicts(self) -> dict[str, list[Registered[T]]]:
+        """Names refused because several distributions claim them -> every claim."""
+        return {name: list(claims) for name, claims in self._conflicts.items()}
+
+
+class Registry:
+    """One typed :class:`Table` per kind; :meth:`get`, :meth:`names` and :meth:`entries` look up by kind name."""
+
+    def __init__(self) -> None:
+        # The one list of kinds and their hooks, in listing order: KINDS and hook_name read it.
+        self.tasks: Table[type[PretextTask]] = Table("task", "register_tasks")
+        self.heads: Table[HeadFactory] = Table("head", "register_heads")
+        self.losses: Table[LossFactory] = Table("loss", "register_losses")
+        self.backbones: Table[BackboneFactory] = Table("backbone", "register_backbones")
+        self.datasets: Table[DatasetFactory] = Table("dataset", "register_datasets")
+        self.evaluators: Table[Evaluator] = Table("evaluator", "register_evaluators")
+        tables: tuple[Table[Any], ...] = (
+            self.tasks,
+            self.heads,
+            self.losses,
+            self.backbones,
+            self.datasets,
+            self.evaluators,
+        )
+        self.tables: dict[str, Table[Any]] = {table.kind: table for table in tables}
+
+    def table(self, kind: str) -> Table[Any]:
+        """The table of ``kind`` (one of :data:`KINDS`)."""
+        return self.tables[kind]
+
+    def add(self, entry: Registered[Any]) -> None:
+        """Add ``entry`` to the table of its kind (see :meth:`Table.add`)."""
+        self.tables[entry.kind].add(entry)
+
+    def get(self, kind: str, name: str) -> Registered[Any]:
+        """``registry.table(kind)[name]``: prefer the typed tables (``registry.tasks[name]``)."""
+        return self.tables[kind][name]
+
+    def conflicts(self, kind: str) -> dict[str, list[Registered[Any]]]:
         """Names of ``kind`` refused because several distributions claim them -> every claim."""
-        return {name: list(claims) for name, claims in self._conflicts[kind].items()}
+        return self.tables[kind].conflicts()
 
     def names(self, kind: str) -> list[str]:
         """Sorted names registered for ``kind``."""
-        return sorted(self._tables[kind])
+        return self.tables[kind].names()
 
-    def entries(self, kind: str | None = None) -> Iterator[Registered]:
+    def entries(self, kind: str | None = None) -> Iterator[Registered[Any]]:
         """Every entry (of one kind, or all kinds), in registration order."""
-        for table_kind, table in self._tables.items():
-            if kind is None or kind == table_kind:
-                yield from table.values()
+        for table in self.tables.values():
+            if kind is None or kind == table.kind:
+                yield from table
+
+
+_HOOKS: dict[str, str] = {kind: table.hook for kind, table in Registry().tables.items()}
+
+KINDS: tuple[str, ...] = tuple(_HOOKS)
+"""Every kind of thing a plugin can register: ``task``, ``head``, ``loss``, ``backbone``, ``dataset``,
+``evaluator``."""
+
+
+def hook_name(kind: str) -> str:
+    """The hook through which plugins register things of ``kind`` (``"loss"`` -> ``"register_losses"``)."""
+    return _HOOKS[kind]

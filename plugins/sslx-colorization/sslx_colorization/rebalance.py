@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sslx_colorization.bins import ABBins
+from ssl_engine.api import ABBins
 
 
 class ColourPrior(nn.Module):

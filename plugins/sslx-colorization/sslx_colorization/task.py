@@ -1,6 +1,6 @@
 """Colorization: Zhang, Isola & Efros 2016, "Colorful Image Colorization" (ECCV).
 
-Each image is converted to CIE Lab on the device (:mod:`sslx_colorization.lab`); the network sees only the
+Each image is converted to CIE Lab on the device (:mod:`ssl_engine.color.lab`); the network sees only the
 lightness ``L`` and a decoder on the backbone's spatial map predicts the colour channels ``ab`` of every pixel.
 The lightness is fed as the neutral gray RGB image of the same lightness, normalised like any RGB input, so the
 task can share the RGB backbone with other tasks in a mixed run. The representation for downstream use is that
@@ -11,7 +11,7 @@ Two losses, chosen with the ``loss_mode`` setting:
 * ``regression`` (default, as the lecture presents the method): the registered loss chosen for the task (``mse``
   unless ``--loss colorization=l1``) between the predicted and true ab, both in Lab units divided by 10.
 * ``classification`` (the paper's method): ab is quantised into the in-gamut bins of side 10
-  (:mod:`sslx_colorization.bins`), each pixel's target is a soft encoding over its 5 nearest bins (Gaussian,
+  (:mod:`ssl_engine.color.ab_bins`), each pixel's target is a soft encoding over its 5 nearest bins (Gaussian,
   sigma 5), the cross-entropy of each pixel is weighted by the rarity of its colour (:mod:`.rebalance`, lambda
   0.5, sigma 5, prior estimated online) and predictions are decoded by the annealed mean (T = 0.38). This loss
   is computed by the task itself: a registered loss takes ``(predictions, targets)`` and can't apply the soft
@@ -32,28 +32,38 @@ classification also reports ``accuracy``, the share of pixels whose most likely 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import PretextBatch, PretextTask, Representation, TaskContext, TaskOutput, accuracy
-from sslx_colorization.bins import ab_bins, annealed_mean
-from sslx_colorization.drawing import colour_grid, with_colour
-from sslx_colorization.lab import (
+from ssl_engine.api import (
     LAB_SCALE,
+    REGRESSION_GAIN,
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    Representation,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    ab_bins,
+    accuracy,
+    annealed_mean,
+    colour_grid,
+    decoder_scale,
     gray_from_lightness,
     lightness_input,
     lightness_input_from_rgb,
+    output_size,
     rgb_to_lab,
     scale_ab,
+    to_output_grid,
+    with_colour,
 )
-from sslx_colorization.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
 from sslx_colorization.rebalance import ColourPrior
 
 LOSS_MODES = ("regression", "classification")
@@ -204,7 +214,7 @@ class ColorizationTask(PretextTask):
             outputs = outputs * REGRESSION_GAIN  # ab / 10; see REGRESSION_GAIN for why the decoder is scaled
             loss = self.context.loss_fn(outputs, batch.targets)
         else:
-            loss = self.rebalanced_cross_entropy(outputs, batch, modules["prior"])
+            loss = self.rebalanced_cross_entropy(outputs, batch, cast(ColourPrior, modules["prior"]))
             metrics["accuracy"] = accuracy(outputs, batch.targets)
         metrics["ab_rmse"] = (self.predicted_ab(outputs.detach()) - true_ab).square().mean().sqrt()
         return TaskOutput({"color": loss}, metrics, outputs)

@@ -8,19 +8,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from sslx_colorization.bins import ab_bins
-from sslx_colorization.drawing import with_colour
-from sslx_colorization.lab import LAB_SCALE, lab_to_rgb, lightness_input_from_rgb, rgb_to_lab
 from sslx_colorization.rebalance import ColourPrior
 from sslx_colorization.task import ColorizationTask
 from torch import nn
 from torch.nn import functional as F
 
+from ssl_engine.api import (
+    LAB_SCALE,
+    BatchRandom,
+    PretextBatch,
+    SettingError,
+    TaskContext,
+    UpConvDecoder,
+    ab_bins,
+    lab_to_rgb,
+    lightness_input_from_rgb,
+    rgb_to_lab,
+    with_colour,
+)
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.heads.upconv import UpConvDecoder
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import PretextBatch, TaskContext
+from ssl_engine.settings import resolve_settings
 from ssl_engine.testing import check_pretext_task
 
 BINS = ab_bins()

@@ -14,7 +14,7 @@ Differences from the paper, forced by the engine's small images or its shared-ba
   central square), so every mask kind uses the same decoder.
 - The paper predicts a region overlapping the context by a few pixels and weighs that border 10x; here
   ``context_weight`` optionally adds l2 on all the visible pixels, off by default so the loss is the hole's.
-- Images are standardised with the engine's fixed statistics (:func:`ssl_engine.images.normalize`), so the mean
+- Images are standardised with the engine's fixed statistics (:func:`ssl_engine.api.normalize`), so the mean
   image the paper fills in is 0 in the space the network sees, and 0 is what the hole holds.
 """
 
@@ -23,14 +23,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_engine.adversarial import adversarial_modules, discriminator_terms, generator_terms
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import denormalize, normalize
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import PretextBatch, PretextTask, TaskContext, TaskOutput
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    adversarial_modules,
+    denormalize,
+    discriminator_terms,
+    generator_terms,
+    masked_psnr,
+    normalize,
+)
 from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, hole_side, region_masks
-from sslx_inpainting.psnr import masked_psnr
 
 MASKS = ("center", "random_blocks", "random_region")
 # The data mean after standardisation: what the removed pixels are replaced with.

@@ -16,23 +16,31 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, region_masks
-from sslx_inpainting.psnr import masked_psnr
 from sslx_inpainting.task import InpaintingTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_engine.adversarial import discriminator_loss, generator_loss
+from ssl_engine.api import (
+    MEAN,
+    BatchRandom,
+    SettingError,
+    TaskContext,
+    UpConvDecoder,
+    denormalize,
+    discriminator_loss,
+    generator_loss,
+    masked_psnr,
+    normalize,
+)
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
 from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.heads.upconv import UpConvDecoder
-from ssl_engine.images import MEAN, denormalize, normalize
 from ssl_engine.plugins import PluginHost
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import TaskContext
+from ssl_engine.run import build_run
+from ssl_engine.run_directory import saved_config
+from ssl_engine.settings import resolve_settings
 from ssl_engine.testing import prepare
-from ssl_engine.train.loop import Trainer, saved_config
+from ssl_engine.train.loop import Trainer
 
 torch.set_num_threads(2)
 
@@ -333,7 +341,7 @@ def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(
     config = saved_config(run)
     config.steps = 3
     host = PluginHost.from_entry_points()
-    resumed = Trainer(config, host.registry, run, resume=True)
+    resumed = Trainer(build_run(config, host.registry, run, resume=True))
     assert resumed.step == 2
     state = resumed.model.aux_modules["inpainting"].state_dict()
     assert state.keys() == saved.module_state("aux/inpainting").keys()

@@ -16,11 +16,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import standardize_each
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskContext, TaskOutput, accuracy
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    ImageSizeError,
+    PretextBatch,
+    PretextTask,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    accuracy,
+    standardize_each,
+)
 from sslx_jigsaw.permutations import permutation_set
 from sslx_jigsaw.tiles import (
     MIN_TILE,

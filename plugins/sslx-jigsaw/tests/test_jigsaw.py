@@ -15,11 +15,9 @@ from sslx_jigsaw.task import JigsawTask
 from torch import Tensor
 from torch.nn import functional as F
 
+from ssl_engine.api import BatchRandom, ImageSizeError, SettingError, TaskContext, mlp_head
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.heads.mlp import mlp_head
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import ImageSizeError, TaskContext
+from ssl_engine.settings import resolve_settings
 
 PERMS = 100
 

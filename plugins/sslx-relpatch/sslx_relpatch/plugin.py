@@ -1,11 +1,9 @@
 """Entry point of the ``relpatch`` plugin."""
 
-from collections.abc import Callable
-
-from ssl_engine.hookspecs import hookimpl
+from ssl_engine.api import TaskRegister, hookimpl
 from sslx_relpatch.task import RelativePatchTask
 
 
 @hookimpl
-def register_tasks(register: Callable[[type], None]) -> None:
+def register_tasks(register: TaskRegister) -> None:
     register(RelativePatchTask)

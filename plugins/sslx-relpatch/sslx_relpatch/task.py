@@ -25,18 +25,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import normalize
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import (
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
     ImageSizeError,
     PretextBatch,
     PretextTask,
     Representation,
     TaskContext,
     TaskOutput,
+    TaskSetting,
     accuracy,
+    default_drawing,
+    normalize,
 )
 from sslx_relpatch.patches import (
     MIN_PATCH,
@@ -293,8 +294,6 @@ class RelativePatchTask(PretextTask):
     def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
         """``sslx show``: each original with the centre patch outlined in blue and the neighbour in green (as
         the paper's Figure 2), then the two patches as the network sees them, the target and any prediction."""
-        from ssl_engine.show import default_drawing
-
         marked = images.clone()
         side = batch.inputs.shape[-1]
         for index, colour in enumerate(((0.1, 0.3, 1.0), (0.1, 0.8, 0.1))):

@@ -19,12 +19,9 @@ from sslx_relpatch.task import RelativePatchTask
 from torch import Tensor
 from torch.nn import functional as F
 
+from ssl_engine.api import MEAN, STD, BatchRandom, ImageSizeError, SettingError, TaskContext, mlp_head
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.heads.mlp import mlp_head
-from ssl_engine.images import MEAN, STD
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import ImageSizeError, TaskContext
+from ssl_engine.settings import resolve_settings
 from ssl_engine.testing import check_pretext_task
 
 # Neighbour classes, row-major around the centre, skipping it: (row step, column step).

@@ -11,11 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import normalize
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import PretextBatch, PretextTask, TaskOutput, accuracy
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    TaskOutput,
+    TaskSetting,
+    accuracy,
+    normalize,
+)
 
 ROTATIONS = 4
 

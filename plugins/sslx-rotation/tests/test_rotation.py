@@ -6,8 +6,7 @@ import numpy as np
 import torch
 from sslx_rotation.task import RotationTask, rotate_all
 
-from ssl_engine.images import normalize
-from ssl_engine.randomness import BatchRandom
+from ssl_engine.api import BatchRandom, normalize
 from ssl_engine.testing import check_pretext_task, prepare
 
 

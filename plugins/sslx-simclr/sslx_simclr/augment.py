@@ -6,7 +6,7 @@ Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Represe
     -> colour jitter (brightness, contrast, saturation 0.8 s; hue 0.2 s; random order; p 0.8)
     -> grayscale (p 0.2) -> [Gaussian blur (sigma 0.1-2, p 0.5), ImageNet only]
 
-Every parameter of every view is drawn from the :class:`~ssl_engine.randomness.BatchRandom` given, one independent
+Every parameter of every view is drawn from the :class:`~ssl_engine.api.BatchRandom` given, one independent
 stream per augmentation, so the views depend only on (seed, step, place in the global batch) and turning the blur
 on or off leaves the other draws as they were.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ssl_engine.randomness import BatchRandom
+from ssl_engine.api import BatchRandom
 from sslx_simclr.blur import PAPER_SIGMA, gaussian_blur, kernel_size_for
 from sslx_simclr.color import HUE, JITTER_OPERATIONS, color_jitter, random_grayscale
 from sslx_simclr.crop import PAPER_RATIO, draw_boxes, resized_crop

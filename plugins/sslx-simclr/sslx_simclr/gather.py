@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ssl_engine.distributed import all_gather_with_grad
+from ssl_engine.api import all_gather_with_grad
 
 
 def is_distributed() -> bool:

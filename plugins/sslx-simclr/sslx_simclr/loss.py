@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.task import LossFunction
+from ssl_engine.api import LossFunction
 from sslx_simclr.gather import gather_from_all_ranks, is_distributed
 
 

@@ -15,11 +15,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import normalize
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import PretextBatch, PretextTask, TaskContext, TaskOutput, accuracy
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    accuracy,
+    normalize,
+)
 from sslx_simclr.augment import SimCLRAugmentation
 from sslx_simclr.loss import NTXentLoss
 

@@ -18,12 +18,9 @@ from sslx_simclr.loss import NTXentLoss
 from sslx_simclr.task import SimCLRTask
 from torch.nn import functional as F
 
+from ssl_engine.api import MEAN, STD, BatchRandom, SettingError, TaskContext, mlp_head
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.heads.mlp import mlp_head
-from ssl_engine.images import MEAN, STD
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import TaskContext
+from ssl_engine.settings import resolve_settings
 
 TORCHVISION_ADJUSTMENTS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 

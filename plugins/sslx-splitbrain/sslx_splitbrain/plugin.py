@@ -1,11 +1,9 @@
 """Entry point of the ``splitbrain`` plugin."""
 
-from collections.abc import Callable
-
-from ssl_engine.hookspecs import hookimpl
+from ssl_engine.api import TaskRegister, hookimpl
 from sslx_splitbrain.task import SplitBrainTask
 
 
 @hookimpl
-def register_tasks(register: Callable[[type], None]) -> None:
+def register_tasks(register: TaskRegister) -> None:
     register(SplitBrainTask)

@@ -7,10 +7,8 @@ layer-wise, F = {F1, F2}, we achieve a representation F which is pretrained on f
 from __future__ import annotations
 
 import torch
-from sslx_colorization.lab import lightness_input, rgb_to_lab, scale_ab
 
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.task import Representation
+from ssl_engine.api import Backbone, Representation, lightness_input, rgb_to_lab, scale_ab
 
 
 class SplitBrainRepresentation(Representation):

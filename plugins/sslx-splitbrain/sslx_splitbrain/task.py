@@ -1,7 +1,7 @@
 """Split-brain autoencoders: Zhang, Isola & Efros 2017, "Split-Brain Autoencoders: Unsupervised Learning by
 Cross-Channel Prediction" (CVPR).
 
-The Lab image (:mod:`sslx_colorization.lab`) is split into its lightness ``L`` and its colour ``ab``. Two disjoint
+The Lab image (:mod:`ssl_engine.color.lab`) is split into its lightness ``L`` and its colour ``ab``. Two disjoint
 sub-networks each predict one part from the other: ``F1`` (the run's backbone slot, fed ``L`` as a normalised gray
 RGB image) colorizes, predicting ab; ``F2`` (a second backbone of the same kind, built by the task with two input
 channels, ab / 10) predicts the lightness. Each has its own decoder on its spatial map. The representation is
@@ -10,14 +10,14 @@ the concatenation of both sub-networks' pooled features, so it has seen the whol
 Losses (Sec. 4.1), two named terms ``l_to_ab`` and ``ab_to_l``:
 
 * ``classification`` (default, the paper's "Split-Brain Auto (cl,cl)"): cross-entropy with one-hot targets,
-  ab quantised into the in-gamut bins of side 10 (:mod:`sslx_colorization.bins`), L into 50 bins of size 2
+  ab quantised into the in-gamut bins of side 10 (:mod:`ssl_engine.color.ab_bins`), L into 50 bins of size 2
   (:mod:`sslx_splitbrain.lightness_bins`). The registered classification loss chosen for the task is used for
   both (``cross_entropy``, or e.g. ``--loss splitbrain=label_smoothing``). No class rebalancing: the paper
   uses a "basic 1-hot encoding scheme".
 * ``regression`` ("(reg,reg)"): the registered regression loss chosen for the task (``mse``, the paper's l2,
   unless e.g. ``--loss splitbrain=l1``) between predicted and true channels in Lab units / 10; the mode decides
   which kind of loss ``--loss`` must name (:meth:`SplitBrainTask.loss_choice`). The decoders' outputs are read
-  with :data:`~sslx_colorization.output_grid.REGRESSION_GAIN` so SGD at the engine's rate stays stable.
+  with :data:`~ssl_engine.api.REGRESSION_GAIN` so SGD at the engine's rate stays stable.
 
 The paper predicts at a quarter of the input resolution; so does this task by default (``output_stride=4``): at
 32 px, batch 64, one CPU thread, a step then costs 0.85x a rotation step. The paper splits one network's every
@@ -35,28 +35,38 @@ is False): a mixed run including it is refused before training.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
-from sslx_colorization.bins import ab_bins, annealed_mean
-from sslx_colorization.drawing import colour_grid, with_colour
-from sslx_colorization.lab import (
+from torch import nn
+
+from ssl_engine.api import (
     L_OFFSET,
     LAB_SCALE,
+    REGRESSION_GAIN,
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    Representation,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    ab_bins,
+    accuracy,
+    annealed_mean,
+    colour_grid,
+    decoder_scale,
     gray_from_lightness,
     lightness_input,
+    output_size,
     rgb_to_lab,
     scale_ab,
     scale_lightness,
+    to_output_grid,
+    with_colour,
 )
-from sslx_colorization.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
-from torch import nn
-
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import PretextBatch, PretextTask, Representation, TaskContext, TaskOutput, accuracy
 from sslx_splitbrain.lightness_bins import L_BINS, lightness_centres, quantize_lightness
 from sslx_splitbrain.representation import SplitBrainRepresentation
 
@@ -235,4 +245,4 @@ class SplitBrainTask(PretextTask):
 
     def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
         """Both sub-networks on their halves of the Lab image, pooled and concatenated: ``(B, D1 + D2)``."""
-        return SplitBrainRepresentation(backbone, modules["color_backbone"])
+        return SplitBrainRepresentation(backbone, cast(Backbone, modules["color_backbone"]))

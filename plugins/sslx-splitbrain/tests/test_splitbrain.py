@@ -8,22 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from sslx_colorization.bins import ab_bins
-from sslx_colorization.lab import LAB_SCALE, lab_to_rgb, lightness_input_from_rgb, rgb_to_lab
-from sslx_colorization.output_grid import REGRESSION_GAIN
 from sslx_splitbrain.lightness_bins import L_BINS, lightness_centres, quantize_lightness
 from sslx_splitbrain.representation import SplitBrainRepresentation
 from sslx_splitbrain.task import SplitBrainTask
 from torch import nn
 from torch.nn import functional as F
 
+from ssl_engine.api import (
+    LAB_SCALE,
+    REGRESSION_GAIN,
+    BatchRandom,
+    PretextBatch,
+    TaskContext,
+    UpConvDecoder,
+    ab_bins,
+    lab_to_rgb,
+    lightness_input_from_rgb,
+    rgb_to_lab,
+)
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.config import PretrainConfig, TaskSpec
-from ssl_engine.heads.upconv import UpConvDecoder
 from ssl_engine.plugins import get_host
-from ssl_engine.randomness import BatchRandom
 from ssl_engine.settings import resolve_settings
-from ssl_engine.task import PretextBatch, TaskContext
 from ssl_engine.testing import check_pretext_task
 from ssl_engine.train.model import PretrainModel, RunSetupError
 

@@ -1,11 +1,9 @@
 """Entry point of the ``superres`` plugin."""
 
-from collections.abc import Callable
-
-from ssl_engine.hookspecs import hookimpl
+from ssl_engine.api import TaskRegister, hookimpl
 from sslx_superres.task import SuperResolutionTask
 
 
 @hookimpl
-def register_tasks(register: Callable[[type], None]) -> None:
+def register_tasks(register: TaskRegister) -> None:
     register(SuperResolutionTask)

@@ -24,14 +24,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_engine.adversarial import adversarial_modules, discriminator_terms, generator_terms
-from ssl_engine.backbones.base import Backbone
-from ssl_engine.images import denormalize, normalize
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import TaskSetting
-from ssl_engine.task import PretextBatch, PretextTask, TaskContext, TaskOutput
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    adversarial_modules,
+    denormalize,
+    discriminator_terms,
+    generator_terms,
+    normalize,
+    psnr,
+)
 from sslx_superres.degrade import bicubic_degrade
-from sslx_superres.psnr import psnr
 
 # The decoder's last layer starts at this share of its usual initialisation (see shrink_last_layer).
 INITIAL_RESIDUAL_SCALE = 0.01

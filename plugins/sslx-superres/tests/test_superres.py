@@ -17,23 +17,20 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from sslx_superres.degrade import bicubic_degrade, low_resolution_size
-from sslx_superres.psnr import psnr
 from sslx_superres.task import INITIAL_RESIDUAL_SCALE, SuperResolutionTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_engine.backbones.base import Backbone
+from ssl_engine.api import MEAN, Backbone, BatchRandom, SettingError, TaskContext, UpConvDecoder, normalize, psnr
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
 from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.heads.upconv import UpConvDecoder
-from ssl_engine.images import MEAN, normalize
 from ssl_engine.plugins import PluginHost
-from ssl_engine.randomness import BatchRandom
-from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import TaskContext
+from ssl_engine.run import build_run
+from ssl_engine.run_directory import saved_config
+from ssl_engine.settings import resolve_settings
 from ssl_engine.testing import prepare
-from ssl_engine.train.loop import Trainer, saved_config
+from ssl_engine.train.loop import Trainer
 
 torch.set_num_threads(2)
 
@@ -256,7 +253,7 @@ def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(
     assert all({"superres/adversarial", "superres/discriminator"} <= set(line) for line in lines)
     config = saved_config(run)
     config.steps = 3
-    resumed = Trainer(config, PluginHost.from_entry_points().registry, run, resume=True)
+    resumed = Trainer(build_run(config, PluginHost.from_entry_points().registry, run, resume=True))
     assert resumed.step == 2
     aux = saved.module_state("aux/superres")
     assert aux and all(torch.equal(v, aux[k]) for k, v in resumed.model.aux_modules["superres"].state_dict().items())

@@ -23,7 +23,7 @@ from functools import lru_cache
 import torch
 from torch.nn import functional as F
 
-from sslx_colorization.lab import rgb_to_lab
+from ssl_engine.color.lab import rgb_to_lab
 
 AB_GRID = 10.0
 AB_EXTENT = 110.0  # |a|, |b| < 110 over the sRGB gamut
@@ -34,7 +34,7 @@ def srgb_cube_samples(face_steps: int = 257, inside_steps: int = 33) -> torch.Te
     """Colours covering the sRGB cube: its six faces on a fine grid and its inside on a coarse one.
 
     Returns:
-        ``(1, 3, N, 1)`` float32 RGB, ready for :func:`~sslx_colorization.lab.rgb_to_lab`.
+        ``(1, 3, N, 1)`` float32 RGB, ready for :func:`~ssl_engine.color.lab.rgb_to_lab`.
     """
     face = torch.linspace(0, 1, face_steps)
     u, v = torch.meshgrid(face, face, indexing="ij")

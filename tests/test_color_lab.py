@@ -6,14 +6,8 @@ import math
 
 import pytest
 import torch
-from sslx_colorization.lab import (
-    gray_from_lightness,
-    lab_to_rgb,
-    lightness_input,
-    lightness_input_from_rgb,
-    rgb_to_lab,
-)
 
+from ssl_engine.color.lab import gray_from_lightness, lab_to_rgb, lightness_input, lightness_input_from_rgb, rgb_to_lab
 from ssl_engine.images import MEAN, STD
 
 # sRGB (D65) -> CIE Lab (D65), from Bruce Lindbloom's published colour calculator/tables (sRGB companding,

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.nn import functional as F
 
-from sslx_colorization.lab import lab_to_rgb
+from ssl_engine.color.lab import lab_to_rgb
 
 CELL = 64
 CAPTION = 14
