@@ -93,7 +93,6 @@ rule                        what it asks of a task
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import random as python_random
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -1130,8 +1129,7 @@ def check_step_aware(task: Subject) -> None:
             root = Path(folder)
             first = subject.trainer(root / "first", steps=STEP_AWARE_STEPS, log_every=1, probe=False)
             optimized = {id(p) for group in first.optimizer.param_groups for p in group["params"]}
-            for name, parameter in runtime.modules.named_parameters():
-                owned = dict(first.model.task_modules[subject.name].named_parameters())[name]
+            for name, owned in first.model.task_modules[subject.name].named_parameters():
                 if owned.requires_grad != (id(owned) in optimized):
                     state = "a frozen" if not owned.requires_grad else "a trainable"
                     where = "is" if id(owned) in optimized else "is not"
