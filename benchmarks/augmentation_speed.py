@@ -3,16 +3,16 @@
 Two measurements on float images ``(B, 3, S, S)``, every method given the same externally drawn parameters:
 
 * crop stage (random resized crop + flip, 2 views per image):
-  - ``grid_sample``: the plugin's :func:`sslx_simclr.crop.resized_crop`, one ``F.grid_sample`` on a sampling grid
+  - ``grid_sample``: the plugin's :func:`ssl_engine.views.crop.resized_crop`, one ``F.grid_sample`` on a sampling grid
     per view;
   - ``matmul``: two batched products with bilinear interpolation matrices (same output);
   - ``roi_align``: ``torchvision.ops.roi_align`` (aligned, one sample per bin; reads half a pixel outside the box);
   - ``kornia``: ``kornia.geometry.transform.crop_and_resize`` (a perspective warp per box), if kornia is installed;
   - ``torchvision loop``: ``torchvision.transforms.v2.functional.resized_crop`` + flip, one view at a time.
 * colour jitter in a random order per view: the plugin's rounds over the views scheduled for each adjustment
-  (:func:`sslx_simclr.color.color_jitter`) against every adjustment on every view each round, then a select;
+  (:func:`ssl_engine.views.color.color_jitter`) against every adjustment on every view each round, then a select;
 * whole pipeline (crop, flip, colour jitter in random order with p 0.8, grayscale with p 0.2):
-  - ``plugin``: :class:`sslx_simclr.augment.SimCLRAugmentation` (drawing included);
+  - ``plugin``: :class:`ssl_engine.views.pipeline.ViewAugmentation` (drawing included);
   - ``kornia``: ``kornia.enhance``'s functions with per-view factor tensors (fixed order, as kornia's own jitter
     has one order per batch);
   - ``torchvision loop``: per view, the ``torchvision.transforms.v2.functional`` calls in that view's order.
@@ -34,12 +34,12 @@ from collections.abc import Callable
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from sslx_simclr.augment import SimCLRAugmentation
-from sslx_simclr.color import ADJUSTMENTS, HUE, color_jitter
-from sslx_simclr.crop import resized_crop
 from torchvision.ops import roi_align
 
 from ssl_engine.randomness import BatchRandom
+from ssl_engine.views.color import ADJUSTMENTS, HUE, color_jitter
+from ssl_engine.views.crop import resized_crop
+from ssl_engine.views.pipeline import ViewAugmentation
 
 try:
     import kornia
@@ -181,7 +181,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
-    augmentation = SimCLRAugmentation()
+    augmentation = ViewAugmentation()
     random = BatchRandom(0, 0, "simclr", args.batch, device=device)
     drawn = augmentation.draw(random, args.size, args.size)
     boxes, flips = drawn["boxes"], drawn["flips"]

@@ -38,7 +38,7 @@ from ssl_engine.color.lab import (
     scale_lightness,
 )
 from ssl_engine.color.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
-from ssl_engine.distributed import all_gather_with_grad
+from ssl_engine.distributed import all_gather_with_grad, gather_from_all_ranks, is_distributed
 from ssl_engine.drawing import default_drawing
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
@@ -76,6 +76,10 @@ from ssl_engine.task import (
     TaskOutput,
     accuracy,
 )
+from ssl_engine.views.blur import gaussian_blur, kernel_size_for
+from ssl_engine.views.color import color_jitter, random_grayscale, solarize
+from ssl_engine.views.crop import draw_boxes, resized_crop
+from ssl_engine.views.pipeline import ViewAugmentation
 
 __all__ = [
     # hooks
@@ -130,10 +134,21 @@ __all__ = [
     "psnr",
     "masked_psnr",
     "all_gather_with_grad",
+    "gather_from_all_ranks",
+    "is_distributed",
     "freeze",
     "copy_weights",
     "ema_update",
     "cosine_momentum",
+    # view augmentations (SimCLR, BYOL, DINO multi-crop), batched on the device
+    "ViewAugmentation",
+    "draw_boxes",
+    "resized_crop",
+    "color_jitter",
+    "random_grayscale",
+    "solarize",
+    "gaussian_blur",
+    "kernel_size_for",
     # colour
     "rgb_to_lab",
     "lab_to_rgb",

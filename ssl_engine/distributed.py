@@ -140,6 +140,33 @@ def all_gather_with_grad(rows: torch.Tensor) -> torch.Tensor:
     return torch.cat(legacy.all_gather(rows.contiguous()))
 
 
+def is_distributed() -> bool:
+    """True when ``torch.distributed`` is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_from_all_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's rows, in rank order, differentiable with respect to this process's rows (SimCLR's negatives,
+    MoCo's queue keys, Barlow Twins' and VICReg's global-batch statistics).
+
+    Gradients: after ``loss_r.backward()`` on every rank ``r``, this rank's ``rows.grad`` is
+    ``sum over r' of d loss_r' / d rows`` (the other ranks' losses depend on these rows through their gathered
+    copies). With DistributedDataParallel averaging parameter gradients over the ``W`` ranks, the parameters then
+    get the gradient of ``mean over r of loss_r``: the loss of one process on the global batch when every rank
+    has the same number of rows.
+
+    Args:
+        rows: ``(n, ...)``, the same shape on every process.
+
+    Returns:
+        ``(W * n, ...)``; rows ``rank * n ... rank * n + n - 1`` are ``rows``. Without an initialised process
+        group of two or more, ``rows`` itself.
+    """
+    if not is_distributed():
+        return rows
+    return all_gather_with_grad(rows)
+
+
 def average_gradients(module: nn.Module, world: World) -> None:
     """Average the gradients of ``module``'s parameters over all processes (for modules outside DDP, such as
     discriminators and the online probe), in one flat all-reduce."""

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.api import LossFunction
-from sslx_simclr.gather import gather_from_all_ranks, is_distributed
+from ssl_engine.api import LossFunction, gather_from_all_ranks, is_distributed
 
 
 def drop_self_column(
@@ -46,7 +45,7 @@ class NTXentLoss(nn.Module):
     """NT-Xent over the views of the global batch.
 
     With ``torch.distributed`` initialised on ``W > 1`` processes, the candidates are every process's
-    embeddings (:func:`~sslx_simclr.gather.gather_from_all_ranks`, gradients flowing back), and each process's
+    embeddings (:func:`~ssl_engine.api.gather_from_all_ranks`, gradients flowing back), and each process's
     loss is the mean over its own ``M`` anchors; with ``M`` the same on every process (``all_gather`` needs it),
     the mean of the ``W`` losses is the loss of one process on the whole batch.
 

@@ -23,10 +23,10 @@ from ssl_engine.api import (
     TaskContext,
     TaskOutput,
     TaskSetting,
+    ViewAugmentation,
     accuracy,
     normalize,
 )
-from sslx_simclr.augment import SimCLRAugmentation
 from sslx_simclr.loss import NTXentLoss
 
 VIEWS = 2
@@ -90,7 +90,7 @@ class SimCLRTask(PretextTask):
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
         config = self.config
-        self.augmentation = SimCLRAugmentation(
+        self.augmentation = ViewAugmentation(
             strength=config["strength"],
             jitter_probability=config["jitter_probability"],
             gray_probability=config["gray_probability"],
@@ -113,7 +113,7 @@ class SimCLRTask(PretextTask):
         Returns:
             inputs ``(B * 2, 3, S, S)`` normalised; targets ``(B * 2,)`` int64; views 2; extras: the drawn
             parameters of every view (``boxes``, ``flips``, ``jittered``, ``jitter``, ``jitter_order``, ``gray``
-            and, with ``blur``, ``blurred`` and ``sigma``; see :meth:`SimCLRAugmentation.draw`), each ``(B, 2, ...)``.
+            and, with ``blur``, ``blurred`` and ``sigma``; see :meth:`ViewAugmentation.draw`), each ``(B, 2, ...)``.
         """
         # Sampling weights and colour arithmetic stay in float32 even inside the trainer's bfloat16 autocast.
         with torch.autocast(images.device.type, enabled=False):

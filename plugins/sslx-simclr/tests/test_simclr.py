@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from sslx_simclr.blur import gaussian_blur, kernel_size_for
-from sslx_simclr.color import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, hsv_to_rgb, rgb_to_hsv
-from sslx_simclr.crop import draw_boxes, resized_crop
 from sslx_simclr.loss import NTXentLoss
 from sslx_simclr.task import SimCLRTask
 from torch.nn import functional as F
@@ -21,6 +18,16 @@ from torch.nn import functional as F
 from ssl_engine.api import MEAN, STD, BatchRandom, SettingError, TaskContext, mlp_head
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.settings import resolve_settings
+from ssl_engine.views.blur import gaussian_blur, kernel_size_for
+from ssl_engine.views.color import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    hsv_to_rgb,
+    rgb_to_hsv,
+)
+from ssl_engine.views.crop import draw_boxes, resized_crop
 
 TORCHVISION_ADJUSTMENTS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 

@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from sslx_simclr.gather import gather_from_all_ranks, is_distributed
 from sslx_simclr.loss import NTXentLoss
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
+
+from ssl_engine.api import gather_from_all_ranks, is_distributed
 
 WORLD = 2
 VIEWS_PER_RANK = 6  # 3 images x 2 views

@@ -24,7 +24,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ssl_engine.api import BatchRandom
+from ssl_engine.randomness import BatchRandom
 
 PAPER_SCALE = (0.08, 1.0)
 PAPER_RATIO = (3 / 4, 4 / 3)

@@ -127,3 +127,15 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
 def random_grayscale(images: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
     """Replace the chosen images by their luma in all three channels: ``(N, 3, H, W)``, ``apply`` ``(N,)`` bool."""
     return torch.where(apply.view(-1, 1, 1, 1), grayscale(images).expand_as(images), images)
+
+
+def solarize(images: torch.Tensor, apply: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Invert the pixels at or above ``threshold`` of the chosen images (BYOL's solarization, Grill et al. 2020,
+    Appendix B: threshold 128 of 255).
+
+    Args:
+        images: ``(N, C, H, W)`` in [0, 1].
+        apply: ``(N,)`` bool; the other images pass unchanged.
+    """
+    solarized = torch.where(images >= threshold, 1.0 - images, images)
+    return torch.where(apply[:, None, None, None], solarized, images)
