@@ -587,9 +587,11 @@ def _add_command_modules() -> None:
     """Subcommands that live in their own modules."""
     from ssl_engine.embed import embed
     from ssl_engine.scaffold import new_plugin
+    from ssl_engine.shard import shard
 
     main.add_command(new_plugin)
     main.add_command(embed)
+    main.add_command(shard)
 
 
 _add_command_modules()

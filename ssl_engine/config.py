@@ -155,7 +155,11 @@ class PretrainConfig:
     backbone: str = declared("smallconv", FieldRule("Backbone name (see `sslx plugins`)."))
     data: str = declared(
         "shapes",
-        FieldRule("Registered data set or a folder of images.", max_length=MAX_PATH_LENGTH, metavar="NAME|PATH"),
+        FieldRule(
+            'Registered data set, a folder of images, or tar shards ("DIR/train-{000000..000127}.tar").',
+            max_length=MAX_PATH_LENGTH,
+            metavar="NAME|PATH",
+        ),
     )
     data_dir: str | None = declared(
         None,

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from ssl_engine.data.folder import describe_folder, image_folder
 from ssl_engine.data.options import DataError, DataOptions
+from ssl_engine.data.shards import ShardIndex, index_shards, looks_like_shards, shard_split
 from ssl_engine.registry import Registry, UnknownNameError
 
 DEFAULT_DATA = "shapes"
@@ -36,11 +37,12 @@ class DataSource:
     options: DataOptions
     _factory: Any = None
     _path: Path | None = None
+    _shards: ShardIndex | None = None
 
     @property
     def file_backed(self) -> bool:
-        """Whether this data set is file-backed (a folder): decoded in workers, aspect-preserving crops."""
-        return self._path is not None
+        """Whether this data set is file-backed (a folder, shards): decoded in workers, aspect-preserving crops."""
+        return self._path is not None or self._shards is not None
 
     def default_image_size(self, task_default: int, device: torch.device) -> int:
         """The image size when ``--image-size`` is not given: the tasks' default for small registered sets; for
@@ -55,6 +57,8 @@ class DataSource:
 
     def split(self, split: str, image_size: int) -> Dataset[tuple[torch.Tensor, int]]:
         """The data set of ``split`` with images ``(3, image_size, image_size)``."""
+        if self._shards is not None:
+            return shard_split(self.name, self._shards, split, image_size, self.options.val_fraction)
         if self._path is not None:
             return image_folder(
                 self._path, split, image_size, self.options.val_fraction, verify=self.options.verify_images
@@ -82,6 +86,9 @@ def resolve_data(data: str, registry: Registry, options: DataOptions) -> DataSou
             options=options,
             _factory=entry.obj,
         )
+    if looks_like_shards(data):
+        index = index_shards(data)
+        return DataSource(data, index.labelled, True, "train", options, _shards=index)
     looks_like_path = "/" in data or data.startswith(".") or Path(data).exists()
     if not looks_like_path:
         raise UnknownNameError("data set", data, registry.names("dataset") + ["<path to an image folder>"])
