@@ -78,12 +78,43 @@ def fashion_folder(out: Path) -> None:
         print(f"{split}: {len(dataset)} images", file=sys.stderr)
 
 
-def first_step(folder: Path, old_checkout: Path | None, image_size: int, batch_size: int) -> dict[str, float]:
-    """Seconds from starting ``sslx pretrain`` to the end of its first step (read from the first metrics line)."""
-    results = {}
-    checkouts = [("after", ROOT)] + ([("before", old_checkout)] if old_checkout is not None else [])
-    for name, checkout in checkouts:
-        out = Path(f"/tmp/sslx-first-step-{name}-{os.getpid()}")
+OPEN_AND_FIRST_BATCH = """
+import json, sys, time
+from pathlib import Path
+started = time.perf_counter()
+from ssl_engine.data.batches import BatchStream
+from ssl_engine.data.folder import image_folder
+dataset = image_folder(Path(sys.argv[1]), "train", int(sys.argv[2]))
+opened = time.perf_counter()
+batches = BatchStream.for_dataset(dataset, int(sys.argv[3]), 0, workers=2).batches(0)
+next(batches)
+print(json.dumps({"open_s": opened - started, "first_batch_s": time.perf_counter() - started}))
+"""
+
+
+def open_and_first_batch(checkout: Path, folder: Path, image_size: int, batch_size: int) -> dict[str, float]:
+    """The data path alone, in the code of ``checkout``: opening the train split, then the first batch."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    command = [sys.executable, "-c", OPEN_AND_FIRST_BATCH, str(folder), str(image_size), str(batch_size)]
+    result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def first_step(folder: Path, old_checkout: Path | None, image_size: int, batch_size: int) -> dict[str, object]:
+    """Seconds from starting ``sslx pretrain`` to the end of its first step (read from the first metrics line),
+    and the data path alone (open + first batch) in this checkout and, given one, an older checkout (whose
+    ``sslx`` may not run with today's plugins installed: its data path is timed on its own)."""
+    results: dict[str, object] = {
+        "after: data path (open, first batch)": open_and_first_batch(ROOT, folder, image_size, batch_size)
+    }
+    print(f"after, data path: {results}", file=sys.stderr)
+    if old_checkout is not None:
+        results["before: data path (open, first batch)"] = open_and_first_batch(
+            old_checkout, folder, image_size, batch_size
+        )
+        print(f"before, data path: {results}", file=sys.stderr)
+    for name, checkout in [("after: sslx pretrain to first step", ROOT)]:
+        out = Path(f"/tmp/sslx-first-step-{os.getpid()}")
         command = [
             sys.executable,
             "-m",
