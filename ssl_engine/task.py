@@ -108,11 +108,14 @@ class TaskOutput:
         metrics: detached scalars; the one named :attr:`PretextTask.metric` is the pretext metric shown in the
             progress bar (e.g. ``accuracy`` or ``psnr``).
         predictions: the task's predictions (logits, reconstructions) for drawing and aux losses.
+        extras: tensors ``forward`` hands on to :meth:`PretextTask.aux_losses` and :meth:`PretextTask.after_step`
+            (MoCo's keys for its queue, a teacher's outputs for a centre); not logged.
     """
 
     losses: dict[str, torch.Tensor]
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     predictions: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +153,8 @@ class TaskContext:
         make_backbone: builds a fresh backbone of the run's kind, ``make_backbone(in_channels)``, for tasks
             with more than one network (split-brain) or a momentum teacher (BYOL, MoCo, DINO).
         clock: the step and the budget (:class:`StepClock`), read during training for schedules.
+        global_batch: images per step over all processes (``--batch-size`` times the process count), for
+            settings that must fit it, e.g. MoCo's queue (0 when not known).
     """
 
     settings: Mapping[str, Any]
@@ -161,6 +166,7 @@ class TaskContext:
     loss_fn: LossFunction
     make_backbone: Callable[[int], Backbone]
     clock: StepClock = field(default_factory=StepClock)
+    global_batch: int = 0
 
     @property
     def total_steps(self) -> int:

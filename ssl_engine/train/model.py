@@ -12,6 +12,7 @@ from torch import nn
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.checkpoint import LoadedCheckpoint, load_module_state, module_tensors
 from ssl_engine.config import PretrainConfig, TaskSpec
+from ssl_engine.distributed import current_world
 from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.registry import Registered, Registry, UnknownNameError
 from ssl_engine.settings import SettingError, resolve_settings
@@ -190,6 +191,7 @@ class PretrainModel(nn.Module):
                 loss_fn=loss.obj(),
                 make_backbone=make_backbone,
                 clock=self.clock,
+                global_batch=config.batch_size * current_world().size,  # the process group exists by now
             )
             origin = registry.get("task", spec.name)
             task, modules, aux = build_task(origin, task_class, context)

@@ -1,0 +1,245 @@
+"""BYOL: Grill et al. 2020, "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning" (NeurIPS).
+
+Two augmented views of every image. The online network (the shared backbone, a projector and a predictor, both
+MLPs) predicts, from one view, the target network's projection of the other view; the target network (a copy of
+the backbone and the projector) is not trained by the loss but follows the online network as an exponential moving
+average after every optimizer step::
+
+    target = m * target + (1 - m) * online,   m = 1 - (1 - base_momentum) * (cos(pi * k / K) + 1) / 2
+
+with ``k`` the step and ``K`` the run's budget (Sec. 3.2: from ``base_momentum`` to 1 over training). The loss
+(:mod:`sslx_byol.loss`) is the symmetrised normalised MSE, ``2 - 2 cos``, with no negatives. Downstream, the
+projector, the predictor and the target network are dropped: the representation is the online backbone.
+
+Settings and their paper values (ImageNet, ResNet-50, 224 px, batch 4096, 1000 epochs):
+
+* ``base_momentum`` 0.996 (paper). For small data and short runs 0.99 is better (solo-learn's CIFAR setting; the
+  target then follows within about 100 steps instead of 250): ``--set byol.base_momentum=0.99``.
+* ``projection_dim`` 256 (paper); the projector is the run's head (default ``mlp``: Linear-BN-ReLU-Linear, hidden
+  512) and the predictor the same MLP with ``predictor_hidden`` 512 units. The paper's hidden layers have 4096
+  units for ResNet-50's 2048 features: twice the features, as 512 is for ``smallconv``'s 256.
+* Augmentations (Appendix B, Table 6), batched on the device by the core's
+  :class:`~ssl_engine.api.ViewAugmentation`: random resized crop (area 0.08-1), flip, colour jitter with
+  probability 0.8, grayscale 0.2; the paper's asymmetry is kept: Gaussian blur on every first view and 10% of the
+  second, solarization on 20% of the second views only.
+
+Departures, each for small images or for this engine:
+
+* Colour jitter: brightness, contrast and saturation 0.4 and hue 0.1 (``strength`` 0.5 of SimCLR's scale); the
+  paper's saturation is 0.2, which the shared pipeline has no separate knob for.
+* Blur: ``blur=auto`` (the default) blurs as the paper does from 64 px up and not at all below. The paper's sigma
+  (0.1-2 px) with a kernel of 10% of the side is a mild blur at 224 px (under 1% of the image); on 32 px images the
+  same sigma flattens a 3 px neighbourhood, about a tenth of the image, which wipes out the small objects of the
+  data sets these images come from (solo-learn turns BYOL's blur off on CIFAR for the same reason). ``blur=on``
+  and ``blur=off`` force it.
+* The two views go through each network in one batch of ``2B`` (batch-norm statistics over both views; the paper
+  runs the views separately) and the optimizer is the run's (SGD by default, LARS with ``--optimizer lars`` as in
+  the paper).
+* Under ``torchrun`` each process computes the loss on its own images (BYOL needs no negatives, so the mean over
+  processes is the loss of the global batch); batch-norm statistics span all processes with ``--sync-bn``, as in
+  the paper.
+
+Checkpoint keys: the online projector and predictor under ``task/byol/projector.`` and ``task/byol/predictor.``,
+the target network under ``task/byol/target_backbone.`` and ``task/byol/target_projector.`` (frozen: not in the
+main optimizer, updated only by :meth:`BYOLTask.after_step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    ViewAugmentation,
+    copy_weights,
+    cosine_momentum,
+    ema_update,
+    freeze,
+    mlp_head,
+    normalize,
+)
+from sslx_byol.loss import BYOLLoss
+
+VIEWS = 2
+PAPER_BLUR = (1.0, 0.1)  # chance of a blur on the first and on the second view (Grill et al. 2020, Table 6)
+BLUR_FROM = 64  # blur=auto blurs images of at least this side
+
+
+def blur_probabilities(mode: str, image_size: int) -> tuple[float, float] | None:
+    """The per-view blur probabilities of ``blur`` = ``auto``/``on``/``off`` at ``image_size`` (``None``: none)."""
+    if mode == "on" or (mode == "auto" and image_size >= BLUR_FROM):
+        return PAPER_BLUR
+    return None
+
+
+class BYOLTask(PretextTask):
+    """Predict the momentum target network's projection of the other view.
+
+    Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)`` int64, the image's row in
+    the global batch (both views of an image share it; the loss needs no labels). Modules: ``projector`` (the run's
+    head, ``(N, D) -> (N, projection_dim)``), ``predictor`` (``(N, P) -> (N, P)``), and the frozen
+    ``target_backbone`` and ``target_projector``. Loss term ``byol`` (Algorithm 1, in [0, 8]); metric ``cosine``,
+    the mean cosine similarity of the predictions with their targets.
+    """
+
+    name = "byol"
+    summary = "bootstrap: predict a momentum target network's projection of the other view (no negatives)"
+    paper = "Grill et al. 2020, Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning"
+    views = VIEWS
+    default_image_size = 32
+    default_head = "mlp"
+    loss_kind = "regression"
+    default_loss = "mse"
+    metric = "cosine"
+    settings = (
+        TaskSetting(
+            "base_momentum",
+            float,
+            0.996,
+            "target EMA momentum at step 0, raised to 1 by a cosine over the run (paper: 0.996; 0.99 for small "
+            "data and short runs)",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        TaskSetting("projection_dim", int, 256, "output size of the projector and predictor (paper: 256)", minimum=1),
+        TaskSetting(
+            "predictor_hidden", int, 512, "hidden units of the predictor MLP (paper: 4096 for 2048 features)", minimum=1
+        ),
+        TaskSetting(
+            "strength",
+            float,
+            0.5,
+            "colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (paper: 0.4, 0.4, 0.2, 0.1)",
+            minimum=0.0,
+            maximum=2.5,
+        ),
+        TaskSetting(
+            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
+        ),
+        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
+        TaskSetting(
+            "min_scale",
+            float,
+            0.08,
+            "smallest crop, a fraction of the image area (paper: 0.08)",
+            minimum=0.01,
+            maximum=1,
+        ),
+        TaskSetting(
+            "blur",
+            str,
+            "auto",
+            "Gaussian blur on every first view and 10% of the second (paper); auto: only from 64 px up",
+            choices=("auto", "on", "off"),
+        ),
+        TaskSetting(
+            "solarize",
+            float,
+            0.2,
+            "chance the second view is solarized (paper: 0.2; never the first)",
+            minimum=0,
+            maximum=1,
+        ),
+    )
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        config = self.config
+        self.augmentation = ViewAugmentation(
+            strength=config["strength"],
+            jitter_probability=config["jitter_probability"],
+            gray_probability=config["gray_probability"],
+            min_scale=config["min_scale"],
+            views=VIEWS,
+            blur_probabilities=blur_probabilities(config["blur"], context.image_size),
+            solarize_probabilities=(0.0, config["solarize"]),
+        )
+        self.loss = BYOLLoss()
+
+    @classmethod
+    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
+        """BYOL computes its own loss (the normalised MSE of Algorithm 1): ``--loss byol=...`` is refused."""
+        return None, cls.default_loss
+
+    def build_modules(self) -> nn.ModuleDict:
+        dim, projection = self.context.feature_dim, self.config["projection_dim"]
+        return nn.ModuleDict(
+            {
+                "projector": self.context.make_head(dim, projection),
+                "predictor": mlp_head(projection, projection, hidden=self.config["predictor_hidden"]),
+                "target_backbone": freeze(self.context.make_backbone(3)),
+                "target_projector": freeze(self.context.make_head(dim, projection)),
+            }
+        )
+
+    def setup(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
+        """The target network starts as the online one (Sec. 3.1)."""
+        copy_weights(modules["target_backbone"], backbone)
+        copy_weights(modules["target_projector"], modules["projector"])
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        """Two augmented views of every image, the first as the paper's ``t``, the second as its ``t'``.
+
+        Args:
+            images: ``(B, 3, S, S)`` float in [0, 1].
+            random: per-sample randomness.
+
+        Returns:
+            inputs ``(B * 2, 3, S, S)`` normalised; targets ``(B * 2,)`` int64, each view's image row in the global
+            batch; extras: the drawn parameters of every view (``boxes``, ``flips``, ``jittered``, ``jitter``,
+            ``jitter_order``, ``gray``, ``solarized`` and, when blurring, ``blurred`` and ``sigma``), each
+            ``(B, 2, ...)``.
+        """
+        with torch.autocast(images.device.type, enabled=False):
+            views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
+        rows = random.offset + torch.arange(len(images), device=images.device)  # (B,)
+        return PretextBatch(normalize(views), rows.repeat_interleave(VIEWS), views=VIEWS, extras=drawn)
+
+    def target_projections(self, modules: nn.ModuleDict, inputs: torch.Tensor) -> torch.Tensor:
+        """The target network's projections ``(N, P)`` of views ``(N, 3, S, S)``, without gradient."""
+        target_backbone: Backbone = modules["target_backbone"]  # type: ignore[assignment]
+        with torch.no_grad():
+            projections: torch.Tensor = modules["target_projector"](target_backbone.pooled(inputs))
+        return projections
+
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
+        """Predict each view's target projection of the other view.
+
+        Args:
+            backbone: the shared (online) backbone.
+            modules: ``projector``, ``predictor``, ``target_backbone``, ``target_projector``.
+            aux: unused.
+            batch: from :meth:`pseudo_labels`.
+
+        Returns:
+            The ``byol`` loss term and the ``cosine`` metric; no predictions.
+        """
+        images = len(batch.inputs) // VIEWS
+        predictions = modules["predictor"](modules["projector"](backbone.pooled(batch.inputs)))  # (B*2, P)
+        targets = self.target_projections(modules, batch.inputs)  # (B*2, P)
+        loss, cosine = self.loss(predictions.view(images, VIEWS, -1), targets.view(images, VIEWS, -1))
+        return TaskOutput({"byol": loss}, {"cosine": cosine})
+
+    def momentum(self) -> float:
+        """The target's momentum at the clock's step (Sec. 3.2)."""
+        return cosine_momentum(self.config["base_momentum"], self.context.clock.progress)
+
+    def after_step(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput
+    ) -> None:
+        """Move the target network towards the online one just updated: ``target = m target + (1 - m) online``."""
+        momentum = self.momentum()
+        ema_update(modules["target_backbone"], backbone, momentum)
+        ema_update(modules["target_projector"], modules["projector"], momentum)
