@@ -23,6 +23,20 @@ The checks can also be run one at a time (:data:`CHECKS`, e.g. ``check_determini
 built model and the task's runtime (its instance, modules and aux), ``prepare(FlipTask).images`` real images,
 ``prepare(FlipTask).trainer(tmp_path)`` the engine's trainer for whole steps on 32 images.
 
+Helpers for the behaviour tests that every plugin writes:
+
+- :func:`task_instance` ``(FlipTask, 48, permutations=30)``: the task object as the engine builds it (settings
+  validated, its default head and loss, ``ImageSizeError``/``SettingError`` as the command line raises them), on the
+  kit's 32-d convnet; ``task.context.make_backbone(3)`` is a backbone that fits it.
+- :func:`pretrain_cli` ``(tmp_path, "flip", "--steps", "5")``: ``sslx pretrain`` run in this process (click's
+  ``CliRunner``) with small defaults; returns the run directory. :func:`checkpoint_keys` (``run``) names the tensors
+  of its newest checkpoint, :func:`run_checkpoint` (``run``, ``step``) reads one, :func:`resumed_trainer`
+  (``run``, ``steps``) is the engine's trainer as ``--resume`` starts it. :func:`run_cli` runs any other command (a
+  refusal: ``run_cli("pretrain", ...).exit_code == 2``).
+- :func:`cli_plugins` (``("flip", sslx_flip.plugin)``): a block in which the command line sees these plugin objects
+  and the kit's own pieces (:data:`REFERENCE_TASK`, :data:`KIT_DATA`, :data:`KIT_BACKBONE`) instead of the installed
+  plugins: the real command line on a task that is not installed, or the core's tests on the reference task.
+
 The rules, grouped by the check (:data:`CHECKS`) that first enforces them:
 
 =========================== =========================================================================================
@@ -99,15 +113,21 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
+from click.testing import CliRunner, Result
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ssl_engine import plugins as plugin_host
 from ssl_engine.backbones.base import Backbone
+from ssl_engine.backbones.smallconv import SmallConvNet
+from ssl_engine.checkpoint import LoadedCheckpoint, checkpoint_path, latest_checkpoint, read_checkpoint
+from ssl_engine.cli import main as sslx_main
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.hookspecs import hookimpl
@@ -116,7 +136,7 @@ from ssl_engine.plugins import PluginHost
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
 from ssl_engine.run import build_run
-from ssl_engine.run_directory import write_config
+from ssl_engine.run_directory import saved_config, write_config
 from ssl_engine.settings import resolve_settings
 from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskOutput, accuracy
 from ssl_engine.train.loop import Trainer
@@ -124,6 +144,9 @@ from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime, bu
 
 __all__ = [
     "CHECKS",
+    "KIT_BACKBONE",
+    "KIT_DATA",
+    "REFERENCE_PLUGIN",
     "REFERENCE_TASK",
     "RULES",
     "ConformanceError",
@@ -140,7 +163,14 @@ __all__ = [
     "check_pseudo_labels",
     "check_representation",
     "check_step_aware",
+    "checkpoint_keys",
+    "cli_plugins",
     "prepare",
+    "pretrain_cli",
+    "resumed_trainer",
+    "run_checkpoint",
+    "run_cli",
+    "task_instance",
 ]
 
 RULES: dict[str, str] = {
@@ -191,6 +221,7 @@ RULES: dict[str, str] = {
 }
 
 PLUGIN_UNDER_TEST = "under-test"
+TaskT = TypeVar("TaskT", bound=PretextTask)
 REFERENCE_TASK = "kit_reference"
 # Steps tried before concluding that a task's draws never reach its pseudo-labels: with a coin per image and
 # B = 4 images, two steps agree by chance with probability 1/16, eight steps all agree with about 1e-10.
@@ -245,10 +276,13 @@ class ReferenceTask(PretextTask):
 
 KIT_DATA = "kit-shapes"
 KIT_DATA_IMAGES = 32
+KIT_BACKBONE = "kit-smallconv"
+KIT_BACKBONE_WIDTH = 4  # SmallConvNet(width=4): 32-d features, stride 8
 
 
 class _ReferencePlugin:
-    """The kit's reference task and data; without the task when the task under test is the reference itself."""
+    """The kit's reference task, data (:data:`KIT_DATA`: 32 shapes images) and backbone (:data:`KIT_BACKBONE`: the
+    small convnet at a width of 4, 32-d); without the task when the task under test is the reference itself."""
 
     def __init__(self, with_task: bool = True) -> None:
         self.with_task = with_task
@@ -262,6 +296,15 @@ class _ReferencePlugin:
     def register_datasets(self, register: Callable[..., None]) -> None:
         # A few images of the embedded data, so a trainer made by TaskUnderTest.trainer starts in a moment.
         register(KIT_DATA, lambda split, image_size, options: ShapesDataset(split, image_size, size=KIT_DATA_IMAGES))
+
+    @hookimpl
+    def register_backbones(self, register: Callable[..., None]) -> None:
+        # Eight times fewer channels than `smallconv`: behaviour tests of a task build it in a moment.
+        register(KIT_BACKBONE, lambda in_channels, image_size: SmallConvNet(in_channels, width=KIT_BACKBONE_WIDTH))
+
+
+REFERENCE_PLUGIN: object = _ReferencePlugin()
+"""The plugin object registering the kit's reference task, :data:`KIT_DATA` and :data:`KIT_BACKBONE`."""
 
 
 class _PluginOf:
@@ -1208,3 +1251,136 @@ def check_pretext_task(
     )
     for check in CHECKS.values():
         check(subject)
+
+
+# --- helpers for a plugin's behaviour tests --------------------------------------------------------------------------
+def task_instance(task_class: type[TaskT], image_size: int | None = None, **settings: Any) -> TaskT:
+    """The task object as the engine builds it for a run of the task alone, for tests of its own behaviour.
+
+    The settings are validated and resolved as ``--set`` values are, the context gets the task's default head and
+    loss (registered, as the command line picks them) and the kit's small convnet (:data:`KIT_BACKBONE`, 32-d
+    features, stride 8); ``task.context.make_backbone(3)`` builds a fresh one of those, ``task.build_modules()``
+    fresh heads. Nothing is seeded: seed the global RNG first where weights matter.
+
+    Args:
+        task_class: the :class:`PretextTask` subclass, installed or not.
+        image_size: image side ``S``; default ``max(min_image_size, 32)``.
+        **settings: task settings (``permutations=30``).
+
+    Raises:
+        ImageSizeError: ``image_size`` is below what the task (with these settings) takes.
+        SettingError: a setting is unknown or out of range.
+    """
+    subject = prepare(task_class, image_size=image_size, settings=settings)
+    config = PretrainConfig([subject.spec()], backbone=KIT_BACKBONE)
+    [runtime] = build_model(config, subject.registry, subject.image_size).runtimes
+    assert isinstance(runtime.task, task_class)
+    return runtime.task
+
+
+@contextlib.contextmanager
+def cli_plugins(*plugins: tuple[str, object], reference: bool = True) -> Iterator[PluginHost]:
+    """Within the block, the ``sslx`` commands run in this process see the core's pieces and these plugins only.
+
+    What reads the process-wide plugin host (click's ``CliRunner`` on :data:`ssl_engine.cli.main`,
+    :func:`pretrain_cli`, ``load_backbone``) gets one made from ``plugins``, ``(name, plugin object)`` pairs such as
+    ``("flip", sslx_flip.plugin)``, instead of the installed entry points; a fresh process (``subprocess``) still
+    sees the installed ones. So a plugin's tests run the real command line on a task that is not installed, and the
+    core's tests run it on the kit's reference task::
+
+        with cli_plugins():
+            run = pretrain_cli(tmp_path, REFERENCE_TASK, "--data", KIT_DATA)
+
+    Args:
+        *plugins: the plugin objects, each with the name problems are reported under.
+        reference: also register :data:`REFERENCE_PLUGIN` (the task :data:`REFERENCE_TASK`, the data
+            :data:`KIT_DATA` and the backbone :data:`KIT_BACKBONE`).
+
+    Yields:
+        The host the commands see (its ``registry``, its ``problems``).
+    """
+    pairs = [*plugins, *((("kit-reference", REFERENCE_PLUGIN),) if reference else ())]
+    host = PluginHost.from_plugins(pairs)
+    kept = plugin_host._host
+    plugin_host._host = host
+    try:
+        yield host
+    finally:
+        plugin_host._host = kept
+
+
+def run_cli(*words: object) -> Result:
+    """``sslx WORDS`` in this process (click's ``CliRunner``; exceptions other than the command's exit propagate).
+
+    The result has the ``exit_code``, the ``stdout``, the ``stderr`` and both as ``output``. The installed plugins
+    are used, or those of an enclosing :func:`cli_plugins` block.
+    """
+    return CliRunner().invoke(sslx_main, [str(word) for word in words], catch_exceptions=False)
+
+
+PRETRAIN_DEFAULTS = ("--steps", "3", "--batch-size", "8", "--no-probe")
+
+
+def pretrain_cli(folder: Path, task: str, *options: object) -> Path:
+    """Run ``sslx pretrain --task TASK`` in this process (click's ``CliRunner``) and return the run directory.
+
+    Small defaults come first (:data:`PRETRAIN_DEFAULTS`: 3 steps of 8 images, no closing probe), then ``options``,
+    so an option given again wins (``"--steps", "20"``); the run goes to ``folder / "run"`` unless ``--out`` is
+    among the options. The installed plugins are used, or those of an enclosing :func:`cli_plugins` block.
+
+    Args:
+        folder: a directory of the test's own (pytest's ``tmp_path``).
+        task: the task, ``NAME`` or ``NAME=WEIGHT`` (more with ``"--task", "other"`` in ``options``).
+        *options: more command-line words (``"--image-size", 48``); each is passed through ``str``.
+
+    Raises:
+        AssertionError: the command exited with another status than 0, with its output.
+    """
+    words = [str(option) for option in options]
+    out = Path(words[words.index("--out") + 1]) if "--out" in words else folder / "run"
+    command = ["pretrain", "--task", task, *PRETRAIN_DEFAULTS, *words]
+    if "--out" not in words:
+        command += ["--out", str(out)]
+    result = run_cli(*command)
+    if result.exit_code != 0:
+        raise AssertionError(f"sslx {' '.join(command)} exited {result.exit_code}:\n{result.output}")
+    return out
+
+
+def run_checkpoint(run: Path, step: int | None = None) -> LoadedCheckpoint:
+    """The checkpoint of ``step`` (default: the newest) in the run directory ``run``, read and verified.
+
+    Raises:
+        AssertionError: the run directory holds no checkpoint.
+        CheckpointError: the file is unusable (damaged, not an sslx checkpoint, ...).
+    """
+    path = latest_checkpoint(run) if step is None else checkpoint_path(run, step)
+    if path is None:
+        raise AssertionError(f"run directory {run} holds no checkpoint")
+    return read_checkpoint(path)
+
+
+def checkpoint_keys(run: Path) -> list[str]:
+    """The tensor names (``model/...``, ``task/<name>/...``, ``aux/...``, ``optim/...``, ``rng/...``) of the newest
+    checkpoint in the run directory ``run``, or of the checkpoint file ``run``, in the file's order.
+
+    Raises:
+        AssertionError: the run directory holds no checkpoint.
+    """
+    path = run if run.is_file() else latest_checkpoint(run)
+    if path is None:
+        raise AssertionError(f"run directory {run} holds no checkpoint")
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
+
+
+def resumed_trainer(run: Path, steps: int) -> Trainer:
+    """The engine's trainer resuming the run directory ``run`` with a budget of ``steps``, before its first step.
+
+    What ``sslx pretrain --out RUN --resume --steps STEPS`` starts from: its ``step``, ``model``, ``optimizer`` and
+    ``aux_optimizers`` as the newest usable checkpoint left them. The plugins are those the command line sees (the
+    installed ones, or those of an enclosing :func:`cli_plugins` block).
+    """
+    config = saved_config(run)
+    config.steps = steps
+    return Trainer(build_run(config, plugin_host.get_host().registry, run, resume=True))
