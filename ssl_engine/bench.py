@@ -3,7 +3,9 @@
 Each task is pretrained with the same backbone, data, image size, optimiser and budget, then evaluated with the
 chosen protocols; two reference rows are added, the backbone at random initialisation and the same backbone
 trained with the labels (supervised). The table has methods as rows and protocols as columns, like the tables of
-Gidaris et al. 2018 and Chen et al. 2020, and is written as Markdown, CSV and a PNG chart. Every finished row is
+Gidaris et al. 2018 and Chen et al. 2020, and is written as Markdown, CSV and a PNG chart; under it, a note per
+protocol states what its column did (the ``recipe`` a protocol reports, e.g. the fine-tuning budget). The protocols
+of a row share one evaluation context, so the frozen features are extracted once per row. Every finished row is
 kept in ``OUT/rows/``, and an interrupted pretraining resumes from its checkpoint, so a bench can be re-run to
 finish what is missing without recomputing anything.
 """
@@ -131,10 +133,17 @@ class Bench:
         source = run.source if run is not None and run.source is not None else self._source()
         device = run.device if run is not None else pick_device(self.plan.device)
         row = {"method": method, "steps": run.total_steps if run is not None else 0}
+        # One context for every protocol of the row: the frozen features are extracted once (the fine-tuning
+        # protocol starts from the linear probe on the same features).
+        context = EvalContext(representation.to(device), source, self.image_size, device, seed=self.plan.seed,
+                              options=dict(self.plan.protocol_options))  # fmt: skip
+        recipes = {}
         for protocol in self.plan.protocols:
-            context = EvalContext(representation.to(device), source, self.image_size, device, seed=self.plan.seed,
-                                  options=dict(self.plan.protocol_options))  # fmt: skip
-            row[protocol] = float(self.registry.get("evaluator", protocol).obj(context)["accuracy"])
+            result = self.registry.get("evaluator", protocol).obj(context)
+            row[protocol] = float(result["accuracy"])
+            if result.get("recipe"):
+                recipes[protocol] = str(result["recipe"])
+        row["recipes"] = recipes
         _write_json(path, row)
         return row
 
@@ -166,7 +175,20 @@ def markdown_table(rows: list[dict[str, Any]], plan: BenchPlan, image_size: int)
         cells = " | ".join(_cell(row.get(p)) for p in plan.protocols)
         lines.append(f"| {row['method']} | {cells} |")
     notes = [f"- {row['method']}: {row['note']}" for row in rows if row.get("note")]
+    recipes = protocol_recipes(rows, plan.protocols)
+    notes += [f"- {protocol}: {recipe}" for protocol, recipe in recipes.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def protocol_recipes(rows: list[dict[str, Any]], protocols: list[str]) -> dict[str, str]:
+    """What each protocol column did (its result's ``recipe``, e.g. the fine-tuning budget), from the first row
+    that reports one: a column is only comparable to another when its budget is stated."""
+    recipes: dict[str, str] = {}
+    for row in rows:
+        for protocol, recipe in (row.get("recipes") or {}).items():
+            if protocol in protocols:
+                recipes.setdefault(protocol, recipe)
+    return {protocol: recipes[protocol] for protocol in protocols if protocol in recipes}
 
 
 def write_table(rows: list[dict[str, Any]], plan: BenchPlan, image_size: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,17 +87,50 @@ class EvalContext:
         return result
 
     def train_indices(self, labels: torch.Tensor) -> torch.Tensor:
-        """Indices of the train samples whose labels may be used: all, or ``label_fraction`` of each class."""
+        """Indices of the train samples whose labels may be used: all, or ``label_fraction`` of each class.
+
+        Raises:
+            DataError: the fraction keeps no example of some class (the message names it and a fraction that works).
+        """
         if self.label_fraction is None or self.label_fraction >= 1:
             return torch.arange(len(labels))
-        return per_class_subset(labels, self.label_fraction, self.seed)
+        return per_class_subset(labels, self.label_fraction, self.seed, self._class_name)
+
+    def _class_name(self, label: int) -> str:
+        """The train split's name of class ``label`` (its index when the data set names none)."""
+        names = getattr(self.source.split("train", self.image_size), "classes", None) or []
+        return repr(names[label]) if label < len(names) else str(label)
 
 
-def per_class_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """``fraction`` of the samples of each class (at least one), chosen with a seeded permutation; sorted indices."""
+def per_class_subset(
+    labels: torch.Tensor, fraction: float, seed: int, class_name: Callable[[int], str] = str
+) -> torch.Tensor:
+    """``round(fraction * n)`` of the ``n`` samples of each class, chosen with a seeded permutation; sorted indices.
+
+    Raises:
+        DataError: a class would keep no example; the message names the class (``class_name(label)``) and the
+            smallest fraction that keeps one of every class.
+    """
+    classes, counts = labels.unique(return_counts=True)
+    kept = [round(fraction * int(count)) for count in counts]
+    if 0 in kept:
+        empty = kept.index(0)
+        fewest = int(counts.min())
+        works = _round_up(1 / fewest)
+        raise DataError(
+            f"--label-fraction {fraction:g} keeps no example of class {class_name(int(classes[empty]))} "
+            f"({fraction:g} x {int(counts[empty])} train images rounds to 0); the smallest fraction that keeps one "
+            f"of every class is {works:g} (its smallest class has {fewest} images)"
+        )
     chosen = []
-    for label in labels.unique().tolist():
+    for label, count in zip(classes.tolist(), kept, strict=True):
         members = (labels == label).nonzero().flatten()
         order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed * 1009 + label))
-        chosen.append(members[order[: max(1, round(fraction * len(members)))]])
+        chosen.append(members[order[:count]])
     return torch.cat(chosen).sort().values
+
+
+def _round_up(value: float, digits: int = 3) -> float:
+    """``value`` > 0 rounded up to ``digits`` significant digits (a fraction to print that is never too small)."""
+    scale = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return float(f"{math.ceil(value / scale - 1e-9) * scale:.{digits}g}")

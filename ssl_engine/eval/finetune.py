@@ -1,86 +1,132 @@
-"""The fine-tuning protocol: every parameter of the representation trained, with a small learning rate, together
-with a fresh linear head, on the labelled train split (Gidaris et al. 2018 and Chen et al. 2020 report it beside the
-linear protocol). The epoch kept is the one best on val; its test accuracy is reported.
+"""The fine-tuning protocol: every parameter of the representation trained with a linear head on the labelled train
+split (Gidaris et al. 2018 and Chen et al. 2020 report it beside the linear protocol).
 
-Options (``sslx evaluate --set``): ``epochs`` (default 5), ``lr`` (backbone, default 0.01; the head gets 10x),
-``batch_size`` (default 128).
+The recipe is linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022, "Fine-Tuning can Distort Pretrained
+Features and Underperform Out-of-Distribution"):
+
+1. The head starts at the linear probe's solution (:func:`~ssl_engine.eval.linear.solve_linear_probe`: frozen
+   features of the same labelled images, weight decay chosen on val), so the network at step 0 *is* the linear
+   probe. A fresh head would send large, random gradients into the pretrained features for the first hundreds of
+   steps, and with few labels that is most of the budget.
+2. Then every parameter is trained with one learning rate: SGD with momentum 0.9 and weight decay 5e-4, linear
+   warm-up then cosine decay, for a budget in steps (:mod:`ssl_engine.eval.finetune_budget`: by default
+   ``max(5 epochs, 500 steps)``, so 1% of the labels gets as many updates as 10%), on batches augmented on the
+   device by the base augmentation (random crop with reflection padding, horizontal flip).
+3. Val accuracy is checked at step 0 and about ten times during training; the best-on-val checkpoint is kept
+   (ties: the earlier) and its test accuracy reported. Test is never used to choose. ``best_step`` 0 means
+   fine-tuning never beat its linear-probe start on val.
+
+Options (``sslx evaluate --set``): ``steps`` (exact budget) or ``epochs`` (exact passes), ``lr`` (default 0.01),
+``batch_size`` (64), ``warmup`` (share of the steps, 0.1), ``eval_every`` (steps between val checks).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from ssl_engine.data.augment import random_crop_flip
 from ssl_engine.data.batches import BatchStream, materialize
 from ssl_engine.eval.context import EvalContext
+from ssl_engine.eval.finetune_budget import FinetuneOptions
+from ssl_engine.eval.linear import solve_linear_probe
 from ssl_engine.images import to_float
 from ssl_engine.randomness import BatchRandom
-from ssl_engine.train.schedule import warmup_cosine
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """A whole split held in memory: uint8 images ``(N, 3, S, S)`` and labels ``(N,)``, on the evaluation device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, context: EvalContext, split: str) -> LabelledImages:
+        images, labels = materialize(context.source.split(split, context.image_size))
+        return cls(images.to(context.device), labels.to(context.device))
 
 
 @torch.no_grad()
-def accuracy_on(model: nn.Module, context: EvalContext, split: str) -> float:
-    """Top-1 accuracy of ``model`` (images in [0, 1] -> logits) on a whole split, in eval mode."""
+def accuracy_on(model: nn.Module, split: LabelledImages, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (float images in [0, 1] -> logits) on a whole split, in eval mode."""
+    was_training = model.training
     model.eval()
-    correct = total = 0
-    for images, labels in DataLoader(context.source.split(split, context.image_size), batch_size=context.batch_size):
-        predictions = model(to_float(images.to(context.device))).argmax(1).cpu()
-        correct += int((predictions == torch.as_tensor(labels)).sum())
-        total += len(predictions)
-    return correct / max(total, 1)
+    correct = 0
+    for start in range(0, len(split.labels), batch_size):
+        logits = model(to_float(split.images[start : start + batch_size]))  # (B, classes)
+        correct += int((logits.argmax(1) == split.labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(len(split.labels), 1)
+
+
+def linear_probe_network(context: EvalContext) -> nn.Sequential:
+    """A copy of the representation followed by the linear probe's classifier, folded to take raw features.
+
+    In eval mode its predictions are the linear protocol's (same labelled images, same chosen weight decay).
+    """
+    solution = solve_linear_probe(context)
+    representation = copy.deepcopy(context.representation).to(context.device)
+    return nn.Sequential(representation, solution.on_raw_features().to(context.device))
 
 
 def finetune_protocol(context: EvalContext) -> dict[str, Any]:
-    """Train representation + linear head end to end; test accuracy of the best-on-val epoch."""
-    epochs = context.option("epochs", 5, int, minimum=1)
-    lr = context.option("lr", 0.01, float, minimum=0, min_open=True)
-    batch_size = context.option("batch_size", 128, int, minimum=1)
+    """Linear probe, then every parameter trained; test accuracy of the best-on-val step."""
+    options = FinetuneOptions.read(context)  # bad options fail before any work
+    model = linear_probe_network(context)
     images, labels = materialize(context.source.split("train", context.image_size))  # (N, 3, S, S) uint8, (N,)
     keep = context.train_indices(labels)
+    budget = options.budget(len(keep))
     subset: Dataset[tuple[torch.Tensor, int]] = TensorDataset(images[keep], labels[keep])  # type: ignore[assignment]
-    stream = BatchStream(subset, min(batch_size, len(keep)), context.seed, images=images[keep], labels=labels[keep])
-    representation = copy.deepcopy(context.representation).to(context.device)
-    head = nn.Linear(representation.feature_dim, int(labels.max()) + 1).to(context.device)
-    model = nn.Sequential(representation, head)
-    optimizer = torch.optim.SGD(
-        [{"params": representation.parameters(), "lr": lr}, {"params": head.parameters(), "lr": 10 * lr}],
-        momentum=0.9,
-        weight_decay=5e-4,
-    )
-    base_rates = [group["lr"] for group in optimizer.param_groups]
-    total = epochs * stream.steps_per_epoch
-    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
+    stream = BatchStream(subset, budget.batch_size, context.seed, images=images[keep], labels=labels[keep])
+    val, test = LabelledImages.of(context, "val"), LabelledImages.of(context, "test")
+    optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    start_val = accuracy_on(model, val)
+    best_val, best_step, best_state = start_val, 0, copy.deepcopy(model.state_dict())
+    history = [(0, start_val)]  # (steps done, val accuracy)
     batches = stream.batches()
-    for step in range(total):
-        images, targets = next(batches)
-        for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
-            group["lr"] = rate * warmup_cosine(step, total, 0)
-        images = to_float(images.to(context.device))
-        images = random_crop_flip(
-            images, BatchRandom(context.seed, step, "finetune", len(images), device=context.device)
-        )
-        model.train()
-        loss = F.cross_entropy(model(images), targets.to(context.device))
+    model.train()
+    for step in range(budget.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr * budget.learning_rate_factor(step)
+        batch, targets = next(batches)
+        batch = to_float(batch.to(context.device))  # (B, 3, S, S) in [0, 1]
+        batch = random_crop_flip(batch, BatchRandom(context.seed, step, "finetune", len(batch), device=context.device))
+        loss = F.cross_entropy(model(batch), targets.to(context.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if (step + 1) % stream.steps_per_epoch == 0:
-            val = accuracy_on(model, context, "val")
-            if val > best[0]:
-                best = (val, (step + 1) // stream.steps_per_epoch, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
+        if budget.checks_val_after(step):
+            accuracy = accuracy_on(model, val)
+            history.append((step + 1, accuracy))
+            if accuracy > best_val:
+                best_val, best_step, best_state = accuracy, step + 1, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
     return {
         "protocol": "finetune",
-        "accuracy": accuracy_on(model, context, "test"),
-        "val_accuracy": best[0],
-        "best_epoch": best[1],
-        "epochs": epochs,
-        "lr": lr,
+        "accuracy": accuracy_on(model, test),
+        "val_accuracy": best_val,
+        "best_step": best_step,
+        "start_val_accuracy": start_val,
+        "val_history": history,
+        "steps": budget.steps,
+        "warmup_steps": budget.warmup_steps,
+        "epochs": round(budget.steps / budget.steps_per_epoch, 2),
+        "batch_size": budget.batch_size,
+        "lr": options.lr,
         "train_size": len(keep),
+        "recipe": (
+            f"head from the linear probe, then all parameters (LP-FT): {budget.steps} steps "
+            f"({budget.warmup_steps} warm-up, then cosine), batch {budget.batch_size}, SGD lr {options.lr:g}, "
+            "crop+flip; step chosen on val"
+        ),
     }

@@ -3,11 +3,13 @@
 
 Features of the train, val and test splits are extracted once; a multinomial logistic regression is fitted on
 train for each weight decay of a small grid (full-batch L-BFGS, deterministic), the weight decay is chosen on
-val accuracy, never on test, and the chosen classifier's top-1 accuracy on test is reported.
+val accuracy, never on test, and the chosen classifier's top-1 accuracy on test is reported. The chosen solution
+(:class:`LinearSolution`) is also the starting head of the fine-tuning protocol.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,28 +44,73 @@ def top1(classifier: torch.nn.Linear, features: torch.Tensor, labels: torch.Tens
         return float((classifier(features).argmax(1) == labels).float().mean())
 
 
-def linear_protocol(context: EvalContext) -> dict[str, Any]:
-    """Top-1 test accuracy of the best-on-val linear classifier on frozen features."""
+@dataclass(frozen=True)
+class LinearSolution:
+    """The linear probe's chosen classifier and the standardisation of the features it was fitted on.
+
+    Attributes:
+        classifier: ``(N, D) -> (N, classes)`` on standardised features ``(x - mean) / std``.
+        mean: ``(D,)`` mean of the train features used.
+        std: ``(D,)`` their standard deviation (plus a small constant).
+        weight_decay: the l2 penalty chosen on val.
+        val_accuracy: the classifier's top-1 accuracy on val.
+        train_size: how many labelled train samples it was fitted on.
+    """
+
+    classifier: torch.nn.Linear
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight_decay: float
+    val_accuracy: float
+    train_size: int
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+    def on_raw_features(self) -> torch.nn.Linear:
+        """The same classifier folded to take raw features ``(N, D)``: ``W (x - m) / s + b = (W / s) x + b'``.
+
+        Its logits equal those of :attr:`classifier` on standardised features, so a network ending in this layer
+        starts exactly at the linear probe (the head of linear-probe-then-fine-tune).
+        """
+        weight = self.classifier.weight.detach() / self.std  # (classes, D)
+        bias = self.classifier.bias.detach() - weight @ self.mean  # (classes,)
+        folded = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            folded.weight.copy_(weight)
+            folded.bias.copy_(bias)
+        return folded
+
+
+def solve_linear_probe(context: EvalContext) -> LinearSolution:
+    """Fit the linear probe on the (label-fraction) train features; the weight decay chosen on val accuracy."""
     if not context.source.labelled:
         raise DataError(f"data set {context.source.name!r} has no labels; the linear protocol needs them")
-    splits = {split: context.features(split) for split in ("train", "val", "test")}
-    keep = context.train_indices(splits["train"][1])
-    train_x, train_y = splits["train"][0][keep], splits["train"][1][keep]
+    train_features, train_labels = context.features("train")
+    keep = context.train_indices(train_labels)
+    train_x, train_y = train_features[keep], train_labels[keep]
+    val_x, val_y = context.features("val")
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    normalised = {split: ((x - mean) / std, y) for split, (x, y) in splits.items()}
-    normalised["train"] = ((train_x - mean) / std, train_y)
-    classes = int(max(y.max() for _, y in splits.values())) + 1
+    classes = int(max(train_labels.max(), val_y.max(), context.features("test")[1].max())) + 1
     by_decay = {}
     for decay in WEIGHT_DECAYS:
-        classifier = fit_linear(*normalised["train"], classes, decay)
-        by_decay[decay] = (top1(classifier, *normalised["val"]), classifier)
+        classifier = fit_linear((train_x - mean) / std, train_y, classes, decay)
+        by_decay[decay] = (top1(classifier, (val_x - mean) / std, val_y), classifier)
     best = max(WEIGHT_DECAYS, key=lambda decay: by_decay[decay][0])
+    return LinearSolution(by_decay[best][1], mean, std, best, by_decay[best][0], len(train_y))
+
+
+def linear_protocol(context: EvalContext) -> dict[str, Any]:
+    """Top-1 test accuracy of the best-on-val linear classifier on frozen features."""
+    solution = solve_linear_probe(context)
+    test_x, test_y = context.features("test")
     return {
         "protocol": "linear",
-        "accuracy": top1(by_decay[best][1], *normalised["test"]),
-        "val_accuracy": by_decay[best][0],
-        "weight_decay": best,
-        "feature_dim": int(train_x.shape[1]),
-        "train_size": int(len(train_y)),
-        "test_size": int(len(splits["test"][1])),
+        "accuracy": top1(solution.classifier, solution.standardise(test_x), test_y),
+        "val_accuracy": solution.val_accuracy,
+        "weight_decay": solution.weight_decay,
+        "feature_dim": int(test_x.shape[1]),
+        "train_size": solution.train_size,
+        "test_size": int(len(test_y)),
+        "recipe": "logistic regression (L-BFGS) on standardised frozen features; weight decay chosen on val",
     }
