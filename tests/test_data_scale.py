@@ -204,3 +204,18 @@ def test_missing_data_names_both_layouts_and_the_variable(tmp_path: Path) -> Non
     with pytest.raises(DataError, match="SSLX_DATA_DIR") as caught:
         resolve_data("cifar10", REGISTRY, DataOptions(data_dir=tmp_path)).split("train", 32)
     assert "cifar-10-batches-py" in str(caught.value)
+
+
+def test_folders_default_to_a_photograph_size_kept_for_resume(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import tomllib
+
+    write_images(tmp_path / "flat", 8, size=40)
+    run = tmp_path / "R"
+    args = ("pretrain", "--task", "rotation", "--data", tmp_path / "flat", "--batch-size", "4", "--no-probe",
+            "--workers", "0", "--device", "cpu", "--out", run)  # fmt: skip
+    first = invoke(*args, "--steps", "1")
+    assert first.exit_code == 0, first.output
+    assert "(96 px)" in first.output  # the CPU default for file-backed data
+    assert tomllib.loads((run / "config.toml").read_text())["image_size"] == 96
+    resumed = invoke(*args, "--steps", "2", "--resume")
+    assert resumed.exit_code == 0, resumed.output
