@@ -42,6 +42,7 @@ from ssl_engine.distributed import all_gather_with_grad, gather_from_all_ranks, 
 from ssl_engine.drawing import default_drawing
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
+from ssl_engine.heads.projector import projector_head
 from ssl_engine.heads.upconv import UpConvDecoder
 from ssl_engine.hookspecs import (
     BackboneFactory,
@@ -124,6 +125,7 @@ __all__ = [
     # building blocks
     "linear_head",
     "mlp_head",
+    "projector_head",
     "UpConvDecoder",
     "Discriminator",
     "adversarial_modules",

@@ -17,6 +17,7 @@ from ssl_engine.eval.knn import knn_protocol
 from ssl_engine.eval.linear import linear_protocol
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
+from ssl_engine.heads.projector import projector_head
 from ssl_engine.heads.upconv import UpConvDecoder
 from ssl_engine.hookspecs import (
     BackboneRegister,
@@ -74,6 +75,12 @@ def register_datasets(register: DatasetRegister) -> None:
 def register_heads(register: HeadRegister) -> None:
     register("linear", linear_head, kind="classifier", help="one linear layer on pooled features")
     register("mlp", mlp_head, kind="classifier", help="Linear-BN-ReLU-Linear on pooled features")
+    register(
+        "projector",
+        projector_head,
+        kind="classifier",
+        help="(Linear-BN-ReLU) x 2, Linear on pooled features (Barlow Twins, VICReg)",
+    )
     register("upconv", UpConvDecoder, kind="decoder", help="up-convolutional decoder on the spatial map")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ class TaskSetting:
         choices: allowed values, if the setting is an enumeration.
         minimum: smallest allowed value for numbers (inclusive).
         maximum: largest allowed value for numbers (inclusive).
+        min_open: the minimum itself is refused too (``lambda > 0``).
     """
 
     name: str
@@ -32,6 +34,7 @@ class TaskSetting:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    min_open: bool = False
 
     def parse(self, value: Any, task: str) -> Any:
         """Convert (strings from the command line included) and validate one value."""
@@ -52,10 +55,12 @@ class TaskSetting:
                 parsed = self.type(value)
             except (TypeError, ValueError):
                 raise SettingError(f"{where} expects {self.type.__name__}, got {value!r}") from None
+        if isinstance(parsed, float) and not math.isfinite(parsed):  # NaN passes every comparison below
+            raise SettingError(f"{where} must be a finite number; got {parsed!r}")
         if self.choices is not None and parsed not in self.choices:
             raise SettingError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {parsed!r}")
-        if self.minimum is not None and parsed < self.minimum:
-            raise SettingError(f"{where} must be >= {self.minimum}; got {parsed!r}")
+        if self.minimum is not None and (parsed < self.minimum or (self.min_open and parsed == self.minimum)):
+            raise SettingError(f"{where} must be {'>' if self.min_open else '>='} {self.minimum}; got {parsed!r}")
         if self.maximum is not None and parsed > self.maximum:
             raise SettingError(f"{where} must be <= {self.maximum}; got {parsed!r}")
         return parsed

@@ -34,12 +34,13 @@ DECLARED = (
     TaskSetting("mode", str, "center", "mask", choices=("center", "random")),
     TaskSetting("adversarial", bool, False, "gan"),
     TaskSetting("weight", float, 0.5, "w"),
+    TaskSetting("temperature", float, 0.1, "t > 0", minimum=0, min_open=True),
 )
 
 
 def test_settings_parse_strings_and_keep_defaults() -> None:
     resolved = resolve_settings("t", DECLARED, {"permutations": "30", "adversarial": "yes", "weight": "1e-3"})
-    assert resolved == {"permutations": 30, "mode": "center", "adversarial": True, "weight": 0.001}
+    assert resolved == {"permutations": 30, "mode": "center", "adversarial": True, "weight": 0.001, "temperature": 0.1}
 
 
 @pytest.mark.parametrize(
@@ -47,12 +48,16 @@ def test_settings_parse_strings_and_keep_defaults() -> None:
     [
         (
             {"nope": 1},
-            "unknown setting t.nope; valid settings of 't': adversarial, mode, permutations, weight",
+            "unknown setting t.nope; valid settings of 't': adversarial, mode, permutations, temperature, weight",
         ),
         ({"permutations": "x"}, "t.permutations expects int"),
         ({"permutations": 1}, "must be >= 2"),
         ({"mode": "edge"}, "must be one of center, random"),
         ({"adversarial": "maybe"}, "expects true/false"),
+        ({"temperature": 0}, "t.temperature must be > 0; got 0.0"),
+        ({"temperature": "-1"}, "t.temperature must be > 0"),
+        ({"weight": "nan"}, "t.weight must be a finite number"),
+        ({"weight": float("inf")}, "t.weight must be a finite number"),
     ],
 )
 def test_bad_settings_name_the_problem(given: dict[str, object], message: str) -> None:

@@ -1,0 +1,249 @@
+"""Barlow Twins: Zbontar, Jing, Misra, LeCun & Deny 2021, "Barlow Twins: Self-Supervised Learning via Redundancy
+Reduction" (ICML).
+
+Two random views of every image go through the backbone and a projector (three linear layers, batch norm and
+ReLU after the first two: the core's ``projector`` head); the loss (:mod:`sslx_barlowtwins.loss`) drives the
+cross-correlation matrix of the two views' embeddings, each dimension standardised over the batch, towards the
+identity: each dimension invariant to the augmentations, different dimensions decorrelated. No negatives, no
+momentum encoder, no predictor. Downstream the projector is dropped: the representation is the backbone's pooled
+output.
+
+Following the paper (and its code):
+
+* each view goes through the backbone and the projector on its own, so batch norm normalises each view's batch
+  separately, as the paper's ``f(y_a)``, ``f(y_b)`` do;
+* under torchrun the embeddings of every process are gathered before the loss (the paper's code all-reduces the
+  cross-correlation): the standardisation and ``C`` are over the global batch, and each process's loss is the
+  global one. The projector's own batch norms stay per process unless ``--sync-bn`` is given (the paper converts
+  them to SyncBatchNorm);
+* augmentations are BYOL's, which the paper uses (Appendix, "Image augmentations"): random resized crop (0.08-1),
+  flip, colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 1.0 on the first view, 0.1 on the second),
+  solarization (p 0 and 0.2), batched on the device by the core's :class:`~ssl_engine.api.ViewAugmentation`.
+
+Departures, for this engine's small images and CPU budgets (every one a setting):
+
+* ``projector_dim`` 1024 instead of 8192 (8192-8192-8192 on a 2048-d ResNet-50; here the default backbone gives
+  256-d features and batches are 64): three 1024-wide layers. The paper (Fig. 4) finds accuracy rising with the
+  width; 1024 is what the budget allows.
+* ``lambda`` 0.0051 as in the paper, kept at the smaller width (solo-learn keeps it at 2048 on CIFAR).
+* colour jitter: the core's pipeline draws brightness, contrast and saturation from one range, so ``strength``
+  0.5 gives brightness and contrast 0.4 and hue 0.1 as in BYOL, but saturation 0.4 instead of 0.2.
+* blur: ``blur=auto`` (the default) blurs as the paper does from 64 px up and not at all below, as BYOL's plugin
+  does: the paper's sigma (0.1-2 px) is mild at 224 px but flattens a tenth of a 32 px image, wiping out small
+  objects (solo-learn turns the blur off on CIFAR for the same reason). ``blur=on`` and ``blur=off`` force it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    SettingError,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    ViewAugmentation,
+    accuracy,
+    gather_from_all_ranks,
+    is_distributed,
+    normalize,
+)
+from sslx_barlowtwins.loss import BarlowTwinsLoss, off_diagonal, standardize_over_batch
+
+VIEWS = 2
+PAPER_BLUR = (1.0, 0.1)  # chance of a blur on the first and on the second view (BYOL's, which the paper uses)
+BLUR_FROM = 64  # blur=auto blurs images of at least this side
+
+
+def blur_probabilities(mode: str, image_size: int) -> tuple[float, float] | None:
+    """The per-view blur probabilities of ``blur`` = ``auto``/``on``/``off`` at ``image_size`` (``None``: none)."""
+    if mode == "on" or (mode == "auto" and image_size >= BLUR_FROM):
+        return PAPER_BLUR
+    return None
+
+
+def view_matching(z_a: torch.Tensor, z_b: torch.Tensor, count: int) -> torch.Tensor:
+    """Cosine similarities of this process's views to every view of the global batch (a monitor, not the loss).
+
+    Args:
+        z_a, z_b: ``(N, P)``, the global batch's embeddings of the first and second views, rank-major.
+        count: images on this process ``B`` (the same on every process).
+
+    Returns:
+        ``(2B, 2N)``: row ``2b + v`` is view ``v`` of local image ``b``, column ``2n + v'`` view ``v'`` of global
+        image ``n``; ``-inf`` at each view's own column, so ``argmax`` is its nearest other view.
+    """
+    first = torch.distributed.get_rank() * count if is_distributed() else 0
+    views = F.normalize(torch.stack([z_a, z_b], dim=1).flatten(0, 1), dim=1)  # (2N, P), sample-major
+    own = 2 * first + torch.arange(2 * count, device=views.device)  # (2B,)
+    logits = views[own] @ views.T  # (2B, 2N)
+    return logits.scatter(1, own[:, None], float("-inf"))
+
+
+class BarlowTwinsTask(PretextTask):
+    """Make the cross-correlation of the two views' embeddings the identity matrix.
+
+    Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
+    view's other view (as SimCLR's), used only by the ``accuracy`` monitor: how often a view's nearest neighbour
+    among the ``2N - 1`` other views of the global batch, by cosine similarity of the standardised embeddings
+    (what the loss correlates), is its twin.
+
+    Head: ``make_head(D, projector_dim)``, by default the registered ``projector`` (three layers, all
+    ``projector_dim`` wide). Loss terms: ``invariance`` ``sum_i (1 - C_ii)^2`` and ``redundancy``
+    ``sum_{i != j} C_ij^2``, weighted ``scale`` and ``scale * lambda`` (Eq. 1). Metrics: ``accuracy``,
+    ``on_diagonal`` (mean ``C_ii``, 1 at the optimum) and ``off_diagonal`` (root mean square of the other ``C_ij``).
+    """
+
+    name = "barlowtwins"
+    summary = "redundancy reduction: the two views' cross-correlation matrix towards the identity (Barlow Twins)"
+    paper = "Zbontar, Jing, Misra, LeCun & Deny 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction"
+    views = VIEWS
+    default_image_size = 32
+    default_head = "projector"
+    settings = (
+        TaskSetting(
+            "lambda",
+            float,
+            0.0051,
+            "weight of the off-diagonal (redundancy) term, must be > 0 (paper: 0.0051 with 8192-d embeddings)",
+            minimum=0.0,
+            min_open=True,
+        ),
+        TaskSetting(
+            "projector_dim",
+            int,
+            1024,
+            "width of the projector's three layers (paper: 8192; smaller here for 32 px data on a CPU)",
+            minimum=1,
+            maximum=65536,
+        ),
+        TaskSetting(
+            "scale",
+            float,
+            1.0,
+            "multiplies the whole loss, must be > 0 (paper: 1; solo-learn uses 0.1 on CIFAR)",
+            minimum=0.0,
+            min_open=True,
+        ),
+        TaskSetting(
+            "strength",
+            float,
+            0.5,
+            "colour distortion strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (BYOL's 0.4, 0.4, "
+            "0.2, 0.1 but saturation 0.4 at s = 0.5)",
+            minimum=0.0,
+            maximum=2.5,
+        ),
+        TaskSetting(
+            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
+        ),
+        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
+        TaskSetting(
+            "min_scale",
+            float,
+            0.08,
+            "smallest crop, a fraction of the image area (paper: 0.08)",
+            minimum=0.01,
+            maximum=1,
+        ),
+        TaskSetting(
+            "blur",
+            str,
+            "auto",
+            "Gaussian blur on every first view and 10% of the second (paper); auto: only from 64 px up",
+            choices=("auto", "on", "off"),
+        ),
+        TaskSetting(
+            "solarize",
+            float,
+            0.2,
+            "chance the second view is solarized (paper: 0.2; never the first)",
+            minimum=0,
+            maximum=1,
+        ),
+    )
+
+    @classmethod
+    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
+        """Barlow Twins computes its own loss: ``--loss`` is refused rather than ignored."""
+        return None, cls.default_loss
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        config = self.config
+        if config["lambda"] <= 0 or config["scale"] <= 0:  # declared, but a task built by hand is checked too
+            raise SettingError(f"task {self.name!r}: lambda and scale must be > 0")
+        self.augmentation = ViewAugmentation(
+            strength=config["strength"],
+            jitter_probability=config["jitter_probability"],
+            gray_probability=config["gray_probability"],
+            min_scale=config["min_scale"],
+            views=VIEWS,
+            blur_probabilities=blur_probabilities(config["blur"], context.image_size),
+            solarize_probabilities=(0.0, config["solarize"]) if config["solarize"] > 0 else None,
+        )
+        self.loss = BarlowTwinsLoss()
+        self.loss_weights = {"invariance": config["scale"], "redundancy": config["scale"] * config["lambda"]}
+
+    def build_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.config["projector_dim"])})
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        """Two augmented views of every image and the global row of each view's twin.
+
+        Args:
+            images: ``(B, 3, S, S)`` float in [0, 1].
+            random: per-sample randomness.
+
+        Returns:
+            inputs ``(B * 2, 3, S, S)`` normalised; targets ``(B * 2,)`` int64; views 2; extras: the drawn
+            parameters of every view (:meth:`ViewAugmentation.draw`), each ``(B, 2, ...)``.
+        """
+        with torch.autocast(images.device.type, enabled=False):
+            views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
+        rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
+        return PretextBatch(normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
+
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
+        """Embed each view, gather the global batch, and score its cross-correlation.
+
+        Args:
+            backbone: the shared backbone.
+            modules: ``{"head": (B, D) -> (B, projector_dim)}``.
+            aux: unused.
+            batch: from :meth:`pseudo_labels`.
+
+        Returns:
+            Terms ``invariance`` and ``redundancy``, metrics ``accuracy``, ``on_diagonal``, ``off_diagonal``, and
+            the cosine similarities ``(B * 2, W * B * 2)`` of every local view to every view of the global batch.
+        """
+        views = batch.inputs.unflatten(0, (-1, VIEWS))  # (B, 2, 3, S, S)
+        # One pass per view, as the paper's f(y_a), f(y_b): batch norm sees one view's batch at a time.
+        z_a = modules["head"](backbone.pooled(views[:, 0]))  # (B, P)
+        z_b = modules["head"](backbone.pooled(views[:, 1]))  # (B, P)
+        with torch.autocast(z_a.device.type, enabled=False):
+            z_a = gather_from_all_ranks(z_a.float())  # (N, P): the global batch, rank-major
+            z_b = gather_from_all_ranks(z_b.float())
+            invariance, redundancy, correlation = self.loss(z_a, z_b)
+            # Matched as the loss sees them, standardised: the raw embeddings may share a large mean direction.
+            logits = view_matching(
+                standardize_over_batch(z_a.detach()), standardize_over_batch(z_b.detach()), len(views)
+            )
+        size = len(correlation)
+        metrics = {
+            "accuracy": accuracy(logits, batch.targets),
+            "on_diagonal": correlation.detach().diagonal().mean(),
+            "off_diagonal": (off_diagonal(correlation.detach()).square().sum() / max(1, size * (size - 1))).sqrt(),
+        }
+        return TaskOutput({"invariance": invariance, "redundancy": redundancy}, metrics, logits)
