@@ -1,0 +1,234 @@
+"""Behaviour of the VICReg task: the loss against the paper's Algorithm 1 written as loops, the three logged terms
+and their weights, the views, the settings, the conformance kit, and the real command line (show, refused settings,
+a mixed run)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from sslx_vicreg.loss import VICRegLoss, off_diagonal
+from sslx_vicreg.task import VICRegTask
+from torch.nn import functional as F
+
+from ssl_engine.api import BatchRandom, SettingError, TaskContext, projector_head
+from ssl_engine.backbones.smallconv import SmallConvNet
+from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
+from ssl_engine.settings import resolve_settings
+from ssl_engine.testing import check_pretext_task
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+PAPER_WEIGHTS = {"invariance": 25.0, "variance": 25.0, "covariance": 1.0}
+
+
+def make_task(**settings: object) -> VICRegTask:
+    return VICRegTask(
+        TaskContext(
+            settings=resolve_settings("vicreg", VICRegTask.settings, settings),
+            image_size=32,
+            in_channels=3,
+            feature_dim=32,
+            feature_stride=8,
+            make_head=projector_head,
+            loss_fn=F.cross_entropy,
+            make_backbone=lambda channels: SmallConvNet(channels, width=4),
+        )
+    )
+
+
+def draw(task: VICRegTask, images: torch.Tensor, step: int = 0, seed: int = 0):
+    return task.pseudo_labels(images, BatchRandom(seed, step, "vicreg", len(images)))
+
+
+# --- the loss against the paper ------------------------------------------------------------------------------
+def reference_terms(
+    z_a: torch.Tensor, z_b: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1 of the paper, one entry at a time: ``(s(Z, Z'), v(Z) + v(Z'), c(Z) + c(Z'))``."""
+    count, size = z_a.shape
+    invariance = sum((z_a[b, d] - z_b[b, d]) ** 2 for b in range(count) for d in range(size)) / (count * size)
+
+    def moments(z: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        means = [sum(z[b, d] for b in range(count)) / count for d in range(size)]
+        covariance = [
+            [sum((z[b, i] - means[i]) * (z[b, j] - means[j]) for b in range(count)) / (count - 1) for j in range(size)]
+            for i in range(size)
+        ]
+        return means, covariance
+
+    variance = covariance_total = z_a.new_zeros(())
+    for z in (z_a, z_b):
+        _, covariance = moments(z)
+        for d in range(size):
+            std = torch.sqrt(covariance[d][d] + eps)
+            variance = variance + torch.clamp(gamma - std, min=0) / size
+        for i in range(size):
+            for j in range(size):
+                if i != j:
+                    covariance_total = covariance_total + covariance[i][j] ** 2 / size
+    return invariance, variance, covariance_total
+
+
+def spread_pair(seed: int, count: int = 7, size: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twins whose dimensions have stds on both sides of gamma = 1, so the hinge is exercised both ways."""
+    generator = torch.Generator().manual_seed(seed)
+    z_a = torch.randn(count, size, generator=generator) * torch.linspace(0.2, 2.5, size) + 1
+    z_b = z_a + 0.4 * torch.randn(count, size, generator=generator)
+    return z_a.requires_grad_(), z_b.requires_grad_()
+
+
+@pytest.mark.parametrize(("seed", "gamma", "eps"), [(0, 1.0, 1e-4), (1, 1.5, 1e-3), (2, 0.5, 1e-4)])
+def test_terms_match_algorithm_1_written_as_loops_with_gradients(seed: int, gamma: float, eps: float) -> None:
+    z_a, z_b = spread_pair(seed)
+    terms = VICRegLoss(gamma, eps)(z_a, z_b)
+    expected = reference_terms(z_a, z_b, gamma, eps)
+    assert 0 < float(expected[1]) < 2  # some dimensions under gamma, some over
+    for got, want in zip(terms, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    weights = [25.0, 25.0, 1.0]
+    loss = sum(w * t for w, t in zip(weights, terms, strict=True))
+    reference = sum(w * t for w, t in zip(weights, expected, strict=True))
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(loss, (z_a, z_b))
+    expected_grads = torch.autograd.grad(reference, (z_a, z_b))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_each_term_does_its_job() -> None:
+    z = torch.randn(512, 8, generator=torch.Generator().manual_seed(0))
+    invariance, variance, covariance = VICRegLoss()(z, z)
+    assert float(invariance) == 0
+    collapsed = torch.ones(64, 8) + 1e-3 * torch.randn(64, 8)
+    assert float(VICRegLoss()(collapsed, collapsed)[1]) > 1.9  # every std near 0: the hinge near 1, twice
+    assert float(VICRegLoss()(3 * z, 3 * z)[1]) == 0  # every std above 1
+    redundant = torch.cat([z[:, :4], z[:, :4]], dim=1)  # dimensions repeated: covariance far from diagonal
+    assert float(covariance) < 0.1 and float(VICRegLoss()(redundant, redundant)[2]) > 1.5  # 2 when exact
+
+
+def test_off_diagonal_takes_every_entry_but_the_diagonal() -> None:
+    matrix = torch.arange(9.0).view(3, 3)
+    assert off_diagonal(matrix).tolist() == [1.0, 2.0, 3.0, 5.0, 6.0, 7.0]
+
+
+def test_loss_refuses_bad_shapes_and_parameters_and_stays_float32() -> None:
+    with pytest.raises(ValueError, match="N >= 2"):
+        VICRegLoss()(torch.randn(1, 3), torch.randn(1, 3))
+    with pytest.raises(ValueError, match="positive"):
+        VICRegLoss(gamma=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = VICRegLoss()(torch.randn(8, 4).bfloat16(), torch.randn(8, 4).bfloat16())
+    assert all(term.dtype == torch.float32 for term in terms)
+
+
+# --- the task -------------------------------------------------------------------------------------------------
+def test_views_follow_byol_and_targets_are_the_twins_global_rows() -> None:
+    images = torch.rand(8, 3, 32, 32)
+    task = make_task()
+    batch = draw(task, images)
+    assert batch.inputs.shape == (16, 3, 32, 32) and batch.views == 2
+    assert batch.targets.tolist() == [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14]
+    assert "blurred" not in batch.extras and not batch.extras["solarized"][:, 0].any()  # blur=auto: none at 32 px
+    assert draw(make_task(blur="on"), images).extras["blurred"][:, 0].all()  # the paper's p 1.0 on the first view
+    second_half = task.pseudo_labels(images[4:], BatchRandom(0, 0, "vicreg", 4, global_batch=8, offset=4))
+    assert torch.equal(second_half.targets, batch.targets[8:])
+    torch.testing.assert_close(second_half.inputs, batch.inputs[8:])
+
+
+def test_forward_logs_three_terms_with_the_paper_weights_and_trains_the_backbone() -> None:
+    task = make_task(projector_dim=16)
+    assert task.loss_weights == PAPER_WEIGHTS
+    modules = task.build_modules()
+    backbone = SmallConvNet(3, width=4)
+    batch = draw(task, torch.rand(6, 3, 32, 32))
+    output = task.forward(backbone, modules, torch.nn.ModuleDict(), batch)
+    assert set(output.losses) == set(PAPER_WEIGHTS)
+    views = batch.inputs.unflatten(0, (6, 2))
+    z_a, z_b = (modules["head"](backbone.pooled(views[:, v])) for v in range(2))
+    for name, expected in zip(("invariance", "variance", "covariance"), VICRegLoss()(z_a, z_b), strict=True):
+        torch.testing.assert_close(output.losses[name], expected)
+    task.weighted_total(output.losses).backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+    assert output.predictions is not None and output.predictions.shape == (12, 12)
+    assert 0 <= float(output.metrics["accuracy"]) <= 1 and float(output.metrics["std"]) > 0
+    chosen = make_task(invariance_weight=10, variance_weight=0, covariance_weight=0.5)
+    assert chosen.loss_weights == {"invariance": 10.0, "variance": 0.0, "covariance": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"invariance_weight": -1}, "vicreg.invariance_weight must be >= 0"),
+        ({"variance_weight": -0.5}, "vicreg.variance_weight"),
+        ({"covariance_weight": math.inf}, "vicreg.covariance_weight must be a finite number"),
+        ({"invariance_weight": 0, "variance_weight": 0, "covariance_weight": 0}, "not all 0"),
+        ({"gamma": 0}, "vicreg.gamma must be > 0"),
+        ({"eps": 0}, "vicreg.eps must be > 0"),
+        ({"projector_dim": 0}, "vicreg.projector_dim"),
+        ({"solarize": 2}, "vicreg.solarize must be <= 1"),
+        ({"blur": "yes"}, "vicreg.blur must be one of auto, on, off"),
+    ],
+)
+def test_settings_are_validated(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingError, match=message.replace(".", r"\.")):
+        make_task(**settings)
+
+
+def test_conformance_kit() -> None:
+    check_pretext_task(VICRegTask)
+
+
+# --- the real command line ---------------------------------------------------------------------------------
+def sslx(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ssl_engine.cli", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=ENV)
+
+
+@pytest.mark.slow
+def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
+    out = tmp_path / "vicreg.png"
+    result = sslx("show", "--task", "vicreg", "--count", "3", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as picture:
+        width, height = picture.size
+    assert width >= 3 * 64 and height >= 3 * 64  # the original and its two views, three rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--set", "vicreg.variance_weight=-1"), "vicreg.variance_weight must be >= 0"),
+        (("--set", "vicreg.projector_dim=0"), "vicreg.projector_dim"),
+        (("--set", "vicreg.gamma=0"), "vicreg.gamma must be > 0"),
+        (("--loss", "vicreg=mse"), "task 'vicreg' computes its own loss"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_task_before_training(
+    tmp_path: Path, option: tuple[str, str], message: str
+) -> None:
+    result = sslx("pretrain", "--task", "vicreg", *option, "--steps", "2", "--out", str(tmp_path / "r"),
+                  cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "r").exists()  # refused before the run directory was made
+
+
+@pytest.mark.slow
+def test_vicreg_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
+    run = tmp_path / "mix"
+    result = sslx("pretrain", "--task", "vicreg", "--task", "rotation=0.5", "--steps", "2", "--batch-size", "8",
+                  "--log-every", "1", "--no-probe", "--out", str(run), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    tensors = read_checkpoint(checkpoint_paths(run)[-1]).tensors
+    assert any(key.startswith("task/vicreg/head.") for key in tensors)
+    assert any(key.startswith("task/rotation/") for key in tensors)
+    metrics = (run / "metrics.jsonl").read_text()
+    assert all(f"vicreg/{term}" in metrics for term in ("invariance", "variance", "covariance"))
+    assert "rotation/rotation" in metrics
