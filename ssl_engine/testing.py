@@ -33,6 +33,8 @@ Helpers for the behaviour tests that every plugin writes:
   of its newest checkpoint, :func:`run_checkpoint` (``run``, ``step``) reads one, :func:`resumed_trainer`
   (``run``, ``steps``) is the engine's trainer as ``--resume`` starts it. :func:`run_cli` runs any other command (a
   refusal: ``run_cli("pretrain", ...).exit_code == 2``).
+- :func:`spawn_ranks` ``(rank_result, tmp_path)``: ``rank_result(rank)`` in two processes joined in a gloo process
+  group (the CPU), each one's result back in the test, for comparing a distributed computation with one process.
 - :func:`cli_plugins` (``("flip", sslx_flip.plugin)``): a block in which the command line sees these plugin objects
   and the kit's own pieces (:data:`REFERENCE_TASK`, :data:`KIT_DATA`, :data:`KIT_BACKBONE`) instead of the installed
   plugins: the real command line on a task that is not installed, or the core's tests on the reference task.
@@ -108,15 +110,20 @@ from __future__ import annotations
 
 import contextlib
 import random as python_random
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from click.testing import CliRunner, Result
 from PIL import Image
 from safetensors import safe_open
@@ -170,6 +177,7 @@ __all__ = [
     "resumed_trainer",
     "run_checkpoint",
     "run_cli",
+    "spawn_ranks",
     "task_instance",
 ]
 
@@ -1384,3 +1392,45 @@ def resumed_trainer(run: Path, steps: int) -> Trainer:
     config = saved_config(run)
     config.steps = steps
     return Trainer(build_run(config, plugin_host.get_host().registry, run, resume=True))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _rank_main(rank: int, target: Callable[..., Any], port: int, world: int, out: Path, args: tuple[Any, ...]) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
+    try:
+        torch.save(target(rank, *args), out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_ranks(
+    target: Callable[..., Any], out: Path, *args: Any, world: int = 2, deadline_s: float = 300.0
+) -> list[Any]:
+    """``target(rank, *args)`` in ``world`` fresh processes joined in one gloo process group, their results in order.
+
+    Each process (``torch.multiprocessing.spawn``) joins the group on a free local port, calls ``target`` (a function
+    defined at module level, so that it can be sent to the process) and saves what it returns (tensors, numbers,
+    strings, in lists and dicts) to ``out / f"rank{rank}.pt"``; the group is destroyed whatever happens. So a test
+    compares a computation on ``world`` processes (``all_gather_with_grad``, DDP, a global batch norm) with the same
+    computation on the whole batch in one process.
+
+    Raises:
+        TimeoutError: the processes did not all finish within ``deadline_s`` seconds (they are killed).
+        ProcessRaisedException: a process raised (its traceback is in the message).
+    """
+    context = mp.spawn(_rank_main, args=(target, _free_port(), world, out, args), nprocs=world, join=False)
+    deadline = time.monotonic() + deadline_s
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"the {world} ranks did not finish in {deadline_s:.0f} s")
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(world)]

@@ -10,16 +10,13 @@ under ``torch.compile`` (``--compile`` compiles the backbone, and with it its ba
 
 from __future__ import annotations
 
-import socket
-import time
-from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn import functional as F
 
+from ssl_engine.testing import spawn_ranks
 from ssl_engine.train.sync_batchnorm import GlobalBatchNorm, combine_moments
 
 WORLD = 2
@@ -70,50 +67,28 @@ def test_moments_of_groups_combine_into_the_whole_batchs_at_mean_over_std_1000()
     assert error < 2 * plain_error + 1e-5, f"combined moments: {error:.2e}, plain float32 batch norm {plain_error:.2e}"
 
 
-def run_rank(rank: int, port: int, out: Path) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
-    )
-    try:
-        torch.set_num_threads(1)
-        inputs, weights = whole_batch()
-        rows = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
-        results = {}
-        for name, compiled in (("eager", False), ("compiled", True)):
-            mine = inputs[rows].float().requires_grad_()
-            norm = GlobalBatchNorm(CHANNELS, affine=False).train()
-            output = (torch.compile(norm, fullgraph=True) if compiled else norm)(mine)
-            (output * weights[rows].float()).sum().backward()
-            results[name] = {
-                "output": output.detach(),
-                "grad": mine.grad,
-                "running_mean": norm.running_mean,
-                "running_var": norm.running_var,
-            }
-        torch.save(results, out / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def rank_result(rank: int) -> dict[str, dict[str, torch.Tensor]]:
+    torch.set_num_threads(1)
+    inputs, weights = whole_batch()
+    rows = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
+    results = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        mine = inputs[rows].float().requires_grad_()
+        norm = GlobalBatchNorm(CHANNELS, affine=False).train()
+        output = (torch.compile(norm, fullgraph=True) if compiled else norm)(mine)
+        (output * weights[rows].float()).sum().backward()
+        results[name] = {
+            "output": output.detach(),
+            "grad": mine.grad,
+            "running_mean": norm.running_mean,
+            "running_var": norm.running_var,
+        }
+    return results
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def spawn_ranks(out: Path, deadline_s: float = 300.0) -> list[dict[str, dict[str, torch.Tensor]]]:
-    context = mp.spawn(run_rank, args=(free_port(), out), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + deadline_s
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"the {WORLD} ranks did not finish in {deadline_s:.0f} s")
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
-
-
+@pytest.mark.slow
 def test_two_processes_normalise_as_double_precision_batch_norm_of_the_whole_batch(tmp_path: Path) -> None:
-    ranks = spawn_ranks(tmp_path)
+    ranks = spawn_ranks(rank_result, tmp_path, world=WORLD)
     inputs, weights = whole_batch()
     exact = batch_norm_reference(inputs, weights)
     plain = batch_norm_reference(inputs.float(), weights)

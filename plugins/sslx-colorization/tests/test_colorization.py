@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from sslx_colorization import plugin
 from sslx_colorization.rebalance import ColourPrior
 from sslx_colorization.task import ColorizationTask
 from torch import nn
@@ -18,34 +17,23 @@ from ssl_engine.api import (
     BatchRandom,
     PretextBatch,
     SettingError,
-    TaskContext,
-    UpConvDecoder,
     ab_bins,
     lab_to_rgb,
     lightness_input_from_rgb,
     rgb_to_lab,
     with_colour,
 )
-from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import check_pretext_task
+from ssl_engine.testing import (
+    KIT_DATA,
+    check_pretext_task,
+    checkpoint_keys,
+    cli_plugins,
+    pretrain_cli,
+    run_cli,
+    task_instance,
+)
 
 BINS = ab_bins()
-
-
-def make_task(image_size: int = 32, **settings: object) -> ColorizationTask:
-    return ColorizationTask(
-        TaskContext(
-            settings=resolve_settings("colorization", ColorizationTask.settings, settings),
-            image_size=image_size,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=UpConvDecoder,
-            loss_fn=F.mse_loss,
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
 
 
 def draw(task: ColorizationTask, images: torch.Tensor) -> PretextBatch:
@@ -66,7 +54,7 @@ def recoloured(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_network_input_carries_no_colour() -> None:
-    task = make_task()
+    task = task_instance(ColorizationTask)
     images = 0.25 + 0.5 * colour_images()
     other = recoloured(colour_images())
     assert other.min() >= 0 and other.max() <= 1 and (other - images).abs().max() > 0.05
@@ -78,7 +66,7 @@ def test_the_network_input_carries_no_colour() -> None:
 
 @pytest.mark.parametrize("output_stride", [1, 4])
 def test_regression_targets_are_the_ab_of_each_output_pixel(output_stride: int) -> None:
-    task = make_task(output_stride=output_stride)
+    task = task_instance(ColorizationTask, output_stride=output_stride)
     images = colour_images()
     batch = draw(task, images)
     side = 32 // output_stride
@@ -94,10 +82,10 @@ def test_regression_targets_are_the_ab_of_each_output_pixel(output_stride: int) 
 
 
 def test_regression_forward_uses_the_registered_loss_and_reports_ab_rmse() -> None:
-    task = make_task()
+    task = task_instance(ColorizationTask)
     modules = task.build_modules()
     assert set(modules) == {"decoder"}
-    backbone = SmallConvNet(3, width=4)
+    backbone = task.context.make_backbone(3)
     batch = draw(task, colour_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert output.predictions is not None and output.predictions.shape == (4, 2, 32, 32)
@@ -109,7 +97,7 @@ def test_regression_forward_uses_the_registered_loss_and_reports_ab_rmse() -> No
 
 
 def test_classification_targets_are_the_nearest_bins_of_each_output_pixel() -> None:
-    task = make_task(loss_mode="classification", output_stride=4)
+    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
     batch = draw(task, colour_images())
     assert batch.targets.shape == (4, 8, 8) and batch.targets.dtype == torch.int64
     ab = batch.extras["ab"].permute(0, 2, 3, 1).reshape(-1, 2)  # (B*h*w, 2)
@@ -121,10 +109,10 @@ def test_classification_targets_are_the_nearest_bins_of_each_output_pixel() -> N
 
 
 def test_classification_loss_is_the_rebalanced_soft_cross_entropy() -> None:
-    task = make_task(loss_mode="classification", output_stride=4)
+    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
     modules = task.build_modules()
     assert modules["decoder"](torch.zeros(1, 32, 4, 4)).shape == (1, BINS.classes, 8, 8)
-    backbone = SmallConvNet(3, width=4)
+    backbone = task.context.make_backbone(3)
     batch = draw(task, colour_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert output.predictions is not None
@@ -147,9 +135,9 @@ def test_classification_loss_is_the_rebalanced_soft_cross_entropy() -> None:
 
 
 def test_the_colour_prior_learns_only_in_training_and_is_checkpointed() -> None:
-    task = make_task(loss_mode="classification", output_stride=4)
+    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
     modules = task.build_modules()
-    backbone = SmallConvNet(3, width=4)
+    backbone = task.context.make_backbone(3)
     batch = draw(task, colour_images())
     prior = modules["prior"]
     assert isinstance(prior, ColourPrior) and "prior.counts" in modules.state_dict()
@@ -162,7 +150,7 @@ def test_the_colour_prior_learns_only_in_training_and_is_checkpointed() -> None:
 
 def test_predictions_decode_by_the_annealed_mean() -> None:
     """A decoder that puts all mass on the true bins gives the bins' centres back as ab."""
-    task = make_task(loss_mode="classification", output_stride=4)
+    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
     batch = draw(task, colour_images())
 
     class Oracle(nn.Module):
@@ -170,7 +158,7 @@ def test_predictions_decode_by_the_annealed_mean() -> None:
             return F.one_hot(batch.targets, BINS.classes).permute(0, 3, 1, 2).float() * 50.0
 
     modules = nn.ModuleDict({"decoder": Oracle(), "prior": ColourPrior(BINS)})
-    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), batch)
+    output = task.forward(task.context.make_backbone(3), modules, nn.ModuleDict(), batch)
     assert float(output.metrics["accuracy"]) == 1.0
     centres = BINS.centres[batch.targets].permute(0, 3, 1, 2)  # (B, 2, h, w)
     expected = (centres - batch.extras["ab"]).square().mean().sqrt()
@@ -179,8 +167,8 @@ def test_predictions_decode_by_the_annealed_mean() -> None:
 
 
 def test_representation_is_the_backbone_on_the_lightness_image() -> None:
-    task = make_task()
-    backbone = SmallConvNet(3, width=4).eval()
+    task = task_instance(ColorizationTask)
+    backbone = task.context.make_backbone(3).eval()
     representation = task.representation(backbone, task.build_modules()).eval()
     images = 0.25 + 0.5 * colour_images()
     features = representation(images)
@@ -190,35 +178,26 @@ def test_representation_is_the_backbone_on_the_lightness_image() -> None:
 
 
 def test_output_stride_must_divide_the_backbone_stride() -> None:
-    make_task(output_stride=8)
+    task_instance(ColorizationTask, output_stride=8)
     with pytest.raises(SettingError, match="output_stride"):
-        make_task(output_stride=16)
+        task_instance(ColorizationTask, output_stride=16)
     with pytest.raises(SettingError, match="loss_mode"):
-        resolve_settings("colorization", ColorizationTask.settings, {"loss_mode": "gan"})
+        task_instance(ColorizationTask, loss_mode="gan")
 
 
 # --- the real command line ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_pretrains_and_writes_a_checkpoint(tmp_path: Path) -> None:
-    from safetensors import safe_open
-
-    run = tmp_path / "r"
-    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "colorization", "--steps", "3",
-               "--batch-size", "8", "--out", str(run), "--no-probe"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
-    assert checkpoints
-    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
-        keys = list(handle.keys())
-    assert any(key.startswith("task/colorization/decoder.") for key in keys)
+    with cli_plugins(("colorization", plugin)):
+        run = pretrain_cli(tmp_path, "colorization", "--data", KIT_DATA)
+    assert any(key.startswith("task/colorization/decoder.") for key in checkpoint_keys(run))
 
 
 def test_cli_refuses_grayscale_data(tmp_path: Path) -> None:
     run = tmp_path / "r"
-    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "colorization", "--data",
-               "fashion-mnist", "--steps", "3", "--out", str(run), "--no-probe"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
+    with cli_plugins(("colorization", plugin)):
+        result = run_cli("pretrain", "--task", "colorization", "--data", "fashion-mnist", "--out", run)
+    assert result.exit_code == 2, result.output
     assert "colorization" in result.stderr and "needs colour images" in result.stderr
     assert not run.exists()
 
@@ -229,13 +208,13 @@ def test_keeps_the_engine_contract(settings: dict[str, object]) -> None:
 
 
 def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
-    task = make_task(output_stride=4)
+    task = task_instance(ColorizationTask, output_stride=4)
     images = colour_images()
     lab = rgb_to_lab(images)
     torch.testing.assert_close(with_colour(lab[:, :1], lab[:, 1:]), images, atol=1e-3, rtol=0)  # L + ab = image
     batch = draw(task, images)
     before = task.draw(images, batch, None)
-    output = task.forward(SmallConvNet(3, width=4), task.build_modules(), nn.ModuleDict(), batch)
+    output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)
     after = task.draw(images, batch, output)
     assert after.width > before.width and after.height == before.height
     # The first column is the original, as it is: a pixel of the picture has the image's colour.
@@ -243,17 +222,14 @@ def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
     assert pixel == tuple(round(float(v) * 255) for v in images[0, :, 0, 0])
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_loss_in_classification_mode_and_uses_it_in_regression(tmp_path: Path) -> None:
-    def pretrain(*options: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "colorization", "--steps", "1",
-                   "--batch-size", "4", "--out", str(tmp_path / "r"), "--no-probe", *options]  # fmt: skip
-        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-
-    refused = pretrain("--set", "colorization.loss_mode=classification", "--loss", "colorization=l1")
-    assert refused.returncode == 2, refused.stderr
-    assert "--loss colorization=l1" in refused.stderr and "computes its own loss" in refused.stderr
-    assert "colorization.loss_mode=classification" in refused.stderr
-    assert not (tmp_path / "r").exists()
-    used = pretrain("--loss", "colorization=l1")
-    assert used.returncode == 0, used.stderr
-    assert 'loss = "l1"' in (tmp_path / "r" / "config.toml").read_text()
+    with cli_plugins(("colorization", plugin)):
+        refused = run_cli("pretrain", "--task", "colorization", "--set", "colorization.loss_mode=classification",
+                          "--loss", "colorization=l1", "--out", tmp_path / "run")  # fmt: skip
+        assert refused.exit_code == 2, refused.output
+        assert "--loss colorization=l1" in refused.stderr and "computes its own loss" in refused.stderr
+        assert "colorization.loss_mode=classification" in refused.stderr
+        assert not (tmp_path / "run").exists()
+        run = pretrain_cli(tmp_path, "colorization", "--loss", "colorization=l1", "--data", KIT_DATA, "--steps", 1)
+    assert 'loss = "l1"' in (run / "config.toml").read_text()

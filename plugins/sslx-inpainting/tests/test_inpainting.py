@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from functools import partial
 from pathlib import Path
 
 import pytest
 import sslx_inpainting.plugin
 import torch
-from PIL import Image
-from safetensors import safe_open
 from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, region_masks
 from sslx_inpainting.task import InpaintingTask
 from torch import Tensor, nn
@@ -24,49 +19,29 @@ from ssl_engine.api import (
     MEAN,
     BatchRandom,
     SettingError,
-    TaskContext,
-    UpConvDecoder,
     denormalize,
     discriminator_loss,
     generator_loss,
     masked_psnr,
     normalize,
 )
-from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
-from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.plugins import PluginHost
-from ssl_engine.run import build_run
-from ssl_engine.run_directory import saved_config
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import prepare
+from ssl_engine.testing import (
+    KIT_DATA,
+    checkpoint_keys,
+    cli_plugins,
+    prepare,
+    pretrain_cli,
+    resumed_trainer,
+    run_checkpoint,
+    task_instance,
+)
 from ssl_engine.train.loop import Trainer
 
 torch.set_num_threads(2)
 
 
-def make_task(image_size: int = 32, **settings: object) -> InpaintingTask:
-    return InpaintingTask(
-        TaskContext(
-            settings=resolve_settings("inpainting", InpaintingTask.settings, settings),
-            image_size=image_size,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=UpConvDecoder,
-            loss_fn=partial(F.mse_loss),
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
-
-
 def draw(task: InpaintingTask, images: Tensor, step: int = 0):  # type: ignore[no-untyped-def]
     return task.pseudo_labels(images, BatchRandom(0, step, "inpainting", len(images)))
-
-
-def shapes(count: int, size: int = 32) -> Tensor:
-    dataset = ShapesDataset("train", size, size=count)
-    return torch.stack([dataset[i][0] for i in range(count)]).float() / 255  # (B, 3, S, S) in [0, 1]
 
 
 # --- masks -------------------------------------------------------------------------------------------------
@@ -96,7 +71,9 @@ def test_block_masks_match_a_loop_reference() -> None:
 
 
 def test_random_blocks_cover_at_most_the_fraction_and_vary() -> None:
-    task = make_task(32, mask="random_blocks", blocks=4)  # 4 squares of 8 px: at most 256 px = a quarter
+    task = task_instance(
+        InpaintingTask, 32, mask="random_blocks", blocks=4
+    )  # 4 squares of 8 px: at most 256 px = a quarter
     batch = draw(task, torch.rand(64, 3, 32, 32))
     area = batch.extras["mask"].sum(dim=(1, 2, 3))
     assert area.max() <= 256 and area.min() >= 64  # overlaps can only shrink the union, down to one block
@@ -124,7 +101,7 @@ def test_region_masks_are_the_top_of_the_noise_field_with_exact_area() -> None:
 
 
 def test_region_masks_from_the_task_are_per_sample_and_seeded() -> None:
-    task = make_task(32, mask="random_region")
+    task = task_instance(InpaintingTask, 32, mask="random_region")
     images = torch.rand(8, 3, 32, 32)
     first, again, other = draw(task, images), draw(task, images), draw(task, images, step=1)
     assert torch.equal(first.extras["mask"], again.extras["mask"])
@@ -137,7 +114,7 @@ def test_region_masks_from_the_task_are_per_sample_and_seeded() -> None:
 @pytest.mark.parametrize("mask", ["center", "random_blocks", "random_region"])
 def test_the_hole_holds_the_mean_and_the_rest_is_the_normalised_image(mask: str) -> None:
     images = torch.rand(6, 3, 32, 32)
-    batch = draw(make_task(32, mask=mask), images)
+    batch = draw(task_instance(InpaintingTask, 32, mask=mask), images)
     hole = batch.extras["mask"].expand(-1, 3, -1, -1)
     assert batch.inputs.shape == batch.targets.shape == (6, 3, 32, 32) and batch.views == 1
     torch.testing.assert_close(batch.targets, normalize(images))
@@ -165,8 +142,8 @@ def decoded_by(task: InpaintingTask, backbone: nn.Module, modules: nn.ModuleDict
 
 @pytest.mark.parametrize("mask", ["center", "random_region"])
 def test_reconstruction_is_the_l2_on_the_hole_only(mask: str) -> None:
-    task = make_task(32, mask=mask)
-    backbone, modules = SmallConvNet(3, width=4), task.build_modules()
+    task = task_instance(InpaintingTask, 32, mask=mask)
+    backbone, modules = task.context.make_backbone(3), task.build_modules()
     batch = draw(task, torch.rand(4, 3, 32, 32))
     output, decoded = decoded_by(task, backbone, modules, batch)
     assert set(output.losses) == {"reconstruction"}
@@ -182,8 +159,8 @@ def test_reconstruction_is_the_l2_on_the_hole_only(mask: str) -> None:
 
 
 def test_context_weight_adds_the_visible_pixels() -> None:
-    task = make_task(32, context_weight=0.5)
-    backbone, modules = SmallConvNet(3, width=4), task.build_modules()
+    task = task_instance(InpaintingTask, 32, context_weight=0.5)
+    backbone, modules = task.context.make_backbone(3), task.build_modules()
     batch = draw(task, torch.rand(4, 3, 32, 32))
     output, decoded = decoded_by(task, backbone, modules, batch)
     hole = batch.extras["mask"].expand(-1, 3, -1, -1)
@@ -193,8 +170,8 @@ def test_context_weight_adds_the_visible_pixels() -> None:
 
 
 def test_filled_images_keep_the_context_and_psnr_matches_a_reference() -> None:
-    task = make_task(32)
-    backbone, modules = SmallConvNet(3, width=4), task.build_modules()
+    task = task_instance(InpaintingTask, 32)
+    backbone, modules = task.context.make_backbone(3), task.build_modules()
     images = torch.rand(4, 3, 32, 32)
     batch = draw(task, images)
     output, decoded = decoded_by(task, backbone, modules, batch)
@@ -215,20 +192,20 @@ def test_filled_images_keep_the_context_and_psnr_matches_a_reference() -> None:
 
 
 def test_loss_weights_and_settings_are_validated() -> None:
-    task = make_task(32, reconstruction_weight=0.9, adversarial_weight=0.1)
+    task = task_instance(InpaintingTask, 32, reconstruction_weight=0.9, adversarial_weight=0.1)
     assert task.loss_weights == {"reconstruction": 0.9, "adversarial": 0.1}
-    assert make_task(32).loss_weights == {"reconstruction": 0.999, "adversarial": 0.001}
+    assert task_instance(InpaintingTask, 32).loss_weights == {"reconstruction": 0.999, "adversarial": 0.001}
     with pytest.raises(SettingError, match="mask"):
-        make_task(32, mask="circle")
+        task_instance(InpaintingTask, 32, mask="circle")
     with pytest.raises(SettingError, match="hole_fraction"):
-        make_task(32, hole_fraction=0.9)
+        task_instance(InpaintingTask, 32, hole_fraction=0.9)
 
 
 # --- the adversarial branch --------------------------------------------------------------------------------
 def test_without_the_adversarial_setting_there_is_no_discriminator() -> None:
-    task = make_task(32)
+    task = task_instance(InpaintingTask, 32)
     assert len(task.build_aux_modules()) == 0
-    backbone, modules = SmallConvNet(3, width=4), task.build_modules()
+    backbone, modules = task.context.make_backbone(3), task.build_modules()
     batch = draw(task, torch.rand(2, 3, 32, 32))
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert "adversarial" not in output.losses
@@ -236,8 +213,8 @@ def test_without_the_adversarial_setting_there_is_no_discriminator() -> None:
 
 
 def test_adversarial_terms_match_the_paper_and_only_the_discriminator_sees_detached_fakes() -> None:
-    task = make_task(32, adversarial=True)
-    backbone, modules, aux = SmallConvNet(3, width=4), task.build_modules(), task.build_aux_modules()
+    task = task_instance(InpaintingTask, 32, adversarial=True)
+    backbone, modules, aux = task.context.make_backbone(3), task.build_modules(), task.build_aux_modules()
     aux.eval()  # spectral norm's power iteration stays put, so re-evaluating the discriminator gives the same logits
     batch = draw(task, torch.rand(4, 3, 32, 32))
     output = task.forward(backbone, modules, aux, batch)
@@ -288,73 +265,43 @@ def test_without_adversarial_the_trainer_has_no_aux_optimizer(tmp_path: Path) ->
 
 
 # --- the real command line ---------------------------------------------------------------------------------
-def sslx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ssl_engine.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
-def checkpoint_keys(path: Path) -> list[str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return list(handle.keys())
-
-
+@pytest.mark.slow
 def test_cli_pretrains_and_writes_a_checkpoint_without_a_discriminator(tmp_path: Path) -> None:
-    run = tmp_path / "r"
-    result = sslx("pretrain", "--task", "inpainting", "--steps", "3", "--batch-size", "8", "--out", str(run),
-                  "--no-probe", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
-    assert checkpoints
-    keys = checkpoint_keys(checkpoints[-1])
+    with cli_plugins(("inpainting", sslx_inpainting.plugin)):
+        keys = checkpoint_keys(pretrain_cli(tmp_path, "inpainting", "--data", KIT_DATA))
     assert any(key.startswith("task/inpainting/decoder.") for key in keys)
     assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys)
 
 
-def picture_folder(root: Path, count: int = 16, size: int = 16) -> Path:
-    """A flat folder of PNG files (unlabelled data, as a user's own pictures), quick to open unlike the shapes set."""
-    root.mkdir()
-    dataset = ShapesDataset("train", size, size=count)
-    for index in range(count):
-        Image.fromarray(dataset[index][0].permute(1, 2, 0).numpy()).save(root / f"{index:02d}.png")
-    return root
-
-
+@pytest.mark.slow
 def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(tmp_path: Path) -> None:
-    run = tmp_path / "r"
-    pictures = picture_folder(tmp_path / "pictures")
-    common = ["--task", "inpainting", "--set", "inpainting.adversarial=true", "--data", str(pictures),
-              "--batch-size", "8", "--out", str(run), "--no-probe", "--log-every", "1",
-              "--image-size", "16"]  # fmt: skip
-    first = sslx("pretrain", *common, "--steps", "2", "--checkpoint-every", "1", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    saved = read_checkpoint(checkpoint_path(run, 2))
-    assert any(key.startswith("aux/inpainting/discriminator.") for key in saved.tensors)
-    assert any(key.startswith("optim/aux/inpainting/") for key in saved.tensors)
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [1, 2]
-    assert all({"inpainting/adversarial", "inpainting/discriminator"} <= set(line) for line in lines)
-    # The discriminator moved between the two checkpoints: it is trained, not just carried.
-    earlier = read_checkpoint(checkpoint_path(run, 1)).module_state("aux/inpainting")
-    assert any(not torch.equal(earlier[key], value) for key, value in saved.module_state("aux/inpainting").items())
+    common = ["--set", "inpainting.adversarial=true", "--data", KIT_DATA, "--log-every", 1, "--image-size", 16]
+    with cli_plugins(("inpainting", sslx_inpainting.plugin)):
+        run = pretrain_cli(tmp_path, "inpainting", *common, "--steps", 2, "--checkpoint-every", 1)
+        saved = run_checkpoint(run, 2)
+        assert any(key.startswith("aux/inpainting/discriminator.") for key in saved.tensors)
+        assert any(key.startswith("optim/aux/inpainting/") for key in saved.tensors)
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [line["step"] for line in lines] == [1, 2]
+        assert all({"inpainting/adversarial", "inpainting/discriminator"} <= set(line) for line in lines)
+        # The discriminator moved between the two checkpoints: it is trained, not just carried.
+        earlier = run_checkpoint(run, 1).module_state("aux/inpainting")
+        assert any(not torch.equal(earlier[key], value) for key, value in saved.module_state("aux/inpainting").items())
 
-    # What a resumed run starts from: the saved discriminator and its optimizer state, exactly.
-    config = saved_config(run)
-    config.steps = 3
-    host = PluginHost.from_entry_points()
-    resumed = Trainer(build_run(config, host.registry, run, resume=True))
-    assert resumed.step == 2
-    state = resumed.model.aux_modules["inpainting"].state_dict()
-    assert state.keys() == saved.module_state("aux/inpainting").keys()
-    assert all(torch.equal(value, saved.module_state("aux/inpainting")[key]) for key, value in state.items())
-    optimizer_state = resumed.aux_optimizers["inpainting"].state_dict()["state"]
-    assert optimizer_state, "the discriminator's optimizer state was not restored"
-    for index, per_parameter in optimizer_state.items():
-        torch.testing.assert_close(
-            per_parameter["momentum_buffer"], saved.tensors[f"optim/aux/inpainting/{index}/momentum_buffer"]
-        )
+        # What a resumed run starts from: the saved discriminator and its optimizer state, exactly.
+        resumed = resumed_trainer(run, steps=3)
+        assert resumed.step == 2
+        state = resumed.model.aux_modules["inpainting"].state_dict()
+        assert state.keys() == saved.module_state("aux/inpainting").keys()
+        assert all(torch.equal(value, saved.module_state("aux/inpainting")[key]) for key, value in state.items())
+        optimizer_state = resumed.aux_optimizers["inpainting"].state_dict()["state"]
+        assert optimizer_state, "the discriminator's optimizer state was not restored"
+        for index, per_parameter in optimizer_state.items():
+            torch.testing.assert_close(
+                per_parameter["momentum_buffer"], saved.tensors[f"optim/aux/inpainting/{index}/momentum_buffer"]
+            )
 
-    second = sslx("pretrain", *common, "--steps", "3", "--resume", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
+        pretrain_cli(tmp_path, "inpainting", *common, "--steps", 3, "--resume")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
-    assert read_checkpoint(checkpoint_path(run, 3)).step == 3
+    assert run_checkpoint(run).step == 3

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sslx_jigsaw import plugin
 from sslx_jigsaw.permutations import all_permutations, hamming_distances, permutation_set
 from sslx_jigsaw.task import JigsawTask
 from torch import Tensor
-from torch.nn import functional as F
 
-from ssl_engine.api import BatchRandom, ImageSizeError, SettingError, TaskContext, mlp_head
-from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.settings import resolve_settings
+from ssl_engine.api import BatchRandom, ImageSizeError, SettingError
+from ssl_engine.testing import KIT_DATA, checkpoint_keys, cli_plugins, pretrain_cli, run_cli, task_instance
 
 PERMS = 100
-
-
-def make_task(image_size: int = 48, **settings: object) -> JigsawTask:
-    return JigsawTask(
-        TaskContext(
-            settings=resolve_settings("jigsaw", JigsawTask.settings, settings),
-            image_size=image_size,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=mlp_head,
-            loss_fn=partial(F.cross_entropy),
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
 
 
 def draw(task: JigsawTask, images: torch.Tensor, step: int = 0, seed: int = 0):
@@ -99,7 +81,7 @@ def test_permutation_set_size_is_validated() -> None:
     with pytest.raises(ValueError):
         permutation_set(1)
     with pytest.raises(SettingError, match="permutations"):
-        resolve_settings("jigsaw", JigsawTask.settings, {"permutations": "1001"})
+        task_instance(JigsawTask, permutations=1001)
 
 
 # --- the tiles ---------------------------------------------------------------------------------------------
@@ -121,7 +103,7 @@ def reference_tiles(images: Tensor, offsets: Tensor, cell: int, tile: int, start
 
 @pytest.mark.parametrize("image_size", [48, 50])  # 50: the centre 48 px are cut, one leftover pixel each side
 def test_unshuffled_tiles_match_a_plain_crop_of_their_cells(image_size: int) -> None:
-    task = make_task(image_size, gray_probability=0.0)
+    task = task_instance(JigsawTask, image_size, gray_probability=0.0)
     images = torch.rand(6, 3, image_size, image_size)
     batch = draw(task, images)
     cell, tile = 16, 14
@@ -140,7 +122,7 @@ def test_unshuffled_tiles_match_a_plain_crop_of_their_cells(image_size: int) -> 
 
 
 def test_tiles_stay_inside_their_cells_and_offsets_vary() -> None:
-    task = make_task(64)  # 21 px cells, 18 px tiles: offsets 0..3
+    task = task_instance(JigsawTask, 64)  # 21 px cells, 18 px tiles: offsets 0..3
     batch = draw(task, torch.rand(64, 3, 64, 64))
     offsets = batch.extras["offsets"]
     assert offsets.shape == (64, 9, 2)
@@ -152,7 +134,7 @@ def test_tiles_stay_inside_their_cells_and_offsets_vary() -> None:
 
 
 def test_each_tile_is_standardised_on_its_own() -> None:
-    task = make_task(48)
+    task = task_instance(JigsawTask, 48)
     # Per-image contrast and colour casts, which the standardisation must remove.
     images = torch.rand(4, 3, 48, 48) * (0.2 + 0.5 * torch.rand(4, 3, 1, 1)) + 0.3 * torch.rand(4, 3, 1, 1)
     inputs = draw(task, images).inputs
@@ -162,17 +144,17 @@ def test_each_tile_is_standardised_on_its_own() -> None:
 
 def test_gray_puzzles_have_identical_channels() -> None:
     images = torch.rand(200, 3, 24, 24)
-    batch = draw(make_task(24, gray_probability=0.5), images)
+    batch = draw(task_instance(JigsawTask, 24, gray_probability=0.5), images)
     tiles = batch.inputs.view(200, 9, 3, 7, 7)
     channels_equal = torch.isclose(tiles[:, :, 0], tiles[:, :, 1], atol=1e-5).flatten(1).all(dim=1)
     assert (channels_equal == batch.extras["gray"]).all()
     assert 60 < int(batch.extras["gray"].sum()) < 140
-    assert not draw(make_task(24, gray_probability=0.0), images).extras["gray"].any()
-    assert draw(make_task(24, gray_probability=1.0), images).extras["gray"].all()
+    assert not draw(task_instance(JigsawTask, 24, gray_probability=0.0), images).extras["gray"].any()
+    assert draw(task_instance(JigsawTask, 24, gray_probability=1.0), images).extras["gray"].all()
 
 
 def test_same_seed_and_step_give_the_same_puzzles() -> None:
-    task = make_task(48)
+    task = task_instance(JigsawTask, 48)
     images = torch.rand(8, 3, 48, 48)
     first, again = draw(task, images, step=3), draw(task, images, step=3)
     assert torch.equal(first.targets, again.targets) and torch.equal(first.inputs, again.inputs)
@@ -182,9 +164,9 @@ def test_same_seed_and_step_give_the_same_puzzles() -> None:
 
 
 def test_forward_gives_a_loss_and_accuracy() -> None:
-    task = make_task(48, permutations=30)
+    task = task_instance(JigsawTask, 48, permutations=30)
     modules = task.build_modules()
-    backbone = SmallConvNet(3, width=4)  # feature_dim 32, as the context says
+    backbone = task.context.make_backbone(3)  # feature_dim 32, as the context says
     batch = draw(task, torch.rand(4, 3, 48, 48))
     output = task.forward(backbone, modules, torch.nn.ModuleDict(), batch)
     assert output.predictions is not None and output.predictions.shape == (4, 30)
@@ -200,33 +182,24 @@ def test_too_small_images_are_refused_naming_the_minimum() -> None:
     with pytest.raises(ImageSizeError, match="at least 24 px"):
         JigsawTask.check_images(23)
     with pytest.raises(ImageSizeError, match="at least 24 px"):
-        make_task(23)
-    make_task(24)
+        task_instance(JigsawTask, 23)
+    task_instance(JigsawTask, 24)
     # A smaller tile fraction needs larger images: 0.4 gives 7 px tiles from 17 px cells (16 give 6): 51 px.
+    context = task_instance(JigsawTask, 51, tile_fraction=0.4).context
     with pytest.raises(ImageSizeError, match="at least 51 px"):
-        make_task(50, tile_fraction=0.4)
-    make_task(51, tile_fraction=0.4)
+        JigsawTask(replace(context, image_size=50))
 
 
 # --- the real command line ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_pretrains_and_writes_a_checkpoint(tmp_path: Path) -> None:
-    from safetensors import safe_open
-
-    run = tmp_path / "r"
-    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "jigsaw", "--steps", "3",
-               "--batch-size", "8", "--out", str(run), "--no-probe", "--image-size", "48"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
-    assert checkpoints
-    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
-        keys = list(handle.keys())
-    assert any(key.startswith("task/jigsaw/") for key in keys)
+    with cli_plugins(("jigsaw", plugin)):
+        run = pretrain_cli(tmp_path, "jigsaw", "--data", KIT_DATA, "--image-size", 48)
+    assert any(key.startswith("task/jigsaw/") for key in checkpoint_keys(run))
 
 
 def test_cli_refuses_too_small_images(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "jigsaw", "--steps", "1",
-               "--out", str(tmp_path / "r"), "--no-probe", "--image-size", "16"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 2
+    with cli_plugins(("jigsaw", plugin)):
+        result = run_cli("pretrain", "--task", "jigsaw", "--image-size", 16, "--out", tmp_path / "run")
+    assert result.exit_code == 2
     assert "at least 24 px" in result.stderr

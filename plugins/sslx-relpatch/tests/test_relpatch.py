@@ -7,42 +7,35 @@ the task's own helpers.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from sslx_relpatch import plugin
 from sslx_relpatch.patches import PatchGrid, resample, resampling_table
 from sslx_relpatch.task import RelativePatchTask
 from torch import Tensor
 from torch.nn import functional as F
 
-from ssl_engine.api import MEAN, STD, BatchRandom, ImageSizeError, SettingError, TaskContext, mlp_head
-from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import check_pretext_task
+from ssl_engine.api import MEAN, STD, BatchRandom, ImageSizeError, SettingError
+from ssl_engine.testing import (
+    KIT_DATA,
+    check_pretext_task,
+    checkpoint_keys,
+    cli_plugins,
+    pretrain_cli,
+    run_checkpoint,
+    run_cli,
+    task_instance,
+)
 
 # Neighbour classes, row-major around the centre, skipping it: (row step, column step).
 STEPS = [(row - 1, column - 1) for row in range(3) for column in range(3) if (row, column) != (1, 1)]
 # Gap and jitter stay on; the fixed normalisation makes pixel values readable back.
 NO_GUARDS = {"downsample_probability": 0.0, "color_drop_probability": 0.0, "normalization": "dataset"}
-
-
-def make_task(image_size: int = 64, **settings: object) -> RelativePatchTask:
-    return RelativePatchTask(
-        TaskContext(
-            settings=resolve_settings("relpatch", RelativePatchTask.settings, settings),
-            image_size=image_size,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=mlp_head,
-            loss_fn=partial(F.cross_entropy),
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
+relpatch_task = partial(task_instance, RelativePatchTask)  # (image_size, **settings)
 
 
 def draw(task: RelativePatchTask, images: Tensor, step: int = 0, seed: int = 0):
@@ -88,7 +81,7 @@ def high_frequency_energy(patch: Tensor) -> float:
 
 # --- geometry ----------------------------------------------------------------------------------------------
 def test_defaults_are_the_papers() -> None:
-    defaults = resolve_settings("relpatch", RelativePatchTask.settings, {})
+    defaults = dict(relpatch_task(64).context.settings)
     assert defaults == {
         "gap": 48 / 96,
         "jitter": 7 / 96,
@@ -115,7 +108,7 @@ def test_grid_is_the_papers_geometry_scaled_to_the_image() -> None:
 
 @pytest.mark.parametrize("normalization", ["patch", "dataset"])
 def test_views_targets_and_the_crop_match_a_plain_per_sample_crop(normalization: str) -> None:
-    task = make_task(64, **(NO_GUARDS | {"normalization": normalization}))
+    task = relpatch_task(64, **(NO_GUARDS | {"normalization": normalization}))
     reference = patch_normalised if normalization == "patch" else normalised
     images = torch.rand(16, 3, 64, 64)
     batch = draw(task, images)
@@ -132,7 +125,7 @@ def test_views_targets_and_the_crop_match_a_plain_per_sample_crop(normalization:
 
 
 def test_labels_cover_the_8_positions_and_the_grid_moves() -> None:
-    batch = draw(make_task(96), torch.rand(400, 3, 96, 96))  # 96 px: slack 4, so the grid has room to move
+    batch = draw(relpatch_task(96), torch.rand(400, 3, 96, 96))  # 96 px: slack 4, so the grid has room to move
     counts = torch.bincount(batch.targets, minlength=8)
     assert len(counts) == 8 and counts.min() > 25
     assert len(torch.unique(batch.extras["origin"])) == 5  # origins 0..slack
@@ -148,7 +141,7 @@ def pixel_ids(batch, size: int, image_size: int) -> Tensor:
 
 @pytest.mark.parametrize("image_size", [64, 128])
 def test_gap_leaves_no_shared_pixels_between_the_two_patches(image_size: int) -> None:
-    task = make_task(image_size, **NO_GUARDS)
+    task = relpatch_task(image_size, **NO_GUARDS)
     grid = task.grid
     batch_size = 300
     ids = torch.arange(image_size**2, dtype=torch.float64).view(image_size, image_size) / image_size**2
@@ -177,7 +170,7 @@ def test_gap_leaves_no_shared_pixels_between_the_two_patches(image_size: int) ->
 
 def test_without_gap_and_jitter_the_patches_touch() -> None:
     """The control: gap 0 makes the patches adjacent, so edges would run straight across (what the gap stops)."""
-    task = make_task(64, gap=0.0, jitter=0.0, **NO_GUARDS)
+    task = relpatch_task(64, gap=0.0, jitter=0.0, **NO_GUARDS)
     assert (task.grid.patch, task.grid.gap, task.grid.jitter) == (21, 0, 0)
     batch = draw(task, torch.rand(50, 3, 64, 64))
     positions = batch.extras["positions"]
@@ -187,7 +180,7 @@ def test_without_gap_and_jitter_the_patches_touch() -> None:
 
 # --- jitter ----------------------------------------------------------------------------------------------------
 def test_jitter_moves_each_patch_within_bounds() -> None:
-    task = make_task(128, **NO_GUARDS)  # 30 px patches, 15 px gap, jitter up to 2 px
+    task = relpatch_task(128, **NO_GUARDS)  # 30 px patches, 15 px gap, jitter up to 2 px
     grid = task.grid
     batch = draw(task, torch.rand(500, 3, 128, 128))
     jitter, positions = batch.extras["jitter"], batch.extras["positions"]
@@ -198,7 +191,7 @@ def test_jitter_moves_each_patch_within_bounds() -> None:
     unjittered = expected_positions(grid, batch.extras["origin"], torch.zeros_like(jitter), batch.targets)
     assert torch.equal(positions - unjittered, jitter)  # jitter is exactly the move away from the grid slot
     assert positions.min() >= 0 and (positions + grid.patch).max() <= 128  # inside the image
-    steady = make_task(128, jitter=0.0, **NO_GUARDS)
+    steady = relpatch_task(128, jitter=0.0, **NO_GUARDS)
     still = draw(steady, torch.rand(50, 3, 128, 128)).extras
     assert steady.grid.jitter == 0 and not still["jitter"].any()
     assert ((still["positions"] - still["origin"][:, None]) % steady.grid.pitch == 0).all()  # on the slots
@@ -206,7 +199,7 @@ def test_jitter_moves_each_patch_within_bounds() -> None:
 
 # --- downsampling --------------------------------------------------------------------------------------------------
 def test_downsampled_patches_equal_a_down_up_resample_of_the_crop_and_lose_detail() -> None:
-    task = make_task(64, downsample_probability=0.5, color_drop_probability=0.0, normalization="dataset")
+    task = relpatch_task(64, downsample_probability=0.5, color_drop_probability=0.0, normalization="dataset")
     images = torch.rand(200, 3, 64, 64)  # white noise: all detail is high-frequency
     batch = draw(task, images)
     downsampled, sides = batch.extras["downsampled"], batch.extras["sides"]
@@ -225,8 +218,8 @@ def test_downsampled_patches_equal_a_down_up_resample_of_the_crop_and_lose_detai
                 crop = F.interpolate(small, size=(15, 15), mode="bilinear", align_corners=False)
                 assert high_frequency_energy(crop[0]) < 0.7 * high_frequency_energy(crops[b, index])
             torch.testing.assert_close(shown[b, index], normalised(crop[0]), atol=1e-4, rtol=0)
-    assert not draw(make_task(64, downsample_probability=0.0), images).extras["downsampled"].any()
-    assert draw(make_task(64, downsample_probability=1.0), images).extras["downsampled"].all()
+    assert not draw(relpatch_task(64, downsample_probability=0.0), images).extras["downsampled"].any()
+    assert draw(relpatch_task(64, downsample_probability=1.0), images).extras["downsampled"].all()
 
 
 def test_batched_resampling_matches_interpolate_for_every_side() -> None:
@@ -247,7 +240,7 @@ def correlation(a: Tensor, b: Tensor) -> float:
 
 @pytest.mark.parametrize("normalization", ["dataset", "patch"])
 def test_dropped_channels_carry_no_information_of_the_image(normalization: str) -> None:
-    task = make_task(64, downsample_probability=0.0, normalization=normalization)
+    task = relpatch_task(64, downsample_probability=0.0, normalization=normalization)
     # Two unrelated batches of smooth, strongly structured images, drawn with the same random numbers.
     first = F.interpolate(torch.rand(64, 3, 8, 8), size=(64, 64), mode="bilinear", align_corners=False)
     second = F.interpolate(torch.rand(64, 3, 8, 8), size=(64, 64), mode="bilinear", align_corners=False)
@@ -279,24 +272,24 @@ def test_dropped_channels_carry_no_information_of_the_image(normalization: str) 
 
 def test_colour_dropping_settings() -> None:
     images = torch.rand(300, 3, 32, 32)
-    paper = draw(make_task(32), images).extras["dropped"]  # (300, 2, 3): two of three channels, every patch
+    paper = draw(relpatch_task(32), images).extras["dropped"]  # (300, 2, 3): two of three channels, every patch
     assert (paper.sum(-1) == 2).all()
     assert ((~paper).float().mean(dim=(0, 1)) - 1 / 3).abs().max() < 0.07  # each channel as likely to be kept
-    one = draw(make_task(32, color_drop_channels="one"), images).extras["dropped"]
+    one = draw(relpatch_task(32, color_drop_channels="one"), images).extras["dropped"]
     assert (one.sum(-1) == 1).all()
-    either = draw(make_task(32, color_drop_channels="one_or_two"), images).extras["dropped"].sum(-1)
+    either = draw(relpatch_task(32, color_drop_channels="one_or_two"), images).extras["dropped"].sum(-1)
     assert set(either.unique().tolist()) == {1, 2} and 0.4 < float((either == 2).float().mean()) < 0.6
-    some = draw(make_task(32, color_drop_probability=0.5), images).extras["dropped"].any(-1)
+    some = draw(relpatch_task(32, color_drop_probability=0.5), images).extras["dropped"].any(-1)
     assert 0.4 < float(some.float().mean()) < 0.6
-    none = draw(make_task(32, color_drop_probability=0.0, downsample_probability=0.0), images)
+    none = draw(relpatch_task(32, color_drop_probability=0.0, downsample_probability=0.0), images)
     assert not none.extras["dropped"].any()
     with pytest.raises(SettingError, match="color_drop_channels"):
-        resolve_settings("relpatch", RelativePatchTask.settings, {"color_drop_channels": "three"})
+        relpatch_task(32, color_drop_channels="three")
 
 
 # --- labels, determinism, forward ---------------------------------------------------------------------------
 def test_same_seed_and_step_give_the_same_pairs() -> None:
-    task = make_task(64)
+    task = relpatch_task(64)
     images = torch.rand(8, 3, 64, 64)
     first, again, other = draw(task, images, step=3), draw(task, images, step=3), draw(task, images, step=4)
     assert torch.equal(first.inputs, again.inputs) and torch.equal(first.targets, again.targets)
@@ -304,10 +297,10 @@ def test_same_seed_and_step_give_the_same_pairs() -> None:
 
 
 def test_forward_concatenates_the_two_towers_into_the_head() -> None:
-    task = make_task(64)
+    task = relpatch_task(64)
     modules = task.build_modules()
     assert modules["head"][0].in_features == 2 * 32  # mlp head on (B, 2 * D)
-    backbone = SmallConvNet(3, width=4)  # feature_dim 32, as the context says
+    backbone = task.context.make_backbone(3)  # feature_dim 32, as the context says
     batch = draw(task, torch.rand(6, 3, 64, 64))
     output = task.forward(backbone, modules, torch.nn.ModuleDict(), batch)
     assert output.predictions is not None and output.predictions.shape == (6, 8)
@@ -325,20 +318,21 @@ def test_forward_concatenates_the_two_towers_into_the_head() -> None:
 
 
 def test_representation_feeds_images_normalised_like_the_training_patches() -> None:
-    backbone = SmallConvNet(3, width=4).eval()
+    task = relpatch_task(64)
+    backbone = task.context.make_backbone(3).eval()
     images = torch.rand(5, 3, 64, 64)
-    representation = make_task(64).representation(backbone, torch.nn.ModuleDict())
+    representation = task.representation(backbone, torch.nn.ModuleDict())
     expected = torch.stack([patch_normalised(image) for image in images])  # written out, image by image
     torch.testing.assert_close(representation(images), backbone.pooled(expected), atol=1e-5, rtol=1e-4)
     # So per-image brightness and contrast don't matter, as they didn't for the patches.
     torch.testing.assert_close(representation(0.5 * images + 0.2), representation(images), atol=1e-4, rtol=1e-4)
-    fixed = make_task(64, normalization="dataset").representation(backbone, torch.nn.ModuleDict())
+    fixed = relpatch_task(64, normalization="dataset").representation(backbone, torch.nn.ModuleDict())
     expected = torch.stack([normalised(image) for image in images])
     torch.testing.assert_close(fixed(images), backbone.pooled(expected), atol=1e-5, rtol=1e-4)
 
 
 def test_drawing_outlines_the_two_patches() -> None:
-    task = make_task(64)
+    task = relpatch_task(64)
     images = torch.full((2, 3, 64, 64), 0.5)
     batch = draw(task, images)
     picture = task.draw(images, batch, None)
@@ -360,48 +354,40 @@ def test_too_small_images_are_refused_naming_the_minimum() -> None:
     with pytest.raises(ImageSizeError, match="at least 31 px"):
         RelativePatchTask.check_images(30)
     with pytest.raises(ImageSizeError, match="at least 31 px"):
-        make_task(30)
-    task = make_task(31)
+        relpatch_task(30)
+    task = relpatch_task(31)
     assert task.grid.patch == 7
     with pytest.raises(ImageSizeError, match="at least 31 px"):
         draw(task, torch.rand(2, 3, 24, 24))  # a caller with other images than the run's
     # A wider gap needs larger images: gap 1.0 gives 7 px gaps, 3 * 7 + 2 * 7 + 2 * 1 = 37.
+    context = relpatch_task(37, gap=1.0).context
     with pytest.raises(ImageSizeError, match="at least 37 px"):
-        make_task(36, gap=1.0)
-    make_task(37, gap=1.0)
+        RelativePatchTask(replace(context, image_size=36))
 
 
 # --- the real command line ---------------------------------------------------------------------------------
-def sslx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ssl_engine.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
-def test_plugins_lists_relpatch_from_its_own_distribution(tmp_path: Path) -> None:
-    result = sslx("plugins", "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_plugins_lists_relpatch_from_its_own_distribution() -> None:
+    result = run_cli("plugins", "--json")  # the installed plugins, found through their entry points
+    assert result.exit_code == 0, result.output
     by_task = {t: p for p in json.loads(result.stdout)["plugins"] for t in p["registered"].get("task", [])}
     assert by_task["relpatch"]["distribution"] == "sslx-relpatch"
     assert "register_tasks" in by_task["relpatch"]["hooks"]
 
 
+@pytest.mark.slow
 def test_cli_pretrains_20_steps_on_the_cpu(tmp_path: Path) -> None:
-    from safetensors import safe_open
-
-    run = tmp_path / "r"
-    result = sslx("pretrain", "--task", "relpatch", "--steps", "20", "--batch-size", "16", "--device", "cpu",
-                  "--no-probe", "--out", str(run), cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    with cli_plugins(("relpatch", plugin)):
+        run = pretrain_cli(
+            tmp_path, "relpatch", "--data", KIT_DATA, "--steps", 20, "--batch-size", 16, "--device", "cpu"
+        )
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 20 and "relpatch/position" in lines[-1] and "relpatch/accuracy" in lines[-1]
-    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
-    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
-        assert handle.metadata()["image_size"] == "64"  # the task's default image size
-        assert any(key.startswith("task/relpatch/") for key in handle.keys())
+    assert run_checkpoint(run).image_size == 64  # the task's default image size
+    assert any(key.startswith("task/relpatch/") for key in checkpoint_keys(run))
 
 
 def test_cli_refuses_too_small_images(tmp_path: Path) -> None:
-    result = sslx("pretrain", "--task", "relpatch", "--steps", "1", "--no-probe", "--image-size", "24",
-                  "--out", str(tmp_path / "r"), cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 2
+    with cli_plugins(("relpatch", plugin)):
+        result = run_cli("pretrain", "--task", "relpatch", "--image-size", 24, "--out", tmp_path / "run")
+    assert result.exit_code == 2
     assert "at least 31 px" in result.stderr

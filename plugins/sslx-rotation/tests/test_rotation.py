@@ -7,7 +7,7 @@ import torch
 from sslx_rotation.task import RotationTask, rotate_all
 
 from ssl_engine.api import BatchRandom, normalize
-from ssl_engine.testing import check_pretext_task, prepare
+from ssl_engine.testing import check_pretext_task, task_instance
 
 
 def test_rotate_all_matches_numpy_rot90() -> None:
@@ -19,7 +19,7 @@ def test_rotate_all_matches_numpy_rot90() -> None:
 
 
 def test_all_rotations_mode_labels_every_view_by_its_angle() -> None:
-    task = prepare(RotationTask).build()[1].task
+    task = task_instance(RotationTask)
     images = torch.rand(3, 3, 16, 16)
     batch = task.pseudo_labels(images, BatchRandom(0, 0, "rotation", 3))
     assert batch.views == 4 and batch.targets.tolist() == [0, 1, 2, 3] * 3
@@ -29,7 +29,7 @@ def test_all_rotations_mode_labels_every_view_by_its_angle() -> None:
 
 
 def test_one_random_rotation_per_image_mode() -> None:
-    task = prepare(RotationTask, settings={"all_rotations": False}).build()[1].task
+    task = task_instance(RotationTask, all_rotations=False)
     images = torch.rand(64, 3, 8, 8)
     batch = task.pseudo_labels(images, BatchRandom(0, 0, "rotation", 64))
     assert batch.views == 1 and batch.inputs.shape == (64, 3, 8, 8)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from sslx_simclr import plugin
 from sslx_simclr.loss import NTXentLoss
 from sslx_simclr.task import SimCLRTask
 from torch.nn import functional as F
 
-from ssl_engine.api import MEAN, STD, BatchRandom, SettingError, TaskContext, mlp_head
-from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.settings import resolve_settings
+from ssl_engine.api import MEAN, STD, BatchRandom, SettingError
+from ssl_engine.testing import KIT_DATA, checkpoint_keys, cli_plugins, pretrain_cli, task_instance
 from ssl_engine.views.blur import gaussian_blur, kernel_size_for
 from ssl_engine.views.color import (
     adjust_brightness,
@@ -30,21 +28,6 @@ from ssl_engine.views.color import (
 from ssl_engine.views.crop import draw_boxes, resized_crop
 
 TORCHVISION_ADJUSTMENTS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-
-
-def make_task(loss_fn=F.cross_entropy, **settings: object) -> SimCLRTask:
-    return SimCLRTask(
-        TaskContext(
-            settings=resolve_settings("simclr", SimCLRTask.settings, settings),
-            image_size=32,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=mlp_head,
-            loss_fn=loss_fn,
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
 
 
 def draw(task: SimCLRTask, images: torch.Tensor, step: int = 0, seed: int = 0):
@@ -219,7 +202,7 @@ def reference_views(images: torch.Tensor, drawn: dict[str, torch.Tensor], blur: 
 @pytest.mark.parametrize("blur", [False, True])
 def test_views_match_the_per_image_torchvision_pipeline(blur: bool) -> None:
     images = torch.rand(12, 3, 32, 32)
-    batch = draw(make_task(blur=blur, strength=1.0), images, step=5)
+    batch = draw(task_instance(SimCLRTask, blur=blur, strength=1.0), images, step=5)
     assert batch.inputs.shape == (24, 3, 32, 32) and batch.views == 2
     drawn = batch.extras
     assert drawn["jitter_order"].sort(dim=-1).values.eq(torch.arange(4)).all()  # each order is a permutation
@@ -231,7 +214,7 @@ def test_views_match_the_per_image_torchvision_pipeline(blur: bool) -> None:
 
 def test_every_view_gets_its_own_parameters() -> None:
     images = torch.rand(64, 3, 32, 32)
-    drawn = draw(make_task(), images).extras
+    drawn = draw(task_instance(SimCLRTask), images).extras
     assert drawn["boxes"].shape == (64, 2, 4) and drawn["jitter"].shape == (64, 2, 4)
     boxes = drawn["boxes"].flatten(0, 1)
     assert len(torch.unique(boxes, dim=0)) > 120  # 128 views: crops practically all different
@@ -246,14 +229,14 @@ def test_every_view_gets_its_own_parameters() -> None:
 
 
 def test_gray_views_have_identical_channels() -> None:
-    batch = draw(make_task(gray_probability=0.5), torch.rand(32, 3, 32, 32))
+    batch = draw(task_instance(SimCLRTask, gray_probability=0.5), torch.rand(32, 3, 32, 32))
     views = unnormalize(batch.inputs)
     channels_equal = torch.isclose(views[:, 0], views[:, 1], atol=1e-5).flatten(1).all(dim=1)
     assert (channels_equal == batch.extras["gray"].flatten()).all()
 
 
 def test_same_seed_same_views_other_step_or_seed_other_views() -> None:
-    task = make_task()
+    task = task_instance(SimCLRTask)
     images = torch.rand(8, 3, 32, 32)
     first, again = draw(task, images, step=3), draw(task, images, step=3)
     assert torch.equal(first.inputs, again.inputs) and torch.equal(first.targets, again.targets)
@@ -266,7 +249,10 @@ def test_same_seed_same_views_other_step_or_seed_other_views() -> None:
 
 def test_blur_leaves_the_other_draws_unchanged() -> None:
     images = torch.rand(16, 3, 32, 32)
-    plain, blurred = draw(make_task(), images).extras, draw(make_task(blur=True), images).extras
+    plain, blurred = (
+        draw(task_instance(SimCLRTask), images).extras,
+        draw(task_instance(SimCLRTask, blur=True), images).extras,
+    )
     assert set(blurred) - set(plain) == {"blurred", "sigma"}
     for key in plain:
         assert torch.equal(plain[key], blurred[key])
@@ -275,7 +261,7 @@ def test_blur_leaves_the_other_draws_unchanged() -> None:
 
 def test_targets_are_the_global_rows_of_the_other_view() -> None:
     images = torch.rand(8, 3, 32, 32)
-    task = make_task()
+    task = task_instance(SimCLRTask)
     whole = draw(task, images)
     assert whole.targets.tolist() == [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14]
     second_half = task.pseudo_labels(images[4:], BatchRandom(0, 0, "simclr", 4, global_batch=8, offset=4))
@@ -283,14 +269,14 @@ def test_targets_are_the_global_rows_of_the_other_view() -> None:
     torch.testing.assert_close(second_half.inputs, whole.inputs[8:])
     # Alone in one process, rows 8..15 of a global batch have no partners: refused, not silently wrong.
     with pytest.raises(ValueError, match="rows 0..7"):
-        task.forward(SmallConvNet(3, width=4), task.build_modules(), torch.nn.ModuleDict(), second_half)
+        task.forward(task.context.make_backbone(3), task.build_modules(), torch.nn.ModuleDict(), second_half)
 
 
 # --- the task -------------------------------------------------------------------------------------------------
 def test_forward_gives_the_loss_and_accuracy_and_trains_the_backbone() -> None:
-    task = make_task(projection_dim=16)
+    task = task_instance(SimCLRTask, projection_dim=16)
     modules = task.build_modules()
-    backbone = SmallConvNet(3, width=4)  # feature_dim 32, as the context says
+    backbone = task.context.make_backbone(3)  # feature_dim 32, as the context says
     batch = draw(task, torch.rand(6, 3, 32, 32))
     output = task.forward(backbone, modules, torch.nn.ModuleDict(), batch)
     assert set(output.losses) == {"contrastive"} and torch.isfinite(output.losses["contrastive"])
@@ -305,15 +291,15 @@ def test_forward_gives_the_loss_and_accuracy_and_trains_the_backbone() -> None:
 
 def test_settings_are_validated() -> None:
     with pytest.raises(SettingError, match="temperature"):
-        make_task(temperature=0)
+        task_instance(SimCLRTask, temperature=0)
     with pytest.raises(SettingError, match="gray_probability"):
-        make_task(gray_probability=1.5)
+        task_instance(SimCLRTask, gray_probability=1.5)
     with pytest.raises(SettingError, match="projection_dim"):
-        make_task(projection_dim=0)
+        task_instance(SimCLRTask, projection_dim=0)
 
 
 def test_autocast_keeps_augmentation_and_similarities_in_float32() -> None:
-    task = make_task()
+    task = task_instance(SimCLRTask)
     images = torch.rand(4, 3, 32, 32)
     plain = draw(task, images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -324,16 +310,8 @@ def test_autocast_keeps_augmentation_and_similarities_in_float32() -> None:
 
 
 # --- the real command line ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_pretrains_and_writes_a_checkpoint(tmp_path: Path) -> None:
-    from safetensors import safe_open
-
-    run = tmp_path / "r"
-    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "simclr", "--steps", "3",
-               "--batch-size", "8", "--out", str(run), "--no-probe"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
-    assert checkpoints
-    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
-        keys = list(handle.keys())
-    assert any(key.startswith("task/simclr/head.") for key in keys)
+    with cli_plugins(("simclr", plugin)):
+        run = pretrain_cli(tmp_path, "simclr", "--data", KIT_DATA)
+    assert any(key.startswith("task/simclr/head.") for key in checkpoint_keys(run))

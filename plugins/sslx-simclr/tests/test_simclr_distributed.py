@@ -16,23 +16,19 @@ What is compared, for ``W = 2`` ranks with ``M`` views each and the ``2M``-view 
 
 from __future__ import annotations
 
-import socket
-import time
 import warnings
-from collections.abc import Callable
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from sslx_simclr.loss import NTXentLoss
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ssl_engine.api import gather_from_all_ranks, is_distributed
+from ssl_engine.testing import spawn_ranks
 
 WORLD = 2
 VIEWS_PER_RANK = 6  # 3 images x 2 views
@@ -53,90 +49,49 @@ def projection() -> nn.Linear:
     return nn.Linear(FEATURES, DIM)
 
 
-def run_rank(rank: int, port: int, out: Path) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
-    )
-    try:
-        features, embeddings, targets = fixed_batch()
-        rows = slice(rank * VIEWS_PER_RANK, (rank + 1) * VIEWS_PER_RANK)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            mine = embeddings[rows].clone().requires_grad_()
-            loss, logits = NTXentLoss(TEMPERATURE)(mine, targets[rows])
-            loss.backward()
-            model = DistributedDataParallel(projection())
-            ddp_loss, _ = NTXentLoss(TEMPERATURE)(model(features[rows]), targets[rows])
-            ddp_loss.backward()
-            gathered = gather_from_all_ranks(torch.full((2, 3), float(rank)))
-        torch.save(
-            {
-                "loss": loss.detach(),
-                "grad": mine.grad,
-                "logits": logits,
-                "ddp_grads": [parameter.grad for parameter in model.parameters()],
-                "gathered": gathered,
-                "distributed": is_distributed(),
-                "deprecated": [str(w.message) for w in caught if issubclass(w.category, FutureWarning)],
-            },
-            out / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def run_rank_compiled(rank: int, port: int, out: Path) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
-    )
-    try:
-        torch.set_num_threads(1)  # two ranks compiling at once on a small machine
-        _, embeddings, targets = fixed_batch()
-        rows = slice(rank * VIEWS_PER_RANK, (rank + 1) * VIEWS_PER_RANK)
+def rank_result(rank: int) -> dict[str, object]:
+    features, embeddings, targets = fixed_batch()
+    rows = slice(rank * VIEWS_PER_RANK, (rank + 1) * VIEWS_PER_RANK)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         mine = embeddings[rows].clone().requires_grad_()
-        gather = torch.compile(gather_from_all_ranks, fullgraph=True)
-        gathered = gather(mine)
-        gathered.sum().backward()  # through the compiled gather alone: every rank's ones come back, summed
-        assert mine.grad is not None
-        gather_grad = mine.grad.clone()
-        mine.grad = None
-        loss, logits = torch.compile(NTXentLoss(TEMPERATURE))(mine, targets[rows])
+        loss, logits = NTXentLoss(TEMPERATURE)(mine, targets[rows])
         loss.backward()
-        torch.save(
-            {
-                "loss": loss.detach(),
-                "grad": mine.grad,
-                "logits": logits,
-                "gathered": gathered.detach(),
-                "gather_grad": gather_grad,
-            },
-            out / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
+        model = DistributedDataParallel(projection())
+        ddp_loss, _ = NTXentLoss(TEMPERATURE)(model(features[rows]), targets[rows])
+        ddp_loss.backward()
+        gathered = gather_from_all_ranks(torch.full((2, 3), float(rank)))
+    return {
+        "loss": loss.detach(),
+        "grad": mine.grad,
+        "logits": logits,
+        "ddp_grads": [parameter.grad for parameter in model.parameters()],
+        "gathered": gathered,
+        "distributed": is_distributed(),
+        "deprecated": [str(w.message) for w in caught if issubclass(w.category, FutureWarning)],
+    }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def compiled_rank_result(rank: int) -> dict[str, object]:
+    torch.set_num_threads(1)  # two ranks compiling at once on a small machine
+    _, embeddings, targets = fixed_batch()
+    rows = slice(rank * VIEWS_PER_RANK, (rank + 1) * VIEWS_PER_RANK)
+    mine = embeddings[rows].clone().requires_grad_()
+    gather = torch.compile(gather_from_all_ranks, fullgraph=True)
+    gathered = gather(mine)
+    gathered.sum().backward()  # through the compiled gather alone: every rank's ones come back, summed
+    assert mine.grad is not None
+    gather_grad = mine.grad.clone()
+    mine.grad = None
+    loss, logits = torch.compile(NTXentLoss(TEMPERATURE))(mine, targets[rows])
+    loss.backward()
+    return {"loss": loss.detach(), "grad": mine.grad, "logits": logits, "gathered": gathered.detach(),
+            "gather_grad": gather_grad}  # fmt: skip
 
 
-def spawn_ranks(
-    out: Path, deadline_s: float = 120.0, target: Callable[[int, int, Path], None] = run_rank
-) -> list[dict]:
-    context = mp.spawn(target, args=(free_port(), out), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + deadline_s
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"the {WORLD} ranks did not finish in {deadline_s:.0f} s")
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
-
-
+@pytest.mark.slow
 def test_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    ranks = spawn_ranks(tmp_path)
+    ranks = spawn_ranks(rank_result, tmp_path, world=WORLD)
     features, embeddings, targets = fixed_batch()
     embeddings.requires_grad_()
     per_view, logits = NTXentLoss(TEMPERATURE, partial(F.cross_entropy, reduction="none"))(embeddings, targets)
@@ -160,8 +115,9 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> N
             torch.testing.assert_close(ddp_grad, parameter.grad, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_under_torch_compile_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    ranks = spawn_ranks(tmp_path, deadline_s=300.0, target=run_rank_compiled)
+    ranks = spawn_ranks(compiled_rank_result, tmp_path, world=WORLD)
     _, embeddings, targets = fixed_batch()
     embeddings.requires_grad_()
     per_view, logits = NTXentLoss(TEMPERATURE, partial(F.cross_entropy, reduction="none"))(embeddings, targets)

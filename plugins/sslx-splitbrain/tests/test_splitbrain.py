@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from sslx_splitbrain import plugin
 from sslx_splitbrain.lightness_bins import L_BINS, lightness_centres, quantize_lightness
 from sslx_splitbrain.representation import SplitBrainRepresentation
 from sslx_splitbrain.task import SplitBrainTask
@@ -19,37 +18,26 @@ from ssl_engine.api import (
     REGRESSION_GAIN,
     BatchRandom,
     PretextBatch,
-    TaskContext,
-    UpConvDecoder,
     ab_bins,
     lab_to_rgb,
     lightness_input_from_rgb,
     rgb_to_lab,
 )
-from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.plugins import get_host
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import check_pretext_task
+from ssl_engine.testing import (
+    KIT_DATA,
+    REFERENCE_TASK,
+    check_pretext_task,
+    checkpoint_keys,
+    cli_plugins,
+    pretrain_cli,
+    run_cli,
+    task_instance,
+)
 from ssl_engine.train.model import PretrainModel, RunSetupError
 
 BINS = ab_bins()
-
-
-def make_task(image_size: int = 32, **settings: object) -> SplitBrainTask:
-    resolved = resolve_settings("splitbrain", SplitBrainTask.settings, settings)
-    return SplitBrainTask(
-        TaskContext(
-            settings=resolved,
-            image_size=image_size,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=UpConvDecoder,
-            loss_fn=F.mse_loss if resolved["loss_mode"] == "regression" else F.cross_entropy,
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
 
 
 def draw(task: SplitBrainTask, images: torch.Tensor) -> PretextBatch:
@@ -81,7 +69,7 @@ def test_lightness_bins_are_50_bins_of_size_2() -> None:
 
 
 def test_the_split_gives_lightness_to_one_network_and_colour_to_the_other() -> None:
-    task = make_task()
+    task = task_instance(SplitBrainTask)
     images = colour_images()
     batch = draw(task, images)
     lab = rgb_to_lab(images)
@@ -95,7 +83,7 @@ def test_the_split_gives_lightness_to_one_network_and_colour_to_the_other() -> N
 
 
 def test_classification_targets_are_the_bins_of_the_averaged_lab() -> None:
-    task = make_task()  # output_stride 4 by default, as the paper
+    task = task_instance(SplitBrainTask)  # output_stride 4 by default, as the paper
     images = colour_images()
     batch = draw(task, images)
     small = block_mean(rgb_to_lab(images), 4)  # (B, 3, 8, 8)
@@ -108,11 +96,11 @@ def test_classification_targets_are_the_bins_of_the_averaged_lab() -> None:
 
 
 def test_forward_gives_both_named_terms_and_trains_both_networks() -> None:
-    task = make_task()
+    task = task_instance(SplitBrainTask)
     modules = task.build_modules()
     assert set(modules) == {"color_backbone", "to_ab", "to_l"}
     assert modules["color_backbone"].features[0][0].in_channels == 2  # F2 sees ab only
-    backbone = SmallConvNet(3, width=4)
+    backbone = task.context.make_backbone(3)
     batch = draw(task, colour_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert set(output.losses) == {"l_to_ab", "ab_to_l"}
@@ -127,9 +115,9 @@ def test_forward_gives_both_named_terms_and_trains_both_networks() -> None:
 
 
 def test_each_network_gets_only_its_own_loss() -> None:
-    task = make_task()
+    task = task_instance(SplitBrainTask)
     modules = task.build_modules()
-    backbone = SmallConvNet(3, width=4)
+    backbone = task.context.make_backbone(3)
     output = task.forward(backbone, modules, nn.ModuleDict(), draw(task, colour_images()))
     output.losses["ab_to_l"].backward()
     assert all(p.grad is None for p in backbone.parameters())  # F1 never sees the L prediction's loss
@@ -137,13 +125,13 @@ def test_each_network_gets_only_its_own_loss() -> None:
 
 
 def test_regression_mode_is_l2_on_both_halves() -> None:
-    task = make_task(loss_mode="regression", output_stride=1)
+    task = task_instance(SplitBrainTask, loss_mode="regression", output_stride=1)
     modules = task.build_modules()
     batch = draw(task, colour_images())
     lab = rgb_to_lab(colour_images())
     torch.testing.assert_close(batch.targets, lab[:, 1:] / LAB_SCALE)
     torch.testing.assert_close(batch.extras["l_target"], (lab[:, :1] - 50) / LAB_SCALE)
-    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), batch)
+    output = task.forward(task.context.make_backbone(3), modules, nn.ModuleDict(), batch)
     assert output.predictions is not None and output.predictions.shape == (4, 2, 32, 32)
     torch.testing.assert_close(output.losses["l_to_ab"], F.mse_loss(output.predictions, batch.targets))
     l_pred = REGRESSION_GAIN * modules["to_l"](modules["color_backbone"](batch.extras["color_input"]))
@@ -176,9 +164,9 @@ def test_loss_must_fit_the_loss_mode() -> None:
 
 
 def test_representation_concatenates_both_sub_networks() -> None:
-    task = make_task()
+    task = task_instance(SplitBrainTask)
     modules = task.build_modules().eval()
-    backbone = SmallConvNet(3, width=4).eval()
+    backbone = task.context.make_backbone(3).eval()
     representation = task.representation(backbone, modules).eval()
     assert isinstance(representation, SplitBrainRepresentation)
     assert representation.feature_dim == 32 + 32
@@ -192,30 +180,21 @@ def test_representation_concatenates_both_sub_networks() -> None:
 
 
 # --- the real command line ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_pretrains_and_writes_both_networks(tmp_path: Path) -> None:
-    from safetensors import safe_open
-
-    run = tmp_path / "r"
-    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "splitbrain", "--steps", "3",
-               "--batch-size", "8", "--out", str(run), "--no-probe"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
-    assert checkpoints
-    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
-        keys = list(handle.keys())
+    with cli_plugins(("splitbrain", plugin)):
+        keys = checkpoint_keys(pretrain_cli(tmp_path, "splitbrain", "--data", KIT_DATA))
     for part in ("color_backbone.", "to_ab.", "to_l."):
         assert any(key.startswith(f"task/splitbrain/{part}") for key in keys), part
     assert any(key.startswith("model/") for key in keys)
 
 
 def test_cli_refuses_to_mix_it_with_other_tasks(tmp_path: Path) -> None:
-    run = tmp_path / "r"
-    command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "splitbrain", "--task", "rotation",
-               "--steps", "3", "--out", str(run), "--no-probe"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert "'splitbrain' cannot share the backbone" in result.stderr and "rotation" in result.stderr
+    run = tmp_path / "run"
+    with cli_plugins(("splitbrain", plugin)):
+        result = run_cli("pretrain", "--task", "splitbrain", "--task", REFERENCE_TASK, "--out", run)
+    assert result.exit_code == 2, result.output
+    assert "'splitbrain' cannot share the backbone" in result.stderr and REFERENCE_TASK in result.stderr
     assert not run.exists()
 
 
@@ -225,10 +204,10 @@ def test_keeps_the_engine_contract() -> None:
 
 
 def test_drawing_has_a_column_per_half_and_the_prediction() -> None:
-    task = make_task()
+    task = task_instance(SplitBrainTask)
     images = colour_images()
     batch = draw(task, images)
     before = task.draw(images, batch, None)
-    output = task.forward(SmallConvNet(3, width=4), task.build_modules(), nn.ModuleDict(), batch)
+    output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)
     after = task.draw(images, batch, output)
     assert before.width == 4 * 68 + 4 and after.width == 5 * 68 + 4

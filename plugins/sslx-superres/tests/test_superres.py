@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,39 +12,26 @@ import pytest
 import sslx_superres.plugin
 import torch
 from PIL import Image
-from safetensors import safe_open
 from sslx_superres.degrade import bicubic_degrade, low_resolution_size
 from sslx_superres.task import INITIAL_RESIDUAL_SCALE, SuperResolutionTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_engine.api import MEAN, Backbone, BatchRandom, SettingError, TaskContext, UpConvDecoder, normalize, psnr
-from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
+from ssl_engine.api import MEAN, Backbone, BatchRandom, SettingError, UpConvDecoder, normalize, psnr
 from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.plugins import PluginHost
-from ssl_engine.run import build_run
-from ssl_engine.run_directory import saved_config
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import prepare
+from ssl_engine.testing import (
+    KIT_DATA,
+    checkpoint_keys,
+    cli_plugins,
+    prepare,
+    pretrain_cli,
+    resumed_trainer,
+    run_checkpoint,
+    task_instance,
+)
 from ssl_engine.train.loop import Trainer
 
 torch.set_num_threads(2)
-
-
-def make_task(image_size: int = 32, **settings: object) -> SuperResolutionTask:
-    return SuperResolutionTask(
-        TaskContext(
-            settings=resolve_settings("superres", SuperResolutionTask.settings, settings),
-            image_size=image_size,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=UpConvDecoder,
-            loss_fn=partial(F.mse_loss),
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
 
 
 def draw(task: SuperResolutionTask, images: Tensor, step: int = 0):  # type: ignore[no-untyped-def]
@@ -77,10 +61,10 @@ def test_downsampling_matches_pil_bicubic_and_the_batch_matches_each_image_alone
 
 def test_inputs_are_the_normalised_bicubic_images_and_targets_the_originals() -> None:
     images = shapes(4, 32)
-    batch = draw(make_task(32, factor=2), images)
+    batch = draw(task_instance(SuperResolutionTask, 32, factor=2), images)
     torch.testing.assert_close(batch.inputs, normalize(bicubic_degrade(images, 2)))
     torch.testing.assert_close(batch.targets, normalize(images))
-    again = draw(make_task(32, factor=2), images, step=5)  # the degradation has no randomness
+    again = draw(task_instance(SuperResolutionTask, 32, factor=2), images, step=5)  # the degradation has no randomness
     assert torch.equal(again.inputs, batch.inputs) and batch.views == 1
 
 
@@ -100,8 +84,8 @@ def test_psnr_matches_a_plain_reference() -> None:
 
 # --- the output and the loss -------------------------------------------------------------------------------
 def test_output_is_bicubic_plus_residual_and_the_loss_its_l2() -> None:
-    task = make_task(32)
-    backbone, modules = SmallConvNet(3, width=4), task.build_modules()
+    task = task_instance(SuperResolutionTask, 32)
+    backbone, modules = task.context.make_backbone(3), task.build_modules()
     batch = draw(task, shapes(4, 32))
     residuals: list[Tensor] = []
     modules["decoder"].register_forward_hook(lambda module, args, output: residuals.append(output))
@@ -112,22 +96,22 @@ def test_output_is_bicubic_plus_residual_and_the_loss_its_l2() -> None:
 
 
 def test_a_fresh_decoder_starts_next_to_the_bicubic_image() -> None:
+    task = task_instance(SuperResolutionTask, 32)
     torch.manual_seed(0)
     usual = UpConvDecoder(32, 3, 8)
     torch.manual_seed(0)
-    modules = make_task(32).build_modules()
+    modules = task.build_modules()
     last = modules["decoder"].layers[-1]
     torch.testing.assert_close(last.weight, INITIAL_RESIDUAL_SCALE * usual.layers[-1].weight)
     assert (last.bias == 0).all()
     images = shapes(8, 32)
-    task = make_task(32)
-    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), draw(task, images))
+    output = task.forward(task.context.make_backbone(3), modules, nn.ModuleDict(), draw(task, images))
     assert float(output.metrics["psnr"]) == pytest.approx(float(output.metrics["bicubic_psnr"]), abs=0.05)
     assert task.config["factor"] == 8
     assert float(output.metrics["bicubic_psnr"]) == pytest.approx(float(psnr(bicubic_degrade(images, 8), images)))
     with torch.no_grad():
         last.weight.zero_()
-    output = task.forward(SmallConvNet(3, width=4), modules, nn.ModuleDict(), draw(task, images))
+    output = task.forward(task.context.make_backbone(3), modules, nn.ModuleDict(), draw(task, images))
     assert float(output.metrics["psnr"]) == pytest.approx(float(output.metrics["bicubic_psnr"]), abs=1e-4)
 
 
@@ -145,7 +129,7 @@ class ConstantEncoder(Backbone):
 
 
 def test_the_only_path_from_input_to_residual_is_the_encoder() -> None:
-    task = make_task(32)
+    task = task_instance(SuperResolutionTask, 32)
     modules = task.build_modules().eval()
     nn.init.normal_(modules["decoder"].layers[-1].weight)  # a residual that is far from 0, so the test can fail
     first, second = draw(task, shapes(2, 32)), draw(task, torch.rand(2, 3, 32, 32))
@@ -156,25 +140,26 @@ def test_the_only_path_from_input_to_residual_is_the_encoder() -> None:
 
 
 def test_settings_and_loss_weights() -> None:
-    assert make_task(32).loss_weights == {"pixel": 1.0, "adversarial": 0.001}
-    assert make_task(32, pixel_weight=0.5, adversarial_weight=0.1).loss_weights == {"pixel": 0.5, "adversarial": 0.1}
+    assert task_instance(SuperResolutionTask, 32).loss_weights == {"pixel": 1.0, "adversarial": 0.001}
+    weighted = task_instance(SuperResolutionTask, 32, pixel_weight=0.5, adversarial_weight=0.1)
+    assert weighted.loss_weights == {"pixel": 0.5, "adversarial": 0.1}
     for bad in ("1", "9", "two"):
         with pytest.raises(SettingError, match="factor"):
-            make_task(32, factor=bad)
+            task_instance(SuperResolutionTask, 32, factor=bad)
 
 
 # --- the adversarial branch --------------------------------------------------------------------------------
 def test_without_the_adversarial_setting_there_is_no_discriminator() -> None:
-    task = make_task(32)
+    task = task_instance(SuperResolutionTask, 32)
     assert len(task.build_aux_modules()) == 0
     batch = draw(task, shapes(2, 32))
-    output = task.forward(SmallConvNet(3, width=4), task.build_modules(), nn.ModuleDict(), batch)
+    output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)
     assert "adversarial" not in output.losses and task.aux_losses(nn.ModuleDict(), batch, output) == {}
 
 
 def test_adversarial_terms_and_detached_fakes() -> None:
-    task = make_task(32, adversarial=True)
-    backbone, modules, aux = SmallConvNet(3, width=4), task.build_modules(), task.build_aux_modules()
+    task = task_instance(SuperResolutionTask, 32, adversarial=True)
+    backbone, modules, aux = task.context.make_backbone(3), task.build_modules(), task.build_aux_modules()
     aux.eval()  # spectral norm's power iteration stays put, so re-evaluating the discriminator gives the same logits
     batch = draw(task, shapes(4, 32))
     output = task.forward(backbone, modules, aux, batch)
@@ -214,54 +199,31 @@ def test_without_adversarial_the_trainer_has_no_aux_optimizer(tmp_path: Path) ->
 
 
 # --- the real command line ---------------------------------------------------------------------------------
-def sslx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ssl_engine.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
+@pytest.mark.slow
 def test_cli_pretrains_and_writes_a_checkpoint_without_a_discriminator(tmp_path: Path) -> None:
-    run = tmp_path / "r"
-    result = sslx("pretrain", "--task", "superres", "--steps", "3", "--batch-size", "8", "--out", str(run),
-                  "--no-probe", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    checkpoints = sorted(run.glob("checkpoint-*.safetensors"))
-    assert checkpoints
-    with safe_open(str(checkpoints[-1]), framework="pt") as handle:
-        keys = list(handle.keys())
+    with cli_plugins(("superres", sslx_superres.plugin)):
+        keys = checkpoint_keys(pretrain_cli(tmp_path, "superres", "--data", KIT_DATA))
     assert any(key.startswith("task/superres/decoder.") for key in keys)
     assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys)
 
 
-def picture_folder(root: Path, count: int = 16, size: int = 16) -> Path:
-    """A flat folder of PNG files (unlabelled data, as a user's own pictures), quick to open unlike the shapes set."""
-    root.mkdir()
-    dataset = ShapesDataset("train", size, size=count)
-    for index in range(count):
-        Image.fromarray(dataset[index][0].permute(1, 2, 0).numpy()).save(root / f"{index:02d}.png")
-    return root
-
-
+@pytest.mark.slow
 def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(tmp_path: Path) -> None:
-    run = tmp_path / "r"
-    pictures = picture_folder(tmp_path / "pictures")
-    common = ["--task", "superres", "--set", "superres.adversarial=true", "--data", str(pictures), "--batch-size", "8",
-              "--out", str(run), "--no-probe", "--log-every", "1", "--image-size", "16"]  # fmt: skip
-    first = sslx("pretrain", *common, "--steps", "2", "--checkpoint-every", "1", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    saved = read_checkpoint(checkpoint_path(run, 2))
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert all({"superres/adversarial", "superres/discriminator"} <= set(line) for line in lines)
-    config = saved_config(run)
-    config.steps = 3
-    resumed = Trainer(build_run(config, PluginHost.from_entry_points().registry, run, resume=True))
-    assert resumed.step == 2
-    aux = saved.module_state("aux/superres")
-    assert aux and all(torch.equal(v, aux[k]) for k, v in resumed.model.aux_modules["superres"].state_dict().items())
-    optimizer_state = resumed.aux_optimizers["superres"].state_dict()["state"]
-    assert optimizer_state
-    for index, per_parameter in optimizer_state.items():
-        expected = saved.tensors[f"optim/aux/superres/{index}/momentum_buffer"]
-        torch.testing.assert_close(per_parameter["momentum_buffer"], expected)
-    second = sslx("pretrain", *common, "--steps", "3", "--resume", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
+    common = ["--set", "superres.adversarial=true", "--data", KIT_DATA, "--log-every", 1, "--image-size", 16]
+    with cli_plugins(("superres", sslx_superres.plugin)):
+        run = pretrain_cli(tmp_path, "superres", *common, "--steps", 2, "--checkpoint-every", 1)
+        saved = run_checkpoint(run, 2)
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert all({"superres/adversarial", "superres/discriminator"} <= set(line) for line in lines)
+        resumed = resumed_trainer(run, steps=3)
+        assert resumed.step == 2
+        aux = saved.module_state("aux/superres")
+        state = resumed.model.aux_modules["superres"].state_dict()
+        assert aux and all(torch.equal(value, aux[key]) for key, value in state.items())
+        optimizer_state = resumed.aux_optimizers["superres"].state_dict()["state"]
+        assert optimizer_state
+        for index, per_parameter in optimizer_state.items():
+            expected = saved.tensors[f"optim/aux/superres/{index}/momentum_buffer"]
+            torch.testing.assert_close(per_parameter["momentum_buffer"], expected)
+        pretrain_cli(tmp_path, "superres", *common, "--steps", 3, "--resume")
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
