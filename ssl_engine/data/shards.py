@@ -149,8 +149,8 @@ def _scan(path: Path) -> tuple[list[tuple[int, int, int, str]], str | None]:
                 if last in IMAGE_EXTENSIONS and "image" not in sample:
                     sample["image"] = (member.offset_data, member.size)
                 elif extension == "cls":
-                    handle = tar.extractfile(member)
-                    text = handle.read(64).decode("ascii", "replace").strip() if handle is not None else ""
+                    content = tar.extractfile(member)
+                    text = content.read(64).decode("ascii", "replace").strip() if content is not None else ""
                     sample["label"] = int(text) if text.lstrip("-").isdigit() else -1
     except tarfile.ReadError as error:
         return [], f"is not a tar file ({error})"
