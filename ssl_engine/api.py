@@ -24,6 +24,7 @@ from ssl_engine.adversarial import (
     generator_terms,
 )
 from ssl_engine.backbones.base import Backbone
+from ssl_engine.backbones.tokens import TokenBackbone, patchify, unpatchify
 from ssl_engine.color.ab_bins import ABBins, ab_bins, annealed_mean
 from ssl_engine.color.drawing import colour_grid, with_colour
 from ssl_engine.color.lab import (
@@ -107,6 +108,9 @@ __all__ = [
     "TaskOutput",
     "Representation",
     "Backbone",
+    "TokenBackbone",
+    "patchify",
+    "unpatchify",
     "TaskSetting",
     "SettingError",
     "ImageSizeError",

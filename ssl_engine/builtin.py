@@ -9,6 +9,7 @@ import torchvision
 
 from ssl_engine.backbones.resnet import ResNetBackbone
 from ssl_engine.backbones.smallconv import SmallConvNet
+from ssl_engine.backbones.timm_backbone import FAMILY_NAME, INSTALL_HINT, TimmFamily
 from ssl_engine.data import idx_files, torchvision_sets
 from ssl_engine.data.options import DataOptions
 from ssl_engine.data.shapes import ShapesDataset
@@ -44,6 +45,11 @@ def register_backbones(register: BackboneRegister) -> None:
         ("resnet50", torchvision.models.resnet50),
     ):
         register(name, partial(ResNetBackbone, builder), help=f"torchvision {name}, small stem at <= 64 px")
+    register(
+        FAMILY_NAME,
+        TimmFamily(),
+        help=f"any timm model, e.g. timm:vit_tiny_patch16_224 (ViTs: patch 4 at 32 px; {INSTALL_HINT})",
+    )
 
 
 def _shapes(split: str, image_size: int, options: DataOptions) -> ShapesDataset:

@@ -543,6 +543,9 @@ def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 @click.option("--count", default=6, show_default=True, type=click.IntRange(1, 64), help="Examples (rows).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the pseudo-labels drawn.")
 @click.option(
+    "--backbone", help="Backbone of a fresh --task (e.g. timm:vit_tiny_patch16_224 for mae) [default: smallconv]."
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="PNG to write [default: TASK.png, or RUN_DIR/show-TASK.png].",
@@ -554,6 +557,7 @@ def show(
     image_size: int | None,
     count: int,
     seed: int,
+    backbone: str | None,
     out: Path | None,
 ) -> None:
     """Draw real examples of a task's pretext batch (after a run: with the model's predictions).
@@ -563,13 +567,14 @@ def show(
       sslx show --task rotation --out rotation.png
       sslx show --task jigsaw --data cifar10 --data-dir ~/data
       sslx show runs/rot
+      sslx show --task mae --backbone timm:vit_tiny_patch16_224
     """
     host = host_or_exit()
     from ssl_engine.show import render
 
     try:
         pictures = render(host.registry, run_dir=run_dir, task=task, data=data, image_size=image_size, count=count,
-                          seed=seed)  # fmt: skip
+                          seed=seed, backbone=backbone)  # fmt: skip
     except (*USER_ERRORS, ValueError) as error:
         fail(error)
     for name, picture in pictures.items():

@@ -8,6 +8,15 @@ A ResNet backbone is written in the key layout of the torchvision model it came 
     model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = torch.nn.Identity()
 
+A timm backbone (``--backbone timm:NAME``) is written in timm's own key layout, and loads strictly into the timm
+model made with the same sizes, e.g. for ``timm:vit_tiny_patch16_224`` trained at 32 px (patch 4)::
+
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=4)
+    model.load_state_dict(safetensors.torch.load_file("backbone.safetensors"))    # strict: every key matches
+
+``model(images)`` is then the run's representation (the class token for a ViT). The export prints the exact
+``timm.create_model`` call (with every option the run gave the model) and keeps it in the header.
+
 Any other representation (the small convnet, split-brain's pair of networks) is exported in sslx's own layout
 (the representation module's ``state_dict``), with a message saying so. Inputs are RGB in [0, 1] normalised with
 ImageNet's mean and std (``ssl_engine.images.normalize``) unless the metadata's ``input`` says otherwise.
@@ -23,6 +32,7 @@ from safetensors.torch import save_file
 
 from ssl_engine.atomic_files import with_user_permissions
 from ssl_engine.backbones.resnet import ResNetBackbone
+from ssl_engine.backbones.timm_backbone import TimmBackbone, create_model_call, rebuild_options, timm_state_dict
 from ssl_engine.images import normalize
 from ssl_engine.registry import Registry
 from ssl_engine.run import load_run
@@ -38,7 +48,7 @@ class ExportReport:
     """What was written and how to use it."""
 
     path: Path
-    layout: str  # "torchvision" or "sslx"
+    layout: str  # "torchvision", "timm" or "sslx"
     architecture: str
     message: str
 
@@ -85,6 +95,8 @@ def export_representation(run_dir: Path, out: Path, registry: Registry, task: st
         )
         message = "exported in torchvision's layout; load it with:\n  " + "\n  ".join(lines) + note
         return ExportReport(out, "torchvision", backbone.architecture, message)
+    if isinstance(backbone, TimmBackbone) and type(representation).__name__ == "Representation":
+        return export_timm(backbone, out, metadata, standard_input)
     state = {k: v.contiguous() for k, v in representation.state_dict().items()}
     architecture = type(backbone).__name__ if backbone is not None else type(representation).__name__
     metadata |= {"layout": "sslx", "architecture": architecture, "config": run.config.to_json()}
@@ -96,3 +108,18 @@ def export_representation(run_dir: Path, out: Path, registry: Registry, task: st
         f"ssl_engine.load_representation({str(run_dir)!r}) or rebuild the module and load_state_dict"
     )
     return ExportReport(out, "sslx", architecture, message)
+
+
+def export_timm(backbone: TimmBackbone, out: Path, metadata: dict[str, str], standard_input: bool) -> ExportReport:
+    """Write a timm backbone in timm's own key layout, with the ``timm.create_model`` call that loads it."""
+    options = rebuild_options(backbone.timm_options)
+    call = create_model_call(backbone.architecture, options)
+    metadata |= {"layout": "timm", "architecture": backbone.architecture, "backbone": backbone.spec.name,
+                 "timm_options": json.dumps(options), "create_model": call}  # fmt: skip
+    save_file(timm_state_dict(backbone), str(out), metadata=metadata)
+    with_user_permissions(out)
+    lines = [f"model = {call}", f"model.load_state_dict(safetensors.torch.load_file({str(out)!r}))  # strict"]
+    prepared = f"\nNote: task {metadata['task']!r} feeds the network a prepared input, not plain RGB."
+    note = "" if standard_input else prepared
+    message = "exported in timm's layout; load it with:\n  " + "\n  ".join(lines) + note
+    return ExportReport(out, "timm", backbone.architecture, message)

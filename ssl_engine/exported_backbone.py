@@ -1,7 +1,8 @@
 """Reading back a backbone written by ``sslx export``, with no task plugin installed.
 
 The export's header says how it was written (:mod:`ssl_engine.export`): ``layout = torchvision`` (a ResNet in
-torchvision's key names, ``architecture`` and ``small_stem`` given) or ``layout = sslx`` (the representation
+torchvision's key names, ``architecture`` and ``small_stem`` given), ``layout = timm`` (a timm model in timm's key
+names, the ``backbone`` name and ``image_size`` given) or ``layout = sslx`` (the representation
 module's ``state_dict``, with the run's config). Either way the backbone is rebuilt from the core's registry of
 backbones (torchvision ResNets, the small convnet, any a plugin adds) and loaded strictly.
 """
@@ -67,6 +68,9 @@ def load_exported_backbone(path: Path, registry: Registry, map_location: str | t
         name = metadata.get("architecture", "")
         size = SMALL_STEM_SIZE if json.loads(metadata.get("small_stem", "false")) else LARGE_STEM_SIZE
         state = {from_torchvision_key(key): value for key, value in tensors.items() if not key.startswith("fc.")}
+    elif layout == "timm":
+        name, size = metadata.get("backbone", ""), int(metadata.get("image_size", "32"))
+        state = {f"model.{key}": value for key, value in tensors.items()}
     elif layout == "sslx":
         try:
             config = PretrainConfig.from_dict(json.loads(metadata["config"]), str(path))

@@ -14,14 +14,19 @@ refused and asking for the name says who claims it and how to disable one, until
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
     from ssl_engine.hookspecs import BackboneFactory, DatasetFactory, Evaluator, LossFactory
     from ssl_engine.task import HeadFactory, PretextTask
 
 T = TypeVar("T")
+
+FAMILY_SEPARATOR = ":"
+FAMILY_MEMBER = "NAME"
+"""A family of names (``timm:NAME``: every timm model) is registered as ``PREFIX:NAME`` (see
+:meth:`Table.family_of`)."""
 
 
 class UnknownNameError(LookupError):
@@ -113,7 +118,8 @@ class Table(Generic[T]):
 
     ``table[name]`` looks a name up (raising :class:`UnknownNameError` or :class:`NameConflictError`, both
     lookup errors whose message says what to do), ``name in table`` says whether it would succeed, and
-    iterating gives the entries in registration order.
+    iterating gives the entries in registration order. A name ``PREFIX:MEMBER`` with no entry of its own is
+    resolved by the family registered as ``PREFIX:NAME``, if any (:meth:`family_of`).
     """
 
     def __init__(self, kind: str, hook: str) -> None:
@@ -153,12 +159,47 @@ class Table(Generic[T]):
         """
         if name in self._conflicts:
             raise NameConflictError(self.kind, name, self.names(), list(self._conflicts[name]))
-        if name not in self._entries:
+        if name in self._entries:
+            return self._entries[name]
+        family = self.family_of(name)
+        if family is None:
             raise UnknownNameError(self.kind, name, self.names())
-        return self._entries[name]
+        member = name.partition(FAMILY_SEPARATOR)[2]
+        resolved: T = cast(Any, family.obj).resolve(member)
+        return replace(family, name=name, obj=resolved)
+
+    def family_of(self, name: str) -> Registered[T] | None:
+        """The family entry that stands for ``name`` (``timm:NAME`` for ``timm:resnet18``), if one is registered.
+
+        A family is an entry named ``PREFIX:NAME`` whose object has a ``resolve(member)`` method returning the
+        object for ``PREFIX:member`` (raising :class:`UnknownNameError` with a message of its own when there is
+        none); it answers for every name starting with ``PREFIX:`` that has no entry of its own, with its plugin
+        and distribution.
+
+        Raises:
+            NameConflictError: several distributions claim the family.
+        """
+        prefix, separator, member = name.partition(FAMILY_SEPARATOR)
+        if not separator or not member:
+            return None
+        family_name = f"{prefix}{FAMILY_SEPARATOR}{FAMILY_MEMBER}"
+        if family_name in self._conflicts:
+            raise NameConflictError(self.kind, family_name, self.names(), list(self._conflicts[family_name]))
+        family = self._entries.get(family_name)
+        if family is None or not callable(getattr(family.obj, "resolve", None)):
+            return None
+        return family
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        if name in self._entries:
+            return True
+        if not isinstance(name, str):
+            return False
+        try:
+            self[name]
+        except LookupError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[Registered[T]]:
         return iter(list(self._entries.values()))

@@ -6,6 +6,7 @@ module picks the images and the model: a fresh one for ``--task``, a finished ru
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,8 +34,10 @@ def render(
     image_size: int | None = None,
     count: int = 6,
     seed: int = 0,
+    backbone: str | None = None,
 ) -> dict[str, Image.Image]:
-    """Pictures of the pretext batches of a task (fresh) or of a run's tasks (with the model's predictions).
+    """Pictures of the pretext batches of a task (fresh, on ``backbone`` or the default one) or of a run's tasks
+    (with the model's predictions).
 
     Returns:
         task name -> picture.
@@ -49,6 +52,7 @@ def render(
         if task is None:
             raise ValueError("give --task NAME (or a RUN_DIR)")
         config = PretrainConfig([TaskSpec(task)])
+        config = replace(config, backbone=backbone) if backbone else config
         size = image_size or resolve_image_size(config, registry)
         model = build_model(config, registry, size, seed=seed)
         runtimes = model.runtimes

@@ -358,6 +358,8 @@ class TaskUnderTest:
         loss: a registered loss to use instead of the task's default.
         plugin: the plugin object registering the task (default: an inline one registering just the class).
         device: where everything runs.
+        backbone: the registered backbone the task runs on (default: the engine's default, ``smallconv``), e.g.
+            ``timm:vit_tiny_patch16_224?depth=2`` for a task that needs a vision transformer.
     """
 
     task_class: type[PretextTask]
@@ -368,6 +370,13 @@ class TaskUnderTest:
     loss: str | None = None
     plugin: object | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backbone: str | None = None
+
+    def config(self, tasks: list[TaskSpec], **fields: Any) -> PretrainConfig:
+        """A config of ``tasks`` on the subject's backbone (``fields``: more config fields)."""
+        if self.backbone is not None:
+            fields["backbone"] = self.backbone
+        return PretrainConfig(tasks, **fields)
 
     @property
     def name(self) -> str:
@@ -414,7 +423,7 @@ class TaskUnderTest:
         whole training steps (aux optimizers, logged terms, checkpoints, resuming) starts in a moment; ``options``
         are more :class:`~ssl_engine.config.PretrainConfig` fields (``seed=1``, ``log_every=1``, ...).
         """
-        config = PretrainConfig(
+        config = self.config(
             [self.spec()],
             data=KIT_DATA,
             image_size=self.image_size,
@@ -429,7 +438,7 @@ class TaskUnderTest:
     def build(self, seed: int = 0) -> tuple[PretrainModel, TaskRuntime]:
         """A fresh model with the task alone, its weights initialised from ``seed``, in training mode."""
         try:
-            model = build_model(PretrainConfig([self.spec()]), self.registry, self.image_size, seed=seed)
+            model = build_model(self.config([self.spec()]), self.registry, self.image_size, seed=seed)
         except ConformanceError:
             raise
         except Exception as error:
@@ -487,6 +496,7 @@ def prepare(
     loss: str | None = None,
     plugin: object | None = None,
     device: torch.device | str = "cpu",
+    backbone: str | None = None,
 ) -> TaskUnderTest:
     """Get a task class ready for the checks.
 
@@ -500,6 +510,8 @@ def prepare(
         plugin: the plugin object that registers the task (e.g. the ``sslx_mytask.plugin`` module), needed when
             the task uses heads or losses its plugin registers; default an inline plugin registering the class.
         device: where to run (``"cuda"`` checks the device rule on a GPU).
+        backbone: a registered backbone to run the task on (default ``smallconv``), e.g.
+            ``"timm:vit_tiny_patch16_224?depth=2"`` for a task that needs a vision transformer (MAE).
 
     Returns:
         The :class:`TaskUnderTest` the ``check_*`` functions take.
@@ -509,7 +521,17 @@ def prepare(
     if batch < 2:
         raise ValueError(f"batch must be at least 2 (the global-batch check halves it), got {batch}")
     size = image_size if image_size is not None else max(task_class.min_image_size, 32)
-    return TaskUnderTest(task_class, batch, size, dict(settings or {}), head, loss, plugin, device=torch.device(device))
+    return TaskUnderTest(
+        task_class,
+        batch,
+        size,
+        dict(settings or {}),
+        head,
+        loss,
+        plugin,
+        device=torch.device(device),
+        backbone=backbone,
+    )
 
 
 Subject = TaskUnderTest | type[PretextTask]
@@ -1058,7 +1080,7 @@ def check_mix(task: Subject) -> None:
     name = subject.name
     if subject.name == REFERENCE_TASK:
         return  # the reference would be mixed with itself
-    config = PretrainConfig([TaskSpec(REFERENCE_TASK), subject.spec()])
+    config = subject.config([TaskSpec(REFERENCE_TASK), subject.spec()])
     with _global_state_kept():
         if not subject.task_class.shares_backbone:
             try:
@@ -1231,6 +1253,7 @@ def check_pretext_task(
     loss: str | None = None,
     plugin: object | None = None,
     device: torch.device | str = "cpu",
+    backbone: str | None = None,
 ) -> None:
     """Check the whole contract of :mod:`ssl_engine.task` on a task class; raise at the first broken rule.
 
@@ -1243,6 +1266,7 @@ def check_pretext_task(
         loss: a registered loss to give the task.
         plugin: the plugin object registering the task, when it also registers heads or losses the task uses.
         device: where to run.
+        backbone: a registered backbone to run the task on (default ``smallconv``).
 
     Raises:
         ConformanceError: naming the first rule broken (see the module's table of rules).
@@ -1256,6 +1280,7 @@ def check_pretext_task(
         loss=loss,
         plugin=plugin,
         device=device,
+        backbone=backbone,
     )
     for check in CHECKS.values():
         check(subject)
