@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ssl_engine.data.folder import describe_folder, image_folder
 from ssl_engine.data.options import DataError, DataOptions
 from ssl_engine.data.shards import ShardIndex, index_shards, looks_like_shards, shard_split
-from ssl_engine.registry import Registry, UnknownNameError
+from ssl_engine.registry import NameConflictError, Registered, Registry, UnknownNameError
 
 DEFAULT_DATA = "shapes"
 FILE_BACKED_IMAGE_SIZE = 224
@@ -72,12 +72,16 @@ class DataSource:
 def resolve_data(data: str, registry: Registry, options: DataOptions) -> DataSource:
     """A registered name, else an existing path; otherwise :class:`UnknownNameError` listing the names.
 
+    A name that several distributions register is refused (it belongs to none of them until one is disabled), even
+    when a folder of that name exists: which data a run reads must not depend on the plugins installed.
+
     Raises:
+        NameConflictError: several distributions register ``data`` (the message names them and how to disable one).
         UnknownNameError: ``data`` is neither registered nor a path that exists.
         DataError: the path exists but holds no usable images.
     """
-    if data in registry.names("dataset"):
-        entry = registry.get("dataset", data)
+    entry = registered_dataset(data, registry)
+    if entry is not None:
         return DataSource(
             data,
             labelled=bool(entry.meta.get("labelled", True)),
@@ -102,3 +106,17 @@ def resolve_data(data: str, registry: Registry, options: DataOptions) -> DataSou
         options=options,
         _path=path,
     )
+
+
+def registered_dataset(name: str, registry: Registry) -> Registered | None:
+    """The data set registered as ``name``, or ``None`` when nobody registered it.
+
+    Raises:
+        NameConflictError: several distributions register ``name``.
+    """
+    try:
+        return registry.get("dataset", name)
+    except NameConflictError:
+        raise
+    except UnknownNameError:
+        return None
