@@ -1,0 +1,296 @@
+"""MoCo: momentum contrast. He, Fan, Wu, Xie & Girshick 2020, "Momentum Contrast for Unsupervised Visual
+Representation Learning" (CVPR); v2: Chen, Fan, Girshick & He 2020, "Improved Baselines with Momentum Contrastive
+Learning" (arXiv:2003.04297); v3: Chen, Xie & He 2021, "An Empirical Study of Training Self-Supervised Vision
+Transformers" (ICCV).
+
+Two augmented views of every image. The query encoder (the shared backbone and an MLP projection head) encodes one
+view; the key encoder, a copy of both that is not trained by the loss but follows the query encoder as an
+exponential moving average after every optimizer step (``key = m * key + (1 - m) * query``, He et al. 2020,
+Eq. 2), encodes the other. The loss is InfoNCE (:mod:`sslx_moco.loss`):
+
+* ``version=2`` (default): each query against its own key and a queue of ``queue_size`` keys of earlier batches
+  (the negatives), temperature 0.2; after the step, the keys of the global batch replace the oldest in the queue.
+  Under ``torchrun`` every process pushes the keys of every process (gathered in rank order), so the queue is the
+  one a single process with the global batch would hold. The momentum is constant (paper).
+* ``version=3``: no queue. Both views are queries, through an extra prediction MLP, each against the keys of the
+  other view of every image in the global batch (gathered), symmetrised and scaled by ``2 t`` as in the paper's
+  code; the momentum rises from ``momentum`` to 1 along a cosine over the run (paper).
+
+Downstream, the heads and the key encoder are dropped: the representation is the query backbone.
+
+Settings and their paper values (ImageNet, ResNet-50, 224 px; v2: batch 256, 200 epochs; v3: batch 4096):
+
+* ``momentum`` 0.99. The v2 paper uses 0.999 over 200 ImageNet epochs (250,000 steps); over a few hundred steps the
+  key encoder would then hardly leave its initialisation (its time constant is 1,000 steps), so the default is the
+  value solo-learn uses on CIFAR and the v3 paper's starting value. Anything in [0, 1]; 0.999 for long runs.
+* ``queue_size`` 4096 (paper 65,536 of ImageNet's 1.28M images; 4096 is 40% of the embedded data's 10,000 training
+  images and 7% of CIFAR's 50,000). It must be a multiple of the global batch (``--batch-size`` x processes): each
+  step replaces one global batch of keys. Unused by v3.
+* ``temperature`` 0.2 (v2 paper; v3 uses 0.2 for ViT and 1.0 for ResNet-50).
+* ``projection_dim`` 128 (v2 paper; v3 256); the projection head is the run's head (default ``mlp``,
+  Linear-BN-ReLU-Linear, hidden 512; the paper's hidden layer has 2048 units for 2048 features). v3's predictor is
+  the same MLP with ``predictor_hidden`` 512 (paper 4096).
+* Augmentations, batched on the device by the core's :class:`~ssl_engine.api.ViewAugmentation` (v2 paper): random
+  resized crop of area ``min_scale`` 0.2 to 1, flip, colour jitter 0.4/0.4/0.4/0.1 with probability 0.8 (``strength``
+  0.5), grayscale 0.2.
+
+Departures, each for small images or for this engine:
+
+* Blur: ``blur=auto`` (the default) blurs from 64 px up, as the papers do on ImageNet (v2: half of the views; v3:
+  BYOL's asymmetric every first view and 10% of the second), and not below, where the paper's sigma of up to 2 px is
+  a tenth of the image (see the BYOL plugin); ``solarize`` (v3 paper: 0.2 on the second view) is 0 by default.
+* The v2 paper's projection MLP has no batch norm; the default ``mlp`` head has (``--head moco=...`` changes it).
+  v3's three-layer projector (batch norm on every layer) is the same two-layer head.
+* No shuffling batch norm (He et al. 2020, Sec. 3.3): it needs the batch split over several GPUs; here the key
+  encoder sees the key views as one batch of its own. With ``--sync-bn`` under ``torchrun`` the statistics are
+  those of the global batch, as one process would compute them.
+* The query and key views of v3 go through each encoder as one batch of ``2B`` (the paper runs them separately).
+
+Checkpoint keys: the query head under ``task/moco/projector.`` (and v3's ``task/moco/predictor.``), the key encoder
+under ``task/moco/key_backbone.`` and ``task/moco/key_projector.`` (frozen: not in the main optimizer, updated only
+by :meth:`MoCoTask.after_step`), and v2's queue under ``task/moco/queue`` ``(queue_size, projection_dim)``,
+normalised keys, with ``task/moco/queue_next``, the row the next keys go to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ssl_engine.api import (
+    Backbone,
+    BatchRandom,
+    PretextBatch,
+    PretextTask,
+    SettingError,
+    TaskContext,
+    TaskOutput,
+    TaskSetting,
+    ViewAugmentation,
+    accuracy,
+    copy_weights,
+    cosine_momentum,
+    ema_update,
+    freeze,
+    gather_from_all_ranks,
+    mlp_head,
+    normalize,
+)
+from sslx_moco.loss import queue_logits, symmetric_logits
+
+VIEWS = 2
+BLUR_FROM = 64  # blur=auto blurs images of at least this side
+V2_BLUR = (0.5, 0.5)  # v2: half of the views (Chen et al. 2020, as SimCLR)
+V3_BLUR = (1.0, 0.1)  # v3: BYOL's asymmetric blur (Chen, Xie & He 2021, Appendix)
+
+
+class MoCoTask(PretextTask):
+    """Match each query to its key among negatives (v2: a queue; v3: the keys of the global batch).
+
+    Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``: the query view and the key view (v3: each is
+    both). Targets: v2 ``(B,)`` zeros, the positive's column among ``1 + queue_size``; v3 ``(B * 2,)``, each view's
+    image row in the global batch, the positive's column among the ``W * B`` gathered keys. Loss term
+    ``contrastive``; metric ``accuracy``, how often the positive is the most similar candidate.
+    """
+
+    name = "moco"
+    summary = "contrastive: match each view to a momentum encoder's key of the other among a queue of negatives"
+    paper = (
+        "He et al. 2020, Momentum Contrast for Unsupervised Visual Representation Learning; v2: Chen et al. 2020, "
+        "Improved Baselines with Momentum Contrastive Learning; v3: Chen, Xie & He 2021"
+    )
+    views = VIEWS
+    default_image_size = 32
+    default_head = "mlp"
+    settings = (
+        TaskSetting(
+            "version", int, 2, "2: a queue of negatives (Chen et al. 2020); 3: no queue (2021)", choices=(2, 3)
+        ),
+        TaskSetting(
+            "momentum",
+            float,
+            0.99,
+            "key encoder EMA momentum (v2 paper: 0.999 for 200 ImageNet epochs; 0.99 for short runs); v3: the start "
+            "of a cosine to 1",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        TaskSetting(
+            "queue_size",
+            int,
+            4096,
+            "v2: negatives kept, a multiple of the global batch (paper: 65536)",
+            minimum=1,
+        ),
+        TaskSetting(
+            "temperature",
+            float,
+            0.2,
+            "InfoNCE temperature (paper: 0.2; v3 ResNet: 1.0)",
+            minimum=0.01,
+            maximum=10.0,
+        ),
+        TaskSetting("projection_dim", int, 128, "output size of the projection head (v2: 128; v3: 256)", minimum=1),
+        TaskSetting("predictor_hidden", int, 512, "v3: hidden units of the predictor (paper: 4096)", minimum=1),
+        TaskSetting(
+            "strength",
+            float,
+            0.5,
+            "colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (paper: 0.4, 0.4, 0.4, 0.1)",
+            minimum=0.0,
+            maximum=2.5,
+        ),
+        TaskSetting(
+            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
+        ),
+        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
+        TaskSetting(
+            "min_scale",
+            float,
+            0.2,
+            "smallest crop, a fraction of the image area (v2 paper: 0.2; v3: 0.08)",
+            minimum=0.01,
+            maximum=1,
+        ),
+        TaskSetting(
+            "blur",
+            str,
+            "auto",
+            "Gaussian blur (v2: half the views; v3: every first view, 10% of the second); auto: from 64 px up",
+            choices=("auto", "on", "off"),
+        ),
+        TaskSetting(
+            "solarize",
+            float,
+            0.0,
+            "chance the second view is solarized (v3 paper: 0.2)",
+            minimum=0,
+            maximum=1,
+        ),
+    )
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        config = self.config
+        self.version: int = config["version"]
+        self.temperature: float = config["temperature"]
+        batch, queue = context.global_batch, config["queue_size"]
+        if self.version == 2 and batch > 0 and queue % batch:
+            fits = max(batch, round(queue / batch) * batch)
+            raise SettingError(
+                f"setting moco.queue_size={queue} must be a multiple of the global batch of {batch} images "
+                f"(--batch-size x processes): every step replaces one global batch of keys; e.g. "
+                f"--set moco.queue_size={fits}"
+            )
+        blurs = config["blur"] == "on" or (config["blur"] == "auto" and context.image_size >= BLUR_FROM)
+        self.augmentation = ViewAugmentation(
+            strength=config["strength"],
+            jitter_probability=config["jitter_probability"],
+            gray_probability=config["gray_probability"],
+            min_scale=config["min_scale"],
+            views=VIEWS,
+            blur_probabilities=(V2_BLUR if self.version == 2 else V3_BLUR) if blurs else None,
+            solarize_probabilities=(0.0, config["solarize"]) if config["solarize"] > 0 else None,
+        )
+
+    def build_modules(self) -> nn.ModuleDict:
+        dim, projection = self.context.feature_dim, self.config["projection_dim"]
+        modules = nn.ModuleDict(
+            {
+                "projector": self.context.make_head(dim, projection),
+                "key_backbone": freeze(self.context.make_backbone(3)),
+                "key_projector": freeze(self.context.make_head(dim, projection)),
+            }
+        )
+        if self.version == 3:
+            modules["predictor"] = mlp_head(projection, projection, hidden=self.config["predictor_hidden"])
+        else:
+            # He et al. 2020, Algorithm 1: the queue starts as random unit vectors.
+            queue = F.normalize(torch.randn(self.config["queue_size"], projection), dim=1)
+            modules.register_buffer("queue", queue)
+            modules.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
+        return modules
+
+    def setup(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
+        """The key encoder starts as the query encoder (He et al. 2020, Algorithm 1)."""
+        copy_weights(modules["key_backbone"], backbone)
+        copy_weights(modules["key_projector"], modules["projector"])
+
+    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+        """Two augmented views of every image and the column of each query's positive.
+
+        Args:
+            images: ``(B, 3, S, S)`` float in [0, 1].
+            random: per-sample randomness.
+
+        Returns:
+            inputs ``(B * 2, 3, S, S)`` normalised; targets: v2 ``(B,)`` zeros, v3 ``(B * 2,)`` each view's image
+            row in the global batch; extras: the drawn parameters of every view (see
+            :meth:`~ssl_engine.api.ViewAugmentation.draw`), each ``(B, 2, ...)``.
+        """
+        with torch.autocast(images.device.type, enabled=False):
+            views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
+        if self.version == 2:
+            targets = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        else:
+            rows = random.offset + torch.arange(len(images), device=images.device)  # (B,)
+            targets = rows.repeat_interleave(VIEWS)
+        return PretextBatch(normalize(views), targets, views=VIEWS, extras=drawn)
+
+    def keys(self, modules: nn.ModuleDict, views: torch.Tensor) -> torch.Tensor:
+        """The key encoder's normalised keys ``(N, P)`` float32 of views ``(N, 3, S, S)``, without gradient."""
+        key_backbone: Backbone = modules["key_backbone"]  # type: ignore[assignment]
+        with torch.no_grad():
+            keys: torch.Tensor = modules["key_projector"](key_backbone.pooled(views))
+        return F.normalize(keys.float(), dim=1)
+
+    def forward(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
+    ) -> TaskOutput:
+        """The InfoNCE loss of the queries against their keys and the negatives.
+
+        Args:
+            backbone: the shared (query) backbone.
+            modules: ``projector``, ``key_backbone``, ``key_projector``; v2 the ``queue``; v3 ``predictor``.
+            aux: unused.
+            batch: from :meth:`pseudo_labels`.
+
+        Returns:
+            The ``contrastive`` loss, ``accuracy``, the logits as predictions (v2 ``(B, 1 + queue_size)``, v3
+            ``(B * 2, W * B)``) and, in ``extras``, v2's ``keys`` ``(B, P)`` for the queue.
+        """
+        if self.version == 2:
+            queries = modules["projector"](backbone.pooled(batch.inputs[0::VIEWS]))  # (B, P)
+            keys = self.keys(modules, batch.inputs[1::VIEWS])  # (B, P)
+            logits = queue_logits(queries, keys, modules.get_buffer("queue"), self.temperature)  # (B, 1 + K)
+            loss = self.context.loss_fn(logits, batch.targets)
+            extras = {"keys": keys}
+        else:
+            images = len(batch.inputs) // VIEWS
+            queries = modules["predictor"](modules["projector"](backbone.pooled(batch.inputs)))  # (B*2, P)
+            keys = self.keys(modules, batch.inputs).view(images, VIEWS, -1)  # (B, 2, P)
+            logits = symmetric_logits(queries.view(images, VIEWS, -1), keys, self.temperature)  # (B*2, W*B)
+            # The paper's 2t (ctr(q1, k2) + ctr(q2, k1)) is 4t times the mean over both views' queries.
+            loss = 4 * self.temperature * self.context.loss_fn(logits, batch.targets)
+            extras = {}
+        return TaskOutput({"contrastive": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits, extras)
+
+    def momentum(self) -> float:
+        """The key encoder's momentum at the clock's step: constant (v2) or on the cosine to 1 (v3)."""
+        base: float = self.config["momentum"]
+        return base if self.version == 2 else cosine_momentum(base, self.context.clock.progress)
+
+    def after_step(
+        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput
+    ) -> None:
+        """Move the key encoder towards the query encoder just updated; v2: push the global batch's keys."""
+        momentum = self.momentum()
+        ema_update(modules["key_backbone"], backbone, momentum)
+        ema_update(modules["key_projector"], modules["projector"], momentum)
+        if self.version == 2:
+            keys = gather_from_all_ranks(output.extras["keys"])  # (W*B, P): every process's, in global order
+            queue, next_row = modules.get_buffer("queue"), modules.get_buffer("queue_next")
+            rows = (next_row + torch.arange(len(keys), device=queue.device)) % len(queue)
+            queue[rows] = keys.to(queue.dtype)  # the oldest keys out
+            next_row.copy_((next_row + len(keys)) % len(queue))
