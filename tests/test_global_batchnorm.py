@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ssl_engine.testing import spawn_ranks
-from ssl_engine.train.sync_batchnorm import GlobalBatchNorm, combine_moments
+from ssl_engine.train.sync_batchnorm import GlobalBatchNorm, combine_moments, convert_to_global_batchnorm
 
 WORLD = 2
 ROWS_PER_RANK = 8
@@ -102,3 +103,13 @@ def test_two_processes_normalise_as_double_precision_batch_norm_of_the_whole_bat
             mine = result[mode]
             torch.testing.assert_close(mine["running_mean"].double(), exact["running_mean"], atol=1e-3, rtol=1e-6)
             torch.testing.assert_close(mine["running_var"].double(), exact["running_var"], atol=2e-3, rtol=1e-3)
+
+
+def test_converting_keeps_a_frozen_batch_norm_frozen() -> None:
+    """A momentum teacher's batch norm (requires_grad off) stays out of the optimizer under ``--sync-bn``."""
+    model = nn.ModuleDict({"student": nn.BatchNorm2d(3), "teacher": nn.BatchNorm2d(3)})
+    model["teacher"].requires_grad_(False)
+    converted = convert_to_global_batchnorm(model, "cpu")
+    assert isinstance(converted["teacher"], GlobalBatchNorm) and isinstance(converted["student"], GlobalBatchNorm)
+    assert not any(p.requires_grad for p in converted["teacher"].parameters())
+    assert all(p.requires_grad for p in converted["student"].parameters())

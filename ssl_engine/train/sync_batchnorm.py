@@ -94,6 +94,9 @@ def convert_to_global_batchnorm(module: nn.Module, device_type: str) -> nn.Modul
         )
         replacement.load_state_dict(module.state_dict())
         replacement.train(module.training)
+        # A frozen batch norm (a momentum teacher's) stays frozen: out of the optimizer, ignored by DDP.
+        for kept, original in zip(replacement.parameters(), module.parameters(), strict=True):
+            kept.requires_grad_(original.requires_grad)
         return replacement.to(next(iter(module.state_dict().values())).device)
     for name, child in module.named_children():
         setattr(module, name, convert_to_global_batchnorm(child, device_type))

@@ -1,0 +1,20 @@
+"""Entry point of the ``dino`` plugin: the task and its projector head."""
+
+from ssl_engine.api import HeadRegister, TaskRegister, hookimpl
+from sslx_dino.head import dino_projector
+from sslx_dino.task import DINOTask
+
+
+@hookimpl
+def register_tasks(register: TaskRegister) -> None:
+    register(DINOTask)
+
+
+@hookimpl
+def register_heads(register: HeadRegister) -> None:
+    register(
+        "dino",
+        dino_projector,
+        kind="classifier",
+        help="DINO's projector: 3-layer GELU MLP (hidden 512) to the bottleneck, no batch norm",
+    )

@@ -1,0 +1,210 @@
+"""DINO on two processes (gloo, CPU) against one process on the whole batch: the loss, the centre, the teacher.
+
+What is compared, for ``W = 2`` ranks holding half of every global batch each:
+
+* on fixed logits: rank ``r``'s loss is the one-process loss of its images (so the mean of the ranks' losses is
+  the one-process loss: every image weighs the same), and the centre every rank computes is the one-process
+  centre of the global batch (the teacher outputs of both ranks gathered), identical on both ranks;
+* a few training steps of the task itself (pseudo-labels from the global batch's draws, ``forward`` through
+  DistributedDataParallel, SGD, ``after_step``): the student, the teacher and the centre end where one process
+  on the global batch ends. The networks run in evaluation mode there, so batch norm uses its running statistics
+  and every image is computed on its own, as the comparison needs (``--sync-bn`` does it for training mode; the
+  slow test runs the real ``torchrun`` command with it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+from sslx_dino import plugin
+from sslx_dino.loss import dino_loss, updated_centre
+from sslx_dino.task import DINOTask
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ssl_engine.api import BatchRandom, PretextBatch, TaskOutput, is_distributed
+from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
+from ssl_engine.testing import prepare
+
+WORLD = 2
+IMAGES_PER_RANK = 3
+VIEWS, K = 4, 10
+STUDENT_TEMPERATURE, TEACHER_TEMPERATURE, CENTRE_MOMENTUM = 0.2, 0.05, 0.7  # not the defaults: carried through
+
+
+def fixed_logits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Student ``(W * B, V, K)`` and teacher ``(W * B, 2, K)`` logits of the global batch, and a centre."""
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(WORLD * IMAGES_PER_RANK, VIEWS, K, generator=generator)
+    teacher = torch.randn(WORLD * IMAGES_PER_RANK, 2, K, generator=generator)
+    return student, teacher, torch.randn(1, K, generator=generator)
+
+
+# --- a few real steps of the task -----------------------------------------------------------------------------------
+STEPS = 3
+GLOBAL_BATCH = 4
+SETTINGS = {"global_size": 16, "local_size": 8, "local_crops": 2, "out_dim": 32, "momentum": 0.9,
+            "freeze_last_layer": 1, "teacher_temperature_warmup": 2}  # fmt: skip
+
+
+class TaskStep(nn.Module):
+    """The task's forward as one module, so DistributedDataParallel can wrap it (the engine's PretextStep)."""
+
+    def __init__(self, backbone: nn.Module, modules: nn.ModuleDict, task: DINOTask) -> None:
+        super().__init__()
+        self.backbone, self.task_modules, self.task = backbone, modules, task
+
+    def forward(self, batch: PretextBatch) -> TaskOutput:
+        return self.task.forward(self.backbone, self.task_modules, nn.ModuleDict(), batch)  # type: ignore[arg-type]
+
+
+def train_steps(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """``STEPS`` steps of the task on this rank's share of every global batch; its final state and losses."""
+    subject = prepare(DINOTask, plugin=plugin, batch=GLOBAL_BATCH, image_size=16, settings=SETTINGS)
+    model, runtime = subject.build(seed=0)
+    task = runtime.task
+    assert isinstance(task, DINOTask)
+    model.eval()
+    step = TaskStep(model.backbone, runtime.modules, task)
+    wrapped: nn.Module = DistributedDataParallel(step) if world > 1 else step
+    optimizer = torch.optim.SGD([p for p in step.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    local = GLOBAL_BATCH // world
+    images = subject.images[rank * local : (rank + 1) * local]
+    task.context.clock.total = STEPS
+    losses = []
+    for index in range(STEPS):
+        task.context.clock.step = index
+        random = BatchRandom(0, index, "dino", local, global_batch=GLOBAL_BATCH, offset=rank * local)
+        batch = task.pseudo_labels(images, random)
+        output = wrapped(batch)
+        optimizer.zero_grad()
+        output.losses["dino"].backward()
+        optimizer.step()
+        with torch.no_grad():
+            task.after_step(model.backbone, runtime.modules, runtime.aux, batch, output)
+        losses.append(output.losses["dino"].detach())
+    state = {key: value.detach().clone() for key, value in model.state_tensors().items()}
+    return state | {"losses": torch.stack(losses)}
+
+
+def run_rank(rank: int, port: int, out: Path) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120)
+    )
+    try:
+        torch.set_num_threads(1)
+        student, teacher, centre = fixed_logits()
+        rows = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
+        mine = student[rows].clone().requires_grad_()
+        loss, _ = dino_loss(mine, teacher[rows], centre, STUDENT_TEMPERATURE, TEACHER_TEMPERATURE)
+        loss.backward()
+        new_centre = updated_centre(centre, teacher[rows].flatten(0, 1), CENTRE_MOMENTUM)
+        result = {"loss": loss.detach(), "grad": mine.grad, "centre": new_centre, "distributed": is_distributed()}
+        torch.save(result | {"training": train_steps(rank, WORLD)}, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def spawn_ranks(out: Path, deadline_s: float = 600.0, target: Callable[[int, int, Path], None] = run_rank) -> list:
+    context = mp.spawn(target, args=(free_port(), out), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + deadline_s
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"the {WORLD} ranks did not finish in {deadline_s:.0f} s")
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
+
+
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path: Path) -> None:
+    ranks = spawn_ranks(tmp_path)
+    student, teacher, centre = fixed_logits()
+    student.requires_grad_()
+    whole, _ = dino_loss(student, teacher, centre, STUDENT_TEMPERATURE, TEACHER_TEMPERATURE)
+    (grad,) = torch.autograd.grad(whole, student)
+    expected_centre = updated_centre(centre, teacher.flatten(0, 1), CENTRE_MOMENTUM)
+    for rank, result in enumerate(ranks):
+        rows = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
+        assert result["distributed"]
+        alone, _ = dino_loss(student[rows], teacher[rows], centre, STUDENT_TEMPERATURE, TEACHER_TEMPERATURE)
+        torch.testing.assert_close(result["loss"], alone.detach(), atol=1e-6, rtol=1e-5)
+        # DDP averages parameter gradients over the W ranks: each rank's gradient / W is the whole batch's.
+        torch.testing.assert_close(result["grad"] / WORLD, grad[rows], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(result["centre"], expected_centre, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, whole.detach(), atol=1e-6, rtol=1e-5)
+    local_only = updated_centre(centre, teacher[:IMAGES_PER_RANK].flatten(0, 1), CENTRE_MOMENTUM)
+    assert not torch.allclose(local_only, expected_centre)  # the comparison would catch a centre of one rank
+
+    single = train_steps(0, 1)
+    mean_losses = sum(result["training"]["losses"] for result in ranks) / WORLD  # (STEPS,)
+    torch.testing.assert_close(mean_losses, single["losses"], atol=1e-5, rtol=1e-4)
+    for result in ranks:
+        training = result["training"]
+        assert training.keys() == single.keys()
+        for key in single:
+            if key == "losses":
+                continue
+            torch.testing.assert_close(training[key], single[key], atol=1e-5, rtol=1e-4, msg=key)
+    centre_key = "task/dino/centre"
+    assert single[centre_key].abs().sum() > 0 and torch.equal(
+        ranks[0]["training"][centre_key], ranks[1]["training"][centre_key]
+    )
+    assert any(key.startswith("task/dino/teacher.") for key in single)
+
+
+# --- the real command under torchrun ----------------------------------------------------------------------------------
+def write_folder(root: Path, count: int = 16, size: int = 16) -> Path:
+    """An image folder of two classes of random-coloured squares."""
+    generator = np.random.default_rng(0)
+    for index in range(count):
+        folder = root / f"class{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = generator.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+def pretrain(folder: Path, out: Path, processes: int) -> None:
+    launcher = [sys.executable, "-m", "ssl_engine.cli"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                    "-m", "ssl_engine.cli"]  # fmt: skip
+    settings = [word for key, value in SETTINGS.items() for word in ("--set", f"dino.{key}={value}")]
+    command = [*launcher, "pretrain", "--task", "dino", "--data", str(folder), "--image-size", "16",
+               "--batch-size", str(8 // processes), "--steps", "3", "--workers", "0", "--no-probe", "--device", "cpu",
+               "--sync-bn", "--out", str(out), *settings]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_with_sync_bn_trains_what_one_process_trains_teacher_and_centre_included(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "data")
+    pretrain(folder, tmp_path / "one", 1)
+    pretrain(folder, tmp_path / "two", 2)
+    [one, two] = (read_checkpoint(checkpoint_paths(tmp_path / run)[-1]).tensors for run in ("one", "two"))
+    compared = [key for key in one if key.startswith(("model/", "task/"))]
+    assert "task/dino/centre" in compared and any(key.startswith("task/dino/teacher.") for key in compared)
+    for key in compared:
+        if one[key].is_floating_point():
+            torch.testing.assert_close(two[key], one[key], atol=1e-4, rtol=1e-3, msg=key)
