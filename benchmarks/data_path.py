@@ -6,8 +6,8 @@ Nothing here is committed data: every folder is generated into a path given on t
     python benchmarks/data_path.py first-step /tmp/photos [--old-checkout DIR]  # command -> first training step
     python benchmarks/data_path.py throughput /tmp/photos [--shards DIR]        # ours vs torchvision ImageFolder
     python benchmarks/data_path.py memory /tmp/photos                          # peak RSS as the folder grows
-    python benchmarks/data_path.py fashion-folder /tmp/fmnist                  # Fashion-MNIST as PNG folders
-    python benchmarks/data_path.py regimes /tmp/fmnist --out /tmp/regimes      # linear probe, folder vs memory
+    python benchmarks/data_path.py fashion-folder /tmp/fm --train-count 6000 --test-count 1000  # PNG folders + IDX
+    python benchmarks/data_path.py regimes /tmp/fm --data-dir /tmp/fm-idx --out /tmp/regimes  # probe: folder vs memory
 
 Images of the generated folder are the embedded shapes data (10 classes, ``class_K/``) drawn at 128 px, resized to
 a random 300-500 x 300-500 px (aspect ratios 0.6-1.67), with mild pixel noise so that JPEG sizes and decode times
@@ -62,14 +62,29 @@ def make_folder(out: Path, count: int, processes: int, seed: int = 0) -> None:
     print(file=sys.stderr)
 
 
-def fashion_folder(out: Path) -> None:
-    """Fashion-MNIST (Debian's IDX files, or --data-dir's) written as ``train/``, ``val/`` and ``test/`` PNG
-    folders holding exactly the in-memory data set's splits, so the two regimes see the same images."""
-    from ssl_engine.data.idx_files import fashion_mnist
+def fashion_folder(out: Path, train_count: int | None = None, test_count: int | None = None) -> None:
+    """Fashion-MNIST (Debian's IDX files) written as ``train/``, ``val/`` and ``test/`` PNG folders holding exactly
+    the in-memory data set's splits, so the two regimes see the same images. With counts, the first ones of train
+    and test are also written as IDX files under ``OUT-idx/fashion-mnist`` (``--data fashion-mnist --data-dir
+    OUT-idx`` reads that subset in memory) and the folders hold that subset's splits."""
+    import gzip
+
+    from ssl_engine.data.idx_files import DEBIAN_FASHION_MNIST, fashion_mnist, read_idx
     from ssl_engine.data.options import DataOptions
 
+    options = DataOptions()
+    if train_count is not None or test_count is not None:
+        idx = Path(f"{out}-idx") / "fashion-mnist"
+        idx.mkdir(parents=True, exist_ok=True)
+        for prefix, count in (("train", train_count), ("t10k", test_count)):
+            for kind in ("images-idx3", "labels-idx1"):
+                array = read_idx(DEBIAN_FASHION_MNIST / f"{prefix}-{kind}-ubyte.gz")[:count]
+                header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+                with gzip.open(idx / f"{prefix}-{kind}-ubyte.gz", "wb") as handle:
+                    handle.write(header + array.tobytes())
+        options = DataOptions(data_dir=idx.parent)
     for split in ("train", "val", "test"):
-        dataset = fashion_mnist(split, 28, DataOptions())
+        dataset = fashion_mnist(split, 28, options)
         for index in range(len(dataset)):
             image, label = dataset[index]
             folder = out / split / f"c{label}"
@@ -249,16 +264,20 @@ def memory(folder: Path, sizes: list[int], image_size: int, batch_size: int, ste
     return report
 
 
-def regimes(folder: Path, out: Path, steps: int, seeds: list[int]) -> dict[str, list[float]]:
+def regimes(
+    folder: Path, out: Path, steps: int, seeds: list[int], data_dir: Path | None, batch_size: int
+) -> dict[str, list[float]]:
     """Linear-probe top-1 of the same pretraining on the PNG folder (file-backed) and on ``fashion-mnist``
-    (in memory), several seeds each."""
+    (in memory, from ``data_dir`` when given), several seeds each."""
     report: dict[str, list[float]] = {"folder (file-backed)": [], "fashion-mnist (in memory)": []}
     for seed in seeds:
         for name, data in (("folder (file-backed)", str(folder)), ("fashion-mnist (in memory)", "fashion-mnist")):
             run = out / f"{'folder' if 'folder' in name else 'memory'}-{seed}"
             command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--task", "rotation", "--data", data,
-                       "--image-size", "32", "--batch-size", "128", "--steps", str(steps), "--seed", str(seed),
-                       "--workers", "2", "--device", "cpu", "--out", str(run)]  # fmt: skip
+                       "--image-size", "32", "--batch-size", str(batch_size), "--steps", str(steps),
+                       "--seed", str(seed), "--workers", "2", "--device", "cpu", "--out", str(run)]  # fmt: skip
+            if data_dir is not None:
+                command += ["--data-dir", str(data_dir)]
             subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
             probe = json.loads((run / "probe.json").read_text())
             report[name].append(probe["pretrained"]["accuracy"])
@@ -275,6 +294,8 @@ def main() -> None:
     make.add_argument("--processes", type=int, default=2)
     fashion = commands.add_parser("fashion-folder")
     fashion.add_argument("out", type=Path)
+    fashion.add_argument("--train-count", type=int, help="Only the first N train images (and IDX files of them).")
+    fashion.add_argument("--test-count", type=int, help="Only the first N test images.")
     first = commands.add_parser("first-step")
     first.add_argument("folder", type=Path)
     first.add_argument("--old-checkout", type=Path, help="A checkout of the code before (git worktree add DIR REV).")
@@ -299,13 +320,15 @@ def main() -> None:
     agree.add_argument("--out", type=Path, required=True)
     agree.add_argument("--steps", type=int, default=300)
     agree.add_argument("--seeds", default="0,1")
+    agree.add_argument("--data-dir", type=Path, help="Where fashion-mnist's IDX files are (a subset's).")
+    agree.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.command == "make-folder":
         make_folder(args.out, args.count, args.processes)
         return
     if args.command == "fashion-folder":
-        fashion_folder(args.out)
+        fashion_folder(args.out, args.train_count, args.test_count)
         return
     if args.command == "first-step":
         result: object = first_step(args.folder, args.old_checkout, args.image_size, args.batch_size)
@@ -316,7 +339,8 @@ def main() -> None:
         sizes = [int(v) for v in re.split(r"[, ]+", args.sizes) if v]
         result = memory(args.folder, sizes, args.image_size, args.batch_size, args.steps)
     else:
-        result = regimes(args.folder, args.out, args.steps, [int(v) for v in args.seeds.split(",")])
+        seeds = [int(v) for v in args.seeds.split(",")]
+        result = regimes(args.folder, args.out, args.steps, seeds, args.data_dir, args.batch_size)
     print(json.dumps(result, indent=2))
 
 
