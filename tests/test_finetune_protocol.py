@@ -18,7 +18,13 @@ from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.data.catalog import resolve_data
 from ssl_engine.data.options import DataOptions
 from ssl_engine.eval.context import EvalContext, per_class_subset
-from ssl_engine.eval.finetune import LabelledImages, accuracy_on, finetune_protocol, linear_probe_network
+from ssl_engine.eval.finetune import (
+    LabelledImages,
+    accuracy_on,
+    finetune_protocol,
+    linear_probe_head,
+    linear_probe_network,
+)
 from ssl_engine.eval.finetune_budget import MIN_STEPS, FinetuneOptions
 from ssl_engine.eval.linear import linear_protocol, solve_linear_probe
 from ssl_engine.plugins import get_host
@@ -102,12 +108,18 @@ def test_the_head_starts_at_the_linear_probe_so_step_0_is_the_linear_protocol(ti
     assert linear["accuracy"] > 0.5  # the tint is visible to random features: the check below is not vacuous
     network = linear_probe_network(context).eval()
     assert accuracy_on(network, LabelledImages.of(context, "test")) == pytest.approx(linear["accuracy"])
-    # logit for logit, the folded head on raw features is the probe on standardised features
+    # logit for logit, the head on raw features (eval mode) is the probe on standardised features
     images = LabelledImages.of(context, "val").images.float() / 255
     solution = solve_linear_probe(context)
     with torch.no_grad():
         probe_logits = solution.classifier(solution.standardise(context.representation.eval()(images)))
         torch.testing.assert_close(network(images), probe_logits, rtol=1e-4, atol=1e-4)
+    # while training, the head standardises each batch itself: moving or rescaling the features (as the backbone's
+    # first updates do, most of all at a random initialisation) leaves its logits where they were
+    head = linear_probe_head(solution).train()
+    features = context.representation(images)
+    with torch.no_grad():
+        torch.testing.assert_close(head(features * 50 + 3), head(features), rtol=1e-3, atol=1e-3)
     result = finetune_protocol(context_on(tinted, options={"steps": "2"}))
     assert result["start_val_accuracy"] == pytest.approx(linear["val_accuracy"])
     assert result["val_history"][0] == (0, result["start_val_accuracy"])
@@ -177,4 +189,5 @@ def test_bench_puts_linear_and_finetune_side_by_side_with_their_recipes(
         cells = next(line for line in table.splitlines() if line.startswith(f"| {method} |")).split("|")[2:4]
         assert all(0 <= float(cell) <= 100 for cell in cells), table
     assert "- linear: logistic regression" in table
-    assert "- finetune: head from the linear probe, then all parameters (LP-FT): 3 steps" in table
+    assert "- finetune: head from the linear probe (its standardisation as batch norm), then all parameters" in table
+    assert "(LP-FT): 3 steps (0 warm-up, then cosine)" in table

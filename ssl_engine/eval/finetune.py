@@ -5,9 +5,10 @@ The recipe is linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022, "Fine-Tunin
 Features and Underperform Out-of-Distribution"):
 
 1. The head starts at the linear probe's solution (:func:`~ssl_engine.eval.linear.solve_linear_probe`: frozen
-   features of the same labelled images, weight decay chosen on val), so the network at step 0 *is* the linear
-   probe. A fresh head would send large, random gradients into the pretrained features for the first hundreds of
-   steps, and with few labels that is most of the budget.
+   features of the same labelled images, weight decay chosen on val), its standardisation kept as a batch-norm
+   layer (:func:`linear_probe_head`), so the network at step 0 *is* the linear probe. A fresh head would send
+   large, random gradients into the pretrained features for the first hundreds of steps, and with few labels that
+   is most of the budget.
 2. Then every parameter is trained with one learning rate: SGD with momentum 0.9 and weight decay 5e-4, linear
    warm-up then cosine decay, for a budget in steps (:mod:`ssl_engine.eval.finetune_budget`: by default
    ``max(5 epochs, 500 steps)``, so 1% of the labels gets as many updates as 10%), on batches augmented on the
@@ -33,9 +34,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ssl_engine.data.augment import random_crop_flip
 from ssl_engine.data.batches import BatchStream, materialize
+from ssl_engine.data.options import DataError
 from ssl_engine.eval.context import EvalContext
 from ssl_engine.eval.finetune_budget import FinetuneOptions
-from ssl_engine.eval.linear import solve_linear_probe
+from ssl_engine.eval.linear import LinearSolution, solve_linear_probe
 from ssl_engine.images import to_float
 from ssl_engine.randomness import BatchRandom
 
@@ -69,14 +71,29 @@ def accuracy_on(model: nn.Module, split: LabelledImages, batch_size: int = 256) 
     return correct / max(len(split.labels), 1)
 
 
+def linear_probe_head(solution: LinearSolution) -> nn.Sequential:
+    """The linear probe as a trainable head ``(B, D) -> (B, classes)``: its standardisation, then its classifier.
+
+    The standardisation is a batch-norm layer without learnt scale or shift, its running statistics started at the
+    probe's train mean and variance: in eval mode the head computes exactly the probe's logits; while training, it
+    standardises each batch with the batch's own statistics, so the classifier keeps seeing unit-scale features
+    however far the backbone moves them. Folding the standardisation into the weights instead (``W / std``) makes
+    the logits as sensitive to a feature as that feature's spread is small: at a random initialisation, whose
+    pooled features vary by about 1% across images, the first updates then send every image to one class.
+    """
+    standardise = nn.BatchNorm1d(len(solution.mean), affine=False, eps=1e-12)  # eps: the probe's std has +1e-6
+    statistics = {"running_mean": solution.mean, "running_var": solution.std.square()}
+    standardise.load_state_dict(statistics | {"num_batches_tracked": torch.tensor(0)})
+    return nn.Sequential(standardise, copy.deepcopy(solution.classifier))
+
+
 def linear_probe_network(context: EvalContext) -> nn.Sequential:
-    """A copy of the representation followed by the linear probe's classifier, folded to take raw features.
+    """A copy of the representation followed by the linear probe as a head (:func:`linear_probe_head`).
 
     In eval mode its predictions are the linear protocol's (same labelled images, same chosen weight decay).
     """
-    solution = solve_linear_probe(context)
     representation = copy.deepcopy(context.representation).to(context.device)
-    return nn.Sequential(representation, solution.on_raw_features().to(context.device))
+    return nn.Sequential(representation, linear_probe_head(solve_linear_probe(context)).to(context.device))
 
 
 def finetune_protocol(context: EvalContext) -> dict[str, Any]:
@@ -85,6 +102,8 @@ def finetune_protocol(context: EvalContext) -> dict[str, Any]:
     model = linear_probe_network(context)
     images, labels = materialize(context.source.split("train", context.image_size))  # (N, 3, S, S) uint8, (N,)
     keep = context.train_indices(labels)
+    if len(keep) < 2:
+        raise DataError(f"fine-tuning needs at least 2 labelled train images; {len(keep)} are left")
     budget = options.budget(len(keep))
     subset: Dataset[tuple[torch.Tensor, int]] = TensorDataset(images[keep], labels[keep])  # type: ignore[assignment]
     stream = BatchStream(subset, budget.batch_size, context.seed, images=images[keep], labels=labels[keep])
@@ -125,7 +144,8 @@ def finetune_protocol(context: EvalContext) -> dict[str, Any]:
         "lr": options.lr,
         "train_size": len(keep),
         "recipe": (
-            f"head from the linear probe, then all parameters (LP-FT): {budget.steps} steps "
+            f"head from the linear probe (its standardisation as batch norm), then all parameters (LP-FT): "
+            f"{budget.steps} steps "
             f"({budget.warmup_steps} warm-up, then cosine), batch {budget.batch_size}, SGD lr {options.lr:g}, "
             "crop+flip; step chosen on val"
         ),

@@ -67,20 +67,6 @@ class LinearSolution:
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.mean) / self.std
 
-    def on_raw_features(self) -> torch.nn.Linear:
-        """The same classifier folded to take raw features ``(N, D)``: ``W (x - m) / s + b = (W / s) x + b'``.
-
-        Its logits equal those of :attr:`classifier` on standardised features, so a network ending in this layer
-        starts exactly at the linear probe (the head of linear-probe-then-fine-tune).
-        """
-        weight = self.classifier.weight.detach() / self.std  # (classes, D)
-        bias = self.classifier.bias.detach() - weight @ self.mean  # (classes,)
-        folded = torch.nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            folded.weight.copy_(weight)
-            folded.bias.copy_(bias)
-        return folded
-
 
 def solve_linear_probe(context: EvalContext) -> LinearSolution:
     """Fit the linear probe on the (label-fraction) train features; the weight decay chosen on val accuracy."""
