@@ -67,7 +67,11 @@ def test_the_encoder_runs_on_the_visible_patches_only_and_its_flops_fall_with_th
         subject, model, task_runtime = runtime(mask_ratio=ratio)
         batch = task_runtime.task.pseudo_labels(subject.images, subject.random())
         lengths: list[int] = []
-        hook = model.backbone.model.blocks[0].register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
+
+        def record(_: object, args: tuple[torch.Tensor, ...], seen: list[int] = lengths) -> None:
+            seen.append(args[0].shape[1])
+
+        hook = model.backbone.model.blocks[0].register_forward_pre_hook(record)
         counter = FlopCounterMode(display=False)
         with counter:
             task_runtime.task.forward(model.backbone, task_runtime.modules, task_runtime.aux, batch)
