@@ -72,7 +72,7 @@ def test_a_vit_gives_its_patch_tokens_on_the_grid_and_pools_the_class_token() ->
 
 @pytest.mark.parametrize(
     ("name", "image_size", "patch"),
-    [(VIT, 32, 4), (VIT, 64, 8), (VIT, 16, 2), (VIT, 96, 16), (VIT + "&patch_size=8", 32, 8)],
+    [(VIT, 32, 4), (VIT, 64, 8), (VIT, 48, 4), (VIT, 16, 2), (VIT, 96, 16), (VIT + "&patch_size=8", 32, 8)],
 )
 def test_small_images_get_small_patches_and_the_patch_can_be_set(name: str, image_size: int, patch: int) -> None:
     backbone = build(name, image_size)
@@ -225,3 +225,25 @@ def test_a_timm_export_loads_strictly_into_timm_create_model(invoke, tmp_path: P
         assert isinstance(backbone, TimmViT)
         assert torch.allclose(backbone.pooled(normalize(images)), theirs, atol=1e-5)
         assert torch.allclose(backbone(normalize(images)), load_backbone(run)(normalize(images)), atol=1e-5)
+
+
+# --- precision and attention ---------------------------------------------------------------------------------------
+def test_vit_attention_is_fused_sdpa_and_runs_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the run's autocast (``--precision``, bf16 by default) and timm's fused attention apply to ViTs as to
+    the ResNets; the same code paths run here under the CPU's bf16 autocast."""
+    backbone = build("timm:vit_tiny_patch16_224?depth=2")
+    assert all(block.attn.fused_attn for block in backbone.model.blocks)
+    calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[0].dtype)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = backbone(torch.randn(2, 3, 32, 32))
+    assert calls == [torch.bfloat16] * 2  # one fused attention per block, in bf16 (the final norm gives float32)
+    assert features.shape == (2, 192, 8, 8) and torch.isfinite(features).all()
+    features.float().sum().backward()
+    assert all(p.grad is not None for p in backbone.parameters())

@@ -15,14 +15,15 @@ file of weights can be given with ``?weights=PATH``), without its classifier (``
   (He et al. 2022); pass ``?global_pool=avg`` for the token mean.
 
 **Small images get small patches**, as the ResNets get a small stem: at ``--image-size`` 64 px and under a ViT's
-patch is ``image_size // 8`` (an 8x8 grid of tokens: patch 4 at 32 px, 8 at 64 px); above, the model's own (16 for
-``vit_*_patch16_*``). The position embedding is made for the training image size (``img_size=image_size``), and
-inputs of other sizes (jigsaw's tiles, multi-crop's local views) are padded to whole patches and get the position
-embedding interpolated (timm's ``dynamic_img_size`` and ``dynamic_img_pad``). Override the patch with
-``timm:NAME?patch_size=8``; any other keyword of the timm model goes the same way (``?depth=6&drop_path_rate=0.1``,
-values parsed as int, float, ``true``/``false`` or text). An image size that is not a multiple of the patch is
-refused before training, as are an unknown name (with the closest names) and a missing timm (with the command
-that installs it).
+patch is the power of 2 at or just below ``image_size / 8`` (a grid of at least 8x8 tokens: patch 4 at 32 px, 8 at
+64 px, 4 at 48 px, 2 at 16 px; a power of 2 so that decoder heads, which upsample by doubling, fit it); above, the
+model's own (16 for ``vit_*_patch16_*``). The position embedding is made for the training image size
+(``img_size=image_size``), and inputs of other sizes (jigsaw's tiles, multi-crop's local views) are padded to whole
+patches and get the position embedding interpolated (timm's ``dynamic_img_size`` and ``dynamic_img_pad``).
+Override the patch with ``timm:NAME?patch_size=8``; any other keyword of the timm model goes the same way
+(``?depth=6&drop_path_rate=0.1``, values parsed as int, float, ``true``/``false`` or text). An image size that is
+not a multiple of the patch is refused before training, as are an unknown name (with the closest names) and a
+missing timm (with the command that installs it).
 
 Plain ViTs (``timm.models.vision_transformer.VisionTransformer``) also provide the token interface of
 :class:`~ssl_engine.backbones.tokens.TokenBackbone` that masked image modelling needs. On CUDA timm's attention
@@ -188,14 +189,15 @@ def has_token_interface(model: nn.Module) -> bool:
 
 
 def patch_size_for(spec: TimmSpec, image_size: int, model_patch: int) -> int:
-    """``?patch_size=`` if given; else ``image_size // 8`` at 64 px and under; else the model's own."""
+    """``?patch_size=`` if given; else at 64 px and under the power of 2 at or below ``image_size / 8``; else the
+    model's own."""
     given = spec.option("patch_size")
     if given is not None:
         if not isinstance(given, int) or isinstance(given, bool) or given < 1:
             raise TimmOptionError(f"backbone {spec.name!r}: patch_size must be a whole number >= 1, got {given!r}")
         return given
     if image_size <= SMALL_IMAGE_MAX:
-        return max(1, image_size // SMALL_IMAGE_GRID)
+        return 1 << max(0, (image_size // SMALL_IMAGE_GRID).bit_length() - 1)
     return model_patch
 
 

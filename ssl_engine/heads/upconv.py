@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ssl_engine.settings import SettingError
+
 
 class UpConvDecoder(nn.Module):
     """``(N, C, h, w)`` -> ``(N, out_channels, h * scale, w * scale)``; ``scale`` must be a power of 2.
@@ -19,7 +21,12 @@ class UpConvDecoder(nn.Module):
         super().__init__()
         stages = int(math.log2(scale)) if scale > 1 else 0
         if 2**stages != scale:
-            raise ValueError(f"decoder scale must be a power of 2, got {scale}")
+            # The user's choice of backbone, not a bug: refused before training like a bad setting (exit 2).
+            raise SettingError(
+                f"the up-convolutional decoder upsamples by doubling, so its scale (the backbone's stride, {scale} "
+                "here, over the output's) must be a power of 2; choose a backbone whose stride is one (for a ViT, "
+                "a patch of 2, 4, 8 or 16: --backbone timm:NAME?patch_size=4)"
+            )
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(stages):
