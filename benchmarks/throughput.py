@@ -29,6 +29,9 @@ training images per second (source images, not views):
   - rotation (Gidaris et al. 2018): the four rotations made with PIL's ``transpose``, ``ToTensor``,
     ``Normalize``.
 
+Any registered backbone can be measured; ``--backbones timm:vit_tiny_patch16_224`` gives the ViT row (ViT-Tiny with
+4 px patches at 32 px, timm's fused attention; the same model in all three contenders).
+
 Measurement: every contender first runs ``--warmup`` untimed steps; then the contenders run interleaved for
 ``--repeats`` rounds, the order rotated every round (a b c, b c a, c a b, ...), each timing a block of ``--steps``
 steps, so that load from other processes falls on all three alike. Before each (c) block the batches its workers
@@ -45,6 +48,7 @@ it is and reported.
 Usage::
 
     python benchmarks/throughput.py [--tasks simclr,jigsaw,rotation] [--backbones smallconv,resnet18]
+    python benchmarks/throughput.py --tasks simclr --backbones timm:vit_tiny_patch16_224    # the ViT row
         [--batch-size 64] [--steps 10] [--repeats 5] [--warmup 3] [--workers 2] [--device auto] [--peak-flops F]
 """
 
@@ -609,7 +613,11 @@ def settings_line(options: Options) -> str:
 def parse_options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="simclr,jigsaw,rotation", help=f"comma-separated, of {RECIPE_TASKS}")
-    parser.add_argument("--backbones", default="smallconv", help="comma-separated, e.g. smallconv,resnet18")
+    parser.add_argument(
+        "--backbones",
+        default="smallconv",
+        help="comma-separated, e.g. smallconv,resnet18,timm:vit_tiny_patch16_224 (a ViT, patch 4 at 32 px)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per contender")

@@ -27,6 +27,7 @@ from torch import nn
 from ssl_engine.api import (
     Backbone,
     BatchRandom,
+    ImageSizeError,
     PretextBatch,
     PretextTask,
     SettingError,
@@ -49,8 +50,13 @@ NORM_EPSILON = 1e-6
 MASKED_GREY = 0.5
 
 
-class ConvolutionalBackboneError(SettingError):
-    """MAE asked for on a backbone without the token interface (a convnet): the message says which to use."""
+class ConvolutionalBackboneError(SettingError, ImageSizeError):
+    """MAE asked for on a backbone without the token interface (a convnet): the message says which to use.
+
+    A :class:`SettingError` for the model builder, which passes it on as the user's error (exit 2), and an
+    :class:`ImageSizeError` for ``sslx bench --tasks all``, whose ``mae`` row on a convnet reads "n/a" with this
+    reason, as a colour task's does on grayscale data.
+    """
 
 
 def refusal(backbone: str) -> str:

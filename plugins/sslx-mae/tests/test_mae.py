@@ -17,7 +17,7 @@ from sslx_mae.masking import random_masking, visible_count
 from sslx_mae.task import ConvolutionalBackboneError, MAETask, normalise_patches
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssl_engine.api import BatchRandom, SettingError, TokenBackbone, normalize, patchify
+from ssl_engine.api import BatchRandom, ImageSizeError, SettingError, TokenBackbone, normalize, patchify
 from ssl_engine.cli import main
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.plugins import PluginHost
@@ -130,6 +130,7 @@ def test_a_convolutional_backbone_is_refused_before_training() -> None:
     with pytest.raises(ConvolutionalBackboneError, match="needs a vision transformer") as raised:
         build_model(PretrainConfig([TaskSpec("mae")], backbone="smallconv"), subject.registry, 32)
     assert "--backbone timm:vit_tiny_patch16_224" in str(raised.value)
+    assert isinstance(raised.value, ImageSizeError)  # so `sslx bench --tasks all` on a convnet gives mae an n/a row
 
 
 def test_the_backbone_check_draws_no_random_numbers() -> None:
