@@ -20,8 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ssl_engine.api import BatchRandom, ImageSizeError, SettingError, TokenBackbone, normalize, patchify
 from ssl_engine.cli import main
 from ssl_engine.config import PretrainConfig, TaskSpec
-from ssl_engine.plugins import PluginHost
-from ssl_engine.testing import check_pretext_task, prepare
+from ssl_engine.testing import check_pretext_task, cli_plugins, prepare
 from ssl_engine.train.model import build_model
 
 pytest.importorskip("timm")
@@ -151,14 +150,9 @@ def test_a_mask_ratio_outside_0_1_is_refused(ratio: float) -> None:
 
 
 def invoke(*args: object):  # type: ignore[no-untyped-def]
-    host = PluginHost.from_plugins([("mae", sslx_mae.plugin)])
-    from ssl_engine import plugins
-
-    kept, plugins._host = plugins._host, host
-    try:
+    """``sslx ARGS`` in this process, seeing the core and this plugin (installed or not)."""
+    with cli_plugins(("mae", sslx_mae.plugin)):
         return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
-    finally:
-        plugins._host = kept
 
 
 def test_the_command_line_refuses_a_convnet_and_a_bad_ratio_with_exit_2(tmp_path: Path) -> None:
