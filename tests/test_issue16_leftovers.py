@@ -80,6 +80,7 @@ TILES_PLUGIN = """
 """
 
 
+@pytest.mark.slow  # fresh processes, one of them trains
 def test_pretrain_on_a_data_set_two_distributions_claim_exits_2_naming_both(tmp_path: Path, sslx) -> None:  # type: ignore[no-untyped-def]
     site = tmp_path / "site"
     site.mkdir()
@@ -107,6 +108,7 @@ def limited_file_size(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow  # trains, then evaluates in fresh processes
 def test_a_failing_eval_json_write_keeps_the_previous_result_whole(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = write_two_classes(tmp_path / "data", 12, size=16)
     run = tmp_path / "run"
