@@ -27,12 +27,16 @@ Helpers for the behaviour tests that every plugin writes:
 
 - :func:`task_instance` ``(FlipTask, 48, permutations=30)``: the task object as the engine builds it (settings
   validated, its default head and loss, ``ImageSizeError``/``SettingError`` as the command line raises them), on the
-  kit's 32-d convnet; ``task.context.make_backbone(3)`` is a backbone that fits it.
+  kit's 32-d convnet; ``task.context.make_backbone(3)`` is a backbone that fits it. :func:`pretext_batch`
+  ``(task, images, step=3)`` is its pseudo-labels of a whole batch in one process, on images of your own or the
+  kit's: :func:`block_images` ``(4, 32)``, random colours constant over 4 px squares.
 - :func:`pretrain_cli` ``(tmp_path, "flip", "--steps", "5")``: ``sslx pretrain`` run in this process (click's
   ``CliRunner``) with small defaults; returns the run directory. :func:`checkpoint_keys` (``run``) names the tensors
   of its newest checkpoint, :func:`run_checkpoint` (``run``, ``step``) reads one, :func:`resumed_trainer`
-  (``run``, ``steps``) is the engine's trainer as ``--resume`` starts it. :func:`run_cli` runs any other command (a
-  refusal: ``run_cli("pretrain", ...).exit_code == 2``).
+  (``run``, ``steps``) is the engine's trainer as ``--resume`` starts it, :func:`assert_resumes_exactly` (``run``)
+  checks that it starts with every module and optimizer state as saved, and :func:`stop_after` (``trainer``,
+  ``steps``) interrupts a run of the process's own. :func:`run_cli` runs any other command (a refusal:
+  ``run_cli("pretrain", ...).exit_code == 2``).
 - :func:`spawn_ranks` ``(rank_result, tmp_path)``: ``rank_result(rank)`` in two processes joined in a gloo process
   group (the CPU), each one's result back in the test, for comparing a distributed computation with one process.
 - :func:`cli_plugins` (``("flip", sslx_flip.plugin)``): a block in which the command line sees these plugin objects
@@ -133,7 +137,13 @@ from torch import nn
 from ssl_engine import plugins as plugin_host
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.checkpoint import LoadedCheckpoint, checkpoint_path, latest_checkpoint, read_checkpoint
+from ssl_engine.checkpoint import (
+    LoadedCheckpoint,
+    checkpoint_path,
+    latest_checkpoint,
+    optimizer_tensors,
+    read_checkpoint,
+)
 from ssl_engine.cli import main as sslx_main
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data.shapes import ShapesDataset
@@ -159,6 +169,8 @@ __all__ = [
     "ConformanceError",
     "ReferenceTask",
     "TaskUnderTest",
+    "assert_resumes_exactly",
+    "block_images",
     "check_aux",
     "check_checkpoint",
     "check_declaration",
@@ -173,11 +185,13 @@ __all__ = [
     "checkpoint_keys",
     "cli_plugins",
     "prepare",
+    "pretext_batch",
     "pretrain_cli",
     "resumed_trainer",
     "run_checkpoint",
     "run_cli",
     "spawn_ranks",
+    "stop_after",
     "task_instance",
 ]
 
@@ -1311,28 +1325,50 @@ def task_instance(task_class: type[TaskT], image_size: int | None = None, **sett
     return runtime.task
 
 
+def block_images(batch: int = 4, size: int = 32, *, block: int = 4, seed: int = 0) -> torch.Tensor:
+    """Random colour images ``(B, 3, S, S)`` in [0, 1], constant over ``block x block`` squares.
+
+    Colours fill regions, so averages over blocks are exact (output grids of decoders, Lab conversions of whole
+    regions); the same ``seed`` gives the same images.
+    """
+    coarse = torch.rand(batch, 3, size // block, size // block, generator=torch.Generator().manual_seed(seed))
+    return nn.functional.interpolate(coarse, size=size, mode="nearest")
+
+
+def pretext_batch(task: PretextTask, images: torch.Tensor, *, step: int = 0, seed: int = 0) -> PretextBatch:
+    """``task.pseudo_labels(images, random)`` as one process holding the whole batch makes it at ``step``.
+
+    ``random`` is the task's own stream (:class:`BatchRandom` named after the task) of ``seed`` and ``step``, for
+    ``images`` ``(B, 3, H, W)`` in [0, 1] on their device: the same pseudo-labels the trainer draws at that step.
+    """
+    return task.pseudo_labels(images, BatchRandom(seed, step, task.name, len(images), device=images.device))
+
+
 @contextlib.contextmanager
-def cli_plugins(*plugins: tuple[str, object], reference: bool = True) -> Iterator[PluginHost]:
+def cli_plugins(*plugins: tuple[str, object] | type[PretextTask], reference: bool = True) -> Iterator[PluginHost]:
     """Within the block, the ``sslx`` commands run in this process see the core's pieces and these plugins only.
 
     What reads the process-wide plugin host (click's ``CliRunner`` on :data:`ssl_engine.cli.main`,
     :func:`pretrain_cli`, ``load_backbone``) gets one made from ``plugins``, ``(name, plugin object)`` pairs such as
-    ``("flip", sslx_flip.plugin)``, instead of the installed entry points; a fresh process (``subprocess``) still
-    sees the installed ones. So a plugin's tests run the real command line on a task that is not installed, and the
-    core's tests run it on the kit's reference task::
+    ``("flip", sslx_flip.plugin)`` or task classes, instead of the installed entry points; a fresh process
+    (``subprocess``) still sees the installed ones. So a plugin's tests run the real command line on a task that is
+    not installed, and the core's tests run it on the kit's reference task (or a subclass of it)::
 
         with cli_plugins():
             run = pretrain_cli(tmp_path, REFERENCE_TASK, "--data", KIT_DATA)
 
     Args:
-        *plugins: the plugin objects, each with the name problems are reported under.
+        *plugins: the plugin objects, each with the name problems are reported under, or :class:`PretextTask`
+            subclasses (each registered by a plugin of its own, named after the task).
         reference: also register :data:`REFERENCE_PLUGIN` (the task :data:`REFERENCE_TASK`, the data
             :data:`KIT_DATA` and the backbone :data:`KIT_BACKBONE`).
 
     Yields:
         The host the commands see (its ``registry``, its ``problems``).
     """
-    pairs = [*plugins, *((("kit-reference", REFERENCE_PLUGIN),) if reference else ())]
+    pairs = [plugin if isinstance(plugin, tuple) else (plugin.name, _PluginOf(plugin)) for plugin in plugins]
+    if reference:
+        pairs.append(("kit-reference", REFERENCE_PLUGIN))
     host = PluginHost.from_plugins(pairs)
     kept = plugin_host._host
     plugin_host._host = host
@@ -1417,6 +1453,43 @@ def resumed_trainer(run: Path, steps: int) -> Trainer:
     config = saved_config(run)
     config.steps = steps
     return Trainer(build_run(config, plugin_host.get_host().registry, run, resume=True))
+
+
+def stop_after(trainer: Trainer, steps: int) -> None:
+    """Train the first ``steps`` steps of ``trainer``'s budget and checkpoint, as a run stopped there (preempted,
+    killed): its run directory then resumes (:func:`resumed_trainer`, ``sslx pretrain --resume``)."""
+    _stop_after(trainer, steps)
+
+
+RESUMED_PREFIXES = ("model/", "task/", "aux/", "optim/main/", "optim/aux/")
+
+
+def assert_resumes_exactly(run: Path) -> Trainer:
+    """The engine's trainer resuming the run directory ``run`` (:func:`resumed_trainer`, for one more step), checked
+    to start where the newest checkpoint left off, and returned.
+
+    Checked: its step, the state of every module (``model/``, ``task/<name>/``, ``aux/<name>/``: heads, teachers,
+    queues, discriminators) and of every optimizer (the main one and each task's aux one: momentum buffers, ...), each
+    tensor equal to the one saved.
+
+    Raises:
+        AssertionError: naming the run and the first tensor restored otherwise, or missing on either side.
+    """
+    saved = run_checkpoint(run)
+    trainer = resumed_trainer(run, steps=saved.step + 1)
+    if trainer.step != saved.step:
+        raise AssertionError(f"resuming {run} starts at step {trainer.step}, its newest checkpoint is of {saved.step}")
+    restored = trainer.model.state_tensors() | optimizer_tensors("optim/main", trainer.optimizer)[0]
+    for name, optimizer in trainer.aux_optimizers.items():
+        restored |= optimizer_tensors(f"optim/aux/{name}", optimizer)[0]
+    expected = {key: value for key, value in saved.tensors.items() if key.startswith(RESUMED_PREFIXES)}
+    if restored.keys() != expected.keys():
+        differing = sorted(set(restored) ^ set(expected))
+        raise AssertionError(f"resuming {run} restores other tensors than saved: {differing}")
+    for key, value in expected.items():
+        if not torch.equal(restored[key].detach().cpu(), value):
+            raise AssertionError(f"resuming {run} restores {key} other than saved")
+    return trainer
 
 
 def _free_port() -> int:

@@ -14,8 +14,6 @@ from torch.nn import functional as F
 
 from ssl_engine.api import (
     LAB_SCALE,
-    BatchRandom,
-    PretextBatch,
     SettingError,
     ab_bins,
     lab_to_rgb,
@@ -25,6 +23,7 @@ from ssl_engine.api import (
 )
 from ssl_engine.testing import (
     KIT_DATA,
+    block_images,
     check_pretext_task,
     checkpoint_keys,
     cli_plugins,
@@ -32,18 +31,9 @@ from ssl_engine.testing import (
     run_cli,
     task_instance,
 )
+from ssl_engine.testing import pretext_batch as draw
 
 BINS = ab_bins()
-
-
-def draw(task: ColorizationTask, images: torch.Tensor) -> PretextBatch:
-    return task.pseudo_labels(images, BatchRandom(0, 0, "colorization", len(images)))
-
-
-def colour_images(batch: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """Smooth random colour images ``(B, 3, S, S)`` in [0, 1] (blocky, so colours fill regions)."""
-    coarse = torch.rand(batch, 3, size // 4, size // 4, generator=torch.Generator().manual_seed(seed))
-    return F.interpolate(coarse, size=size, mode="nearest")
 
 
 def recoloured(images: torch.Tensor) -> torch.Tensor:
@@ -55,8 +45,8 @@ def recoloured(images: torch.Tensor) -> torch.Tensor:
 
 def test_the_network_input_carries_no_colour() -> None:
     task = task_instance(ColorizationTask)
-    images = 0.25 + 0.5 * colour_images()
-    other = recoloured(colour_images())
+    images = 0.25 + 0.5 * block_images()
+    other = recoloured(block_images())
     assert other.min() >= 0 and other.max() <= 1 and (other - images).abs().max() > 0.05
     first, second = draw(task, images), draw(task, other)
     assert first.inputs.shape == (4, 3, 32, 32) and first.views == 1
@@ -67,7 +57,7 @@ def test_the_network_input_carries_no_colour() -> None:
 @pytest.mark.parametrize("output_stride", [1, 4])
 def test_regression_targets_are_the_ab_of_each_output_pixel(output_stride: int) -> None:
     task = task_instance(ColorizationTask, output_stride=output_stride)
-    images = colour_images()
+    images = block_images()
     batch = draw(task, images)
     side = 32 // output_stride
     assert batch.targets.shape == (4, 2, side, side)
@@ -86,7 +76,7 @@ def test_regression_forward_uses_the_registered_loss_and_reports_ab_rmse() -> No
     modules = task.build_modules()
     assert set(modules) == {"decoder"}
     backbone = task.context.make_backbone(3)
-    batch = draw(task, colour_images())
+    batch = draw(task, block_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert output.predictions is not None and output.predictions.shape == (4, 2, 32, 32)
     torch.testing.assert_close(output.losses["color"], F.mse_loss(output.predictions, batch.targets))
@@ -98,7 +88,7 @@ def test_regression_forward_uses_the_registered_loss_and_reports_ab_rmse() -> No
 
 def test_classification_targets_are_the_nearest_bins_of_each_output_pixel() -> None:
     task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
-    batch = draw(task, colour_images())
+    batch = draw(task, block_images())
     assert batch.targets.shape == (4, 8, 8) and batch.targets.dtype == torch.int64
     ab = batch.extras["ab"].permute(0, 2, 3, 1).reshape(-1, 2)  # (B*h*w, 2)
     distances = (ab[:, None] - BINS.centres[None]).square().sum(-1)  # (N, Q)
@@ -113,7 +103,7 @@ def test_classification_loss_is_the_rebalanced_soft_cross_entropy() -> None:
     modules = task.build_modules()
     assert modules["decoder"](torch.zeros(1, 32, 4, 4)).shape == (1, BINS.classes, 8, 8)
     backbone = task.context.make_backbone(3)
-    batch = draw(task, colour_images())
+    batch = draw(task, block_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert output.predictions is not None
     # A plain per-pixel reference, with the prior as it stands after taking in this batch.
@@ -138,7 +128,7 @@ def test_the_colour_prior_learns_only_in_training_and_is_checkpointed() -> None:
     task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
     modules = task.build_modules()
     backbone = task.context.make_backbone(3)
-    batch = draw(task, colour_images())
+    batch = draw(task, block_images())
     prior = modules["prior"]
     assert isinstance(prior, ColourPrior) and "prior.counts" in modules.state_dict()
     task.forward(backbone, modules, nn.ModuleDict(), batch)
@@ -151,7 +141,7 @@ def test_the_colour_prior_learns_only_in_training_and_is_checkpointed() -> None:
 def test_predictions_decode_by_the_annealed_mean() -> None:
     """A decoder that puts all mass on the true bins gives the bins' centres back as ab."""
     task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
-    batch = draw(task, colour_images())
+    batch = draw(task, block_images())
 
     class Oracle(nn.Module):
         def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -170,11 +160,11 @@ def test_representation_is_the_backbone_on_the_lightness_image() -> None:
     task = task_instance(ColorizationTask)
     backbone = task.context.make_backbone(3).eval()
     representation = task.representation(backbone, task.build_modules()).eval()
-    images = 0.25 + 0.5 * colour_images()
+    images = 0.25 + 0.5 * block_images()
     features = representation(images)
     assert features.shape == (4, representation.feature_dim) and representation.feature_dim == 32
     torch.testing.assert_close(features, backbone.pooled(lightness_input_from_rgb(images)))
-    torch.testing.assert_close(representation(recoloured(colour_images())), features, atol=1e-4, rtol=0)
+    torch.testing.assert_close(representation(recoloured(block_images())), features, atol=1e-4, rtol=0)
 
 
 def test_output_stride_must_divide_the_backbone_stride() -> None:
@@ -209,7 +199,7 @@ def test_keeps_the_engine_contract(settings: dict[str, object]) -> None:
 
 def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
     task = task_instance(ColorizationTask, output_stride=4)
-    images = colour_images()
+    images = block_images()
     lab = rgb_to_lab(images)
     torch.testing.assert_close(with_colour(lab[:, :1], lab[:, 1:]), images, atol=1e-3, rtol=0)  # L + ab = image
     batch = draw(task, images)

@@ -19,7 +19,7 @@ from sslx_relpatch.task import RelativePatchTask
 from torch import Tensor
 from torch.nn import functional as F
 
-from ssl_engine.api import MEAN, STD, BatchRandom, ImageSizeError, SettingError
+from ssl_engine.api import MEAN, STD, ImageSizeError, SettingError
 from ssl_engine.testing import (
     KIT_DATA,
     check_pretext_task,
@@ -30,16 +30,13 @@ from ssl_engine.testing import (
     run_cli,
     task_instance,
 )
+from ssl_engine.testing import pretext_batch as draw
 
 # Neighbour classes, row-major around the centre, skipping it: (row step, column step).
 STEPS = [(row - 1, column - 1) for row in range(3) for column in range(3) if (row, column) != (1, 1)]
 # Gap and jitter stay on; the fixed normalisation makes pixel values readable back.
 NO_GUARDS = {"downsample_probability": 0.0, "color_drop_probability": 0.0, "normalization": "dataset"}
 relpatch_task = partial(task_instance, RelativePatchTask)  # (image_size, **settings)
-
-
-def draw(task: RelativePatchTask, images: Tensor, step: int = 0, seed: int = 0):
-    return task.pseudo_labels(images, BatchRandom(seed, step, "relpatch", len(images)))
 
 
 def normalised(crop: Tensor) -> Tensor:
@@ -348,7 +345,7 @@ def test_conformance() -> None:
 
 
 # --- image size --------------------------------------------------------------------------------------------------
-def test_too_small_images_are_refused_naming_the_minimum() -> None:
+def test_too_small_images_are_refused_naming_the_minimum(tmp_path: Path) -> None:
     assert RelativePatchTask.min_image_size == 31  # 3 * 7 + 2 * 4 + 2 * 1
     RelativePatchTask.check_images(31)
     with pytest.raises(ImageSizeError, match="at least 31 px"):
@@ -363,6 +360,9 @@ def test_too_small_images_are_refused_naming_the_minimum() -> None:
     context = relpatch_task(37, gap=1.0).context
     with pytest.raises(ImageSizeError, match="at least 37 px"):
         RelativePatchTask(replace(context, image_size=36))
+    with cli_plugins(("relpatch", plugin)):  # and the command line says so before anything is written
+        refused = run_cli("pretrain", "--task", "relpatch", "--image-size", 24, "--out", tmp_path / "run")
+    assert refused.exit_code == 2 and "at least 31 px" in refused.stderr and not (tmp_path / "run").exists()
 
 
 # --- the real command line ---------------------------------------------------------------------------------
@@ -384,10 +384,3 @@ def test_cli_pretrains_20_steps_on_the_cpu(tmp_path: Path) -> None:
     assert lines[-1]["step"] == 20 and "relpatch/position" in lines[-1] and "relpatch/accuracy" in lines[-1]
     assert run_checkpoint(run).image_size == 64  # the task's default image size
     assert any(key.startswith("task/relpatch/") for key in checkpoint_keys(run))
-
-
-def test_cli_refuses_too_small_images(tmp_path: Path) -> None:
-    with cli_plugins(("relpatch", plugin)):
-        result = run_cli("pretrain", "--task", "relpatch", "--image-size", 24, "--out", tmp_path / "run")
-    assert result.exit_code == 2
-    assert "at least 31 px" in result.stderr
