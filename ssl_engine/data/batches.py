@@ -136,6 +136,9 @@ class BatchStream:
             num_workers=self.workers,
             pin_memory=self.pin_memory,
             prefetch_factor=4 if self.workers > 0 else None,
+            # Its own generator: the loader's base seed must not come from torch's global one, which a checkpoint
+            # saves, or a resumed run would write another `rng/torch` than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
         for batch_images, batch_labels in loader:
             yield batch_images, torch.as_tensor(batch_labels)
@@ -150,6 +153,7 @@ class BatchStream:
             pin_memory=self.pin_memory,
             prefetch_factor=4 if self.workers > 0 else None,
             collate_fn=collate_crops,
+            generator=torch.Generator().manual_seed(self.seed),
         )
         for batch_images, batch_labels, failed in loader:
             for index in failed:
