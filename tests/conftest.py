@@ -1,10 +1,11 @@
-"""Shared fixtures: the CLI as a user runs it, and tiny data on disk."""
+"""Shared fixtures: the CLI as a user runs it, the kit's reference task in place of the installed plugins, and tiny
+data on disk."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from ssl_engine.cli import main
+from ssl_engine.settings import TaskSetting
+from ssl_engine.testing import ReferenceTask, cli_plugins
 
 # Two cores, several test processes at times: keep torch from oversubscribing.
 torch.set_num_threads(2)
@@ -27,6 +30,44 @@ def invoke() -> Callable[..., Result]:
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+class LargeImagesTask(ReferenceTask):
+    """The kit's reference task, refusing images under 24 px."""
+
+    name = "kit_reference_24px"
+    summary = "the kit's reference task, on images of 24 px or more"
+    min_image_size = 24
+
+
+class ColourTask(ReferenceTask):
+    """The kit's reference task, refusing grayscale data."""
+
+    name = "kit_reference_colour"
+    summary = "the kit's reference task, on colour images only"
+    needs_color = True
+
+
+class SettingsTask(ReferenceTask):
+    """The kit's reference task with a setting of two types (it reads neither)."""
+
+    name = "kit_reference_settings"
+    summary = "the kit's reference task, with settings"
+    settings = (
+        TaskSetting("size", int, 100, "a number", minimum=2, maximum=1000),
+        TaskSetting("symmetric", bool, True, "a flag"),
+    )
+
+
+@pytest.fixture
+def reference_cli() -> Iterator[None]:
+    """``invoke`` sees the core and the kit's pieces only, not the installed plugins: ``--task kit_reference``
+    (:data:`ssl_engine.testing.REFERENCE_TASK`, or :class:`LargeImagesTask`, :class:`ColourTask`,
+    :class:`SettingsTask`), ``--data
+    kit-shapes`` (32 images a split), ``--backbone kit-smallconv``, so a test of the core's behaviour needs no task
+    plugin."""
+    with cli_plugins(LargeImagesTask, ColourTask, SettingsTask):
+        yield
 
 
 @pytest.fixture

@@ -14,12 +14,10 @@ from torch.nn import functional as F
 
 from ssl_engine.checkpoint import checkpoint_path, read_checkpoint
 from ssl_engine.config import PretrainConfig, TaskSpec
-from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.hookspecs import hookimpl
 from ssl_engine.images import normalize
-from ssl_engine.plugins import PluginHost
 from ssl_engine.run import build_run
 from ssl_engine.task import PretextBatch, PretextTask, TaskOutput
+from ssl_engine.testing import KIT_DATA, prepare
 from ssl_engine.train.loop import Trainer
 
 TASK = "critic_toy"
@@ -66,22 +64,14 @@ def critic_loss(critic: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return (critic(features) - 1).square().mean()
 
 
-class ToyPlugins:
-    @hookimpl
-    def register_tasks(self, register):  # type: ignore[no-untyped-def]
-        register(CriticTask)
-
-    @hookimpl
-    def register_datasets(self, register):  # type: ignore[no-untyped-def]
-        register("tinyshapes", lambda split, image_size, options: ShapesDataset(split, image_size, size=24))
+REGISTRY = prepare(CriticTask).registry  # the core, the toy and the kit's data (32 shapes images)
 
 
 def make_trainer(out: Path, steps: int, resume: bool = False, **options: Any) -> Trainer:
-    host = PluginHost.from_plugins([("toy", ToyPlugins())], strict=True)
     config = PretrainConfig(
-        [TaskSpec(TASK)], data="tinyshapes", image_size=16, batch_size=8, steps=steps, workers=0, **options
+        [TaskSpec(TASK)], data=KIT_DATA, image_size=16, batch_size=8, steps=steps, workers=0, **options
     )
-    return Trainer(build_run(config, host.registry, out, resume=resume))
+    return Trainer(build_run(config, REGISTRY, out, resume=resume))
 
 
 def critic_of(trainer: Trainer) -> nn.Module:

@@ -12,7 +12,10 @@ from PIL import Image
 
 from ssl_engine.data.folder import UnreadableImagesWarning, image_folder
 from ssl_engine.data.options import DataError
+from ssl_engine.testing import REFERENCE_TASK
 from tests.conftest import write_images, write_two_classes
+
+pytestmark = pytest.mark.usefixtures("reference_cli")  # the kit's task: the core's behaviour, no plugin needed
 
 
 def bad_folder(root: Path) -> Path:
@@ -52,14 +55,15 @@ def test_folder_with_no_readable_image_fails_before_training(invoke, tmp_path: P
         (data / name).write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match="no readable image"), pytest.warns(UnreadableImagesWarning):
         image_folder(data, "train", 16, verify=True)
-    result = invoke("pretrain", "--task", "rotation", "--data", data, "--out", tmp_path / "R")
+    result = invoke("pretrain", "--task", REFERENCE_TASK, "--data", data, "--out", tmp_path / "R")
     assert result.exit_code == 2 and "no readable image" in result.output
     assert not (tmp_path / "R").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_skipped_files_and_trains_on_the_rest(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = bad_folder(tmp_path / "data")
-    result = invoke("pretrain", "--task", "rotation", "--data", root, "--image-size", "16", "--steps", "2",
+    result = invoke("pretrain", "--task", REFERENCE_TASK, "--data", root, "--image-size", "16", "--steps", "2",
                     "--batch-size", "4", "--out", tmp_path / "R", "--no-probe", "--verify-images")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: skipped 3 unreadable image(s) of 19" in result.output and "truncated.png" in result.output
@@ -101,11 +105,12 @@ def test_decompression_bombs_directories_and_link_loops_are_skipped_counted_and_
     assert dataset[0][0].shape == (3, 16, 16)
 
 
+@pytest.mark.slow
 def test_pretrain_and_evaluate_skip_hostile_entries(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = write_two_classes(tmp_path / "data", per_class=12, size=20)
     hostile = write_hostile_entries(root / "c0") | write_hostile_entries(root / "c1")
     run = tmp_path / "R"
-    result = invoke("pretrain", "--task", "rotation", "--data", root, "--image-size", "16", "--steps", "2",
+    result = invoke("pretrain", "--task", REFERENCE_TASK, "--data", root, "--image-size", "16", "--steps", "2",
                     "--batch-size", "4", "--no-probe", "--workers", "0", "--out", run)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: skipped" in result.output and all(name in result.output for name in hostile)
@@ -120,5 +125,5 @@ def test_pretrain_and_evaluate_skip_hostile_entries(invoke, tmp_path: Path) -> N
      ("--device", "tpu", "--device"), ("--warmup", "2", "--warmup")],
 )  # fmt: skip
 def test_invalid_option_values_exit_2_naming_the_option(invoke, option: str, value: str, name: str) -> None:  # type: ignore[no-untyped-def]
-    result = invoke("pretrain", "--task", "rotation", option, value)
+    result = invoke("pretrain", "--task", REFERENCE_TASK, option, value)
     assert result.exit_code == 2 and name in result.output

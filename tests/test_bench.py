@@ -10,23 +10,29 @@ import pytest
 from PIL import Image
 
 from ssl_engine.data import idx_files
+from ssl_engine.testing import REFERENCE_TASK as REFERENCE
+from tests.conftest import ColourTask, LargeImagesTask
 from tests.test_data import write_idx
 
+LARGE, COLOUR = LargeImagesTask.name, ColourTask.name
+pytestmark = pytest.mark.usefixtures("reference_cli")  # the kit's tasks: the core's behaviour, no plugin needed
 
+
+@pytest.mark.slow
 def test_bench_writes_table_csv_chart_and_skips_finished_rows(invoke, image_folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bench"
-    args = ("bench", "--tasks", "rotation,jigsaw", "--data", image_folder, "--image-size", "24", "--steps", "2",
+    args = ("bench", "--tasks", f"{REFERENCE},{LARGE}", "--data", image_folder, "--image-size", "24", "--steps", "2",
             "--batch-size", "8", "--protocols", "linear,knn", "--set", "k=5", "--out", out)  # fmt: skip
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     table = (out / "table.md").read_text()
     assert "| method | linear | knn |" in table
-    for method in ("rotation", "jigsaw", "random init", "supervised"):
+    for method in (REFERENCE, LARGE, "random init", "supervised"):
         assert f"| {method} |" in table and f"{method}: training and evaluating" in first.output
     with open(out / "table.csv") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["method", "linear", "knn"] and [r[0] for r in rows[1:]] == [
-        "rotation", "jigsaw", "random init", "supervised"]  # fmt: skip
+        REFERENCE, LARGE, "random init", "supervised"]  # fmt: skip
     assert all(0 <= float(value) <= 1 for row in rows[1:] for value in row[1:])
     with Image.open(out / "chart.png") as chart:
         assert chart.format == "PNG" and chart.width > 300
@@ -39,19 +45,20 @@ def test_bench_writes_table_csv_chart_and_skips_finished_rows(invoke, image_fold
 
 def test_bench_marks_tasks_that_cannot_run_as_na(invoke, image_folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bench"
-    result = invoke("bench", "--tasks", "jigsaw", "--data", image_folder, "--image-size", "16", "--steps", "1",
+    result = invoke("bench", "--tasks", LARGE, "--data", image_folder, "--image-size", "16", "--steps", "1",
                     "--batch-size", "8", "--protocols", "knn", "--set", "k=5", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "| jigsaw | n/a |" in (out / "table.md").read_text() and "needs images of at least" in result.output
+    assert f"| {LARGE} | n/a |" in (out / "table.md").read_text() and "needs images of at least" in result.output
 
 
 def test_bench_unknown_names_exit_2(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = invoke("bench", "--tasks", "rotation,telepathy", "--out", tmp_path / "b")
+    result = invoke("bench", "--tasks", f"{REFERENCE},telepathy", "--out", tmp_path / "b")
     assert result.exit_code == 2 and "unknown task 'telepathy'" in result.output
-    result = invoke("bench", "--tasks", "rotation", "--protocols", "vibes", "--out", tmp_path / "b")
+    result = invoke("bench", "--tasks", REFERENCE, "--protocols", "vibes", "--out", tmp_path / "b")
     assert result.exit_code == 2 and "unknown evaluator 'vibes'" in result.output
 
 
+@pytest.mark.slow
 def test_colour_tasks_on_grayscale_data_are_na_and_the_references_still_train(  # type: ignore[no-untyped-def]
     invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,11 +69,11 @@ def test_colour_tasks_on_grayscale_data_are_na_and_the_references_still_train(  
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
     monkeypatch.setattr(idx_files, "DEBIAN_FASHION_MNIST", tmp_path)  # a tiny grayscale Fashion-MNIST
     out = tmp_path / "bench"
-    result = invoke("bench", "--tasks", "colorization,rotation", "--data", "fashion-mnist", "--image-size", "16",
+    result = invoke("bench", "--tasks", f"{COLOUR},{REFERENCE}", "--data", "fashion-mnist", "--image-size", "16",
                     "--steps", "1", "--batch-size", "8", "--protocols", "knn", "--set", "k=5",
                     "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     table = (out / "table.md").read_text()
-    assert "| colorization | n/a |" in table and "needs colour images" in result.output
-    for method in ("rotation", "random init", "supervised"):
+    assert f"| {COLOUR} | n/a |" in table and "needs colour images" in result.output
+    for method in (REFERENCE, "random init", "supervised"):
         assert f"| {method} | n/a |" not in table and f"| {method} |" in table, table

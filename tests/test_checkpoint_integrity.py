@@ -40,6 +40,7 @@ from ssl_engine.checkpoint import (
 )
 from ssl_engine.cli import main
 from ssl_engine.run import load_run
+from ssl_engine.testing import KIT_DATA, REFERENCE_TASK, cli_plugins, pretrain_cli
 from tests.test_checkpoint import run_metadata
 
 
@@ -326,18 +327,17 @@ def test_optimizer_and_rng_states_that_do_not_fit_are_checkpoint_errors(tmp_path
 # --- whole runs: load_run and the CLI --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-step rotation run with a checkpoint after each step."""
+    """A real 2-step run of the kit's reference task with a checkpoint after each step (read with ``reference_cli``)."""
     run = tmp_path_factory.mktemp("trained") / "R"
-    args = ["pretrain", "--task", "rotation", "--steps", "2", "--batch-size", "8", "--image-size", "32",
-            "--no-probe", "--workers", "0", "--checkpoint-every", "1", "--out", str(run)]  # fmt: skip
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    args = ["--data", KIT_DATA, "--steps", 2, "--image-size", 32, "--workers", 0, "--checkpoint-every", 1, "--out", run]
+    with cli_plugins():
+        pretrain_cli(run.parent, REFERENCE_TASK, *args)
     assert [p.name for p in checkpoint_paths(run)][-2:] == [checkpoint_path(run, s).name for s in (1, 2)]
     return run
 
 
 @pytest.fixture
-def run_copy(trained_run: Path, tmp_path: Path) -> Path:
+def run_copy(trained_run: Path, tmp_path: Path, reference_cli: None) -> Path:
     copy = tmp_path / "R"
     shutil.copytree(trained_run, copy)
     return copy

@@ -10,6 +10,13 @@ import pytest
 from safetensors import safe_open
 
 from ssl_engine.checkpoint import FORMAT
+from ssl_engine.settings import TaskSetting
+from ssl_engine.task import ImageSizeError, TaskContext
+from ssl_engine.testing import KIT_DATA, ReferenceTask, cli_plugins, pretrain_cli, run_cli
+from ssl_engine.testing import REFERENCE_TASK as REFERENCE
+from tests.conftest import LargeImagesTask
+
+LARGE = LargeImagesTask.name
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -31,35 +38,38 @@ def test_plugins_human_listing(invoke) -> None:  # type: ignore[no-untyped-def]
     assert "rotation  (sslx-rotation 0.1.0)" in result.output and "backbones" in result.output
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_pretrain_writes_a_safetensors_checkpoint_and_evaluate_reads_it(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "R"
-    result = invoke("pretrain", "--task", "rotation", "--steps", "4", "--batch-size", "8", "--out", run, "--no-probe")
+    result = invoke("pretrain", "--task", REFERENCE, "--data", KIT_DATA, "--steps", "4", "--batch-size", "8",
+                    "--out", run, "--no-probe")  # fmt: skip
     assert result.exit_code == 0, result.output
     [checkpoint] = checkpoints(run)
     with safe_open(str(checkpoint), framework="pt") as handle:
         keys = list(handle.keys())
         metadata = handle.metadata()
     assert metadata["format"] == FORMAT and metadata["step"] == "4"
-    assert any(k.startswith("model/") for k in keys) and any(k.startswith("task/rotation/head") for k in keys)
+    assert any(k.startswith("model/") for k in keys) and any(k.startswith(f"task/{REFERENCE}/head") for k in keys)
     assert any(k.startswith("optim/main/") for k in keys) and "rng/torch" in keys
-    assert tomllib.loads((run / "config.toml").read_text())["tasks"] == {
-        "rotation": {"weight": 1.0, "settings": {"all_rotations": True}}
-    }
+    assert tomllib.loads((run / "config.toml").read_text())["tasks"] == {REFERENCE: {"weight": 1.0}}  # no settings
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["step"] == 4 and "rotation/accuracy" in lines[-1] and "images_per_s" in lines[-1]
+    assert lines[-1]["step"] == 4 and f"{REFERENCE}/accuracy" in lines[-1] and "images_per_s" in lines[-1]
 
     evaluated = invoke("evaluate", run, "--protocol", "linear", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.output)
-    assert 0.0 <= report["accuracy"] <= 1.0 and report["test_size"] == 2000 and report["step"] == 4
-    assert json.loads((run / "eval-linear-shapes.json").read_text())["accuracy"] == report["accuracy"]
+    assert 0.0 <= report["accuracy"] <= 1.0 and report["test_size"] == 32 and report["step"] == 4
+    assert json.loads((run / f"eval-linear-{KIT_DATA}.json").read_text())["accuracy"] == report["accuracy"]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_default_run_ends_with_probe_beside_random_init(invoke, image_folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = invoke(
         "pretrain",
         "--task",
-        "rotation",
+        REFERENCE,
         "--data",
         image_folder,
         "--image-size",
@@ -72,17 +82,21 @@ def test_default_run_ends_with_probe_beside_random_init(invoke, image_folder: Pa
         tmp_path / "R",
     )
     assert result.exit_code == 0, result.output
-    assert "pretrained rotation" in result.output and "random init" in result.output
+    assert f"pretrained {REFERENCE}" in result.output and "random init" in result.output
     probe = json.loads((tmp_path / "R" / "probe.json").read_text())
     assert {"pretrained", "random_init"} <= set(probe)
     assert 0 <= probe["random_init"]["accuracy"] <= 1
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_resume_continues_from_the_latest_checkpoint(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "R"
     common = (
         "--task",
-        "rotation",
+        REFERENCE,
+        "--data",
+        KIT_DATA,
         "--batch-size",
         "8",
         "--out",
@@ -107,58 +121,71 @@ def test_resume_continues_from_the_latest_checkpoint(invoke, tmp_path: Path) -> 
     ("args", "message"),
     [
         (("--task", "nope"), "unknown task 'nope'; available: "),
-        (("--task", "rotation", "--backbone", "vgg99"), "unknown backbone 'vgg99'; available:"),
-        (("--task", "rotation", "--data", "imagenet42"), "unknown data set 'imagenet42'; available:"),
-        (("--task", "rotation", "--data", "/no/such/folder"), "data path /no/such/folder does not exist"),
+        (("--task", REFERENCE, "--backbone", "vgg99"), "unknown backbone 'vgg99'; available:"),
+        (("--task", REFERENCE, "--data", "imagenet42"), "unknown data set 'imagenet42'; available:"),
+        (("--task", REFERENCE, "--data", "/no/such/folder"), "data path /no/such/folder does not exist"),
         (
-            ("--task", "rotation", "--image-size", "12", "--set", "rotation.nope=1"),
-            "valid settings of 'rotation'",
+            ("--task", REFERENCE, "--image-size", "12", "--set", f"{REFERENCE}.nope=1"),
+            f"valid settings of '{REFERENCE}'",
         ),
-        (("--task", "jigsaw", "--image-size", "16"), "task 'jigsaw' needs images of at least"),
-        (("--task", "rotation", "--head", "rotation=upconv"), "needs a classifier head"),
-        (("--task", "rotation", "--loss", "rotation=mse"), "needs a classification loss"),
-        (("--task", "rotation", "--head", "jigsaw=mlp"), "not in this run"),
+        (("--task", LARGE, "--image-size", "16"), f"task '{LARGE}' needs images of at least"),
+        (("--task", REFERENCE, "--head", f"{REFERENCE}=upconv"), "needs a classifier head"),
+        (("--task", REFERENCE, "--loss", f"{REFERENCE}=mse"), "needs a classification loss"),
+        (("--task", REFERENCE, "--head", f"{LARGE}=mlp"), "not in this run"),
     ],
 )
+@pytest.mark.usefixtures("reference_cli")
 def test_bad_input_exits_2_with_a_message_naming_the_problem(invoke, tmp_path: Path, args, message) -> None:  # type: ignore[no-untyped-def]
     result = invoke("pretrain", *args, "--steps", "1", "--out", tmp_path / "R")
     assert result.exit_code == 2, result.output
     assert message in result.output
     if "unknown task" in message:
-        assert "jigsaw" in result.output and "rotation" in result.output  # the available names are listed
+        assert LARGE in result.output and REFERENCE in result.output  # the available names are listed
     assert not (tmp_path / "R").exists()  # refused before anything was written
 
 
+class RoomTask(ReferenceTask):
+    """The kit's reference task, refusing images smaller than its ``room`` setting when it is built."""
+
+    name = "kit_reference_room"
+    settings = (TaskSetting("room", int, 8, "the smallest image side it takes", minimum=8, maximum=1024),)
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        if context.image_size < self.config["room"]:
+            raise ImageSizeError(f"task {self.name!r} needs images of at least {self.config['room']} px")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ssl_engine/train/model.py build_task reports an ImageSizeError raised in a task's __init__ (jigsaw's "
+    "tile_fraction, relpatch's gap) as a plugin failure, exit 1; it is the user's choice of size, exit 2",
+)
+def test_images_too_small_for_the_tasks_settings_are_a_usage_error(tmp_path: Path) -> None:
+    with cli_plugins(RoomTask, reference=False):
+        result = run_cli("pretrain", "--task", RoomTask.name, "--set", f"{RoomTask.name}.room=40",
+                         "--image-size", 32, "--out", tmp_path / "R")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "at least 40 px" in result.stderr and "plugin" not in result.stderr
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.usefixtures("reference_cli")
 def test_empty_folder_is_refused(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "empty").mkdir()
-    result = invoke("pretrain", "--task", "rotation", "--data", tmp_path / "empty", "--out", tmp_path / "R")
+    result = invoke("pretrain", "--task", REFERENCE, "--data", tmp_path / "empty", "--out", tmp_path / "R")
     assert result.exit_code == 2 and "holds no images" in result.output
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_evaluate_refuses_unlabelled_data_and_unknown_protocol(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import write_images
 
-    run = tmp_path / "R"
     flat = tmp_path / "flat"
     write_images(flat, 20)
-    assert (
-        invoke(
-            "pretrain",
-            "--task",
-            "rotation",
-            "--data",
-            flat,
-            "--image-size",
-            "16",
-            "--steps",
-            "2",
-            "--batch-size",
-            "8",
-            "--out",
-            run,
-        ).exit_code
-        == 0
-    )  # no labels: no probe, no error
+    run = pretrain_cli(tmp_path, REFERENCE, "--data", flat, "--image-size", 16, "--steps", 2, "--probe")
+    # no labels: the closing probe is skipped, no error
     unlabelled = invoke("evaluate", run)
     assert unlabelled.exit_code == 2 and "no labels" in unlabelled.output
     unknown = invoke("evaluate", run, "--protocol", "telepathy")
@@ -167,39 +194,24 @@ def test_evaluate_refuses_unlabelled_data_and_unknown_protocol(invoke, tmp_path:
     )
 
 
+@pytest.mark.slow
 def test_console_script_runs_in_a_fresh_process(sslx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = sslx(
-        "pretrain",
-        "--task",
-        "rotation",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--out",
-        tmp_path / "R",
-        "--no-probe",
-        "--log-every",
-        "1",
-    )
+    args = ["--steps", "2", "--batch-size", "8", "--out", tmp_path / "R", "--no-probe", "--log-every", "1"]
+    result = sslx("pretrain", "--task", "rotation", *args)  # the installed plugin, found in a fresh process
     assert result.returncode == 0, result.stderr
     assert "step 2/2" in result.stderr and "\r" not in result.stderr and "\x1b" not in result.stderr
     assert checkpoints(tmp_path / "R")
 
 
-def test_python_api_loads_the_trained_backbone(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
+def test_python_api_loads_the_trained_backbone(tmp_path: Path) -> None:
     import torch
 
     from ssl_engine import load_backbone, load_representation
     from ssl_engine.checkpoint import read_checkpoint
 
-    run = tmp_path / "R"
-    assert (
-        invoke(
-            "pretrain", "--task", "rotation", "--steps", "2", "--batch-size", "8", "--out", run, "--no-probe"
-        ).exit_code
-        == 0
-    )
+    run = pretrain_cli(tmp_path, REFERENCE, "--data", KIT_DATA, "--steps", 2)
     backbone = load_backbone(run)
     saved = read_checkpoint(checkpoints(run)[-1]).module_state("model")
     assert all(torch.equal(value, saved[key]) for key, value in backbone.state_dict().items())

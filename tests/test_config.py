@@ -10,56 +10,63 @@ import torch
 
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.config import ConfigError, PretrainConfig
+from ssl_engine.testing import KIT_DATA
+from ssl_engine.testing import REFERENCE_TASK as REFERENCE
+from tests.conftest import SettingsTask
 
-EXPERIMENT = """
+SETTINGS = SettingsTask.name
+EXPERIMENT = f"""
 backbone = "smallconv"
+data = "{KIT_DATA}"
 image_size = 32
 batch_size = 8
 steps = 2
 optimizer = "adamw"
 probe = false
 
-[tasks.rotation]
+[tasks.{REFERENCE}]
 head = "mlp"
 
-[tasks.jigsaw]
+[tasks.{SETTINGS}]
 weight = 0.5
-[tasks.jigsaw.settings]
-permutations = 10
+[tasks.{SETTINGS}.settings]
+size = 10
 """
+pytestmark = pytest.mark.usefixtures("reference_cli")  # the kit's tasks: the core's behaviour, no plugin needed
 
 
 def resolved(run: Path) -> dict[str, object]:
     return tomllib.loads((run / "config.toml").read_text())
 
 
+@pytest.mark.slow
 def test_config_file_equals_the_command_line_and_options_override_it(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "exp.toml").write_text(EXPERIMENT)
     from_file = invoke("pretrain", "--config", tmp_path / "exp.toml", "--out", tmp_path / "A")
     assert from_file.exit_code == 0, from_file.output
     from_options = invoke(
-        "pretrain", "--task", "rotation", "--task", "jigsaw=0.5", "--head", "rotation=mlp",
-        "--set", "jigsaw.permutations=10", "--image-size", "32", "--batch-size", "8", "--steps", "2",
+        "pretrain", "--task", REFERENCE, "--task", f"{SETTINGS}=0.5", "--head", f"{REFERENCE}=mlp",
+        "--set", f"{SETTINGS}.size=10", "--data", KIT_DATA, "--image-size", "32", "--batch-size", "8", "--steps", "2",
         "--optimizer", "adamw", "--no-probe", "--out", tmp_path / "B",
     )  # fmt: skip
     assert from_options.exit_code == 0, from_options.output
     assert resolved(tmp_path / "A") == resolved(tmp_path / "B")
     tasks = resolved(tmp_path / "A")["tasks"]
-    assert list(tasks) == ["rotation", "jigsaw"]  # type: ignore[call-overload]
-    assert tasks["rotation"]["head"] == "mlp" and tasks["jigsaw"]["weight"] == 0.5  # type: ignore[index]
-    assert tasks["jigsaw"]["settings"]["permutations"] == 10  # type: ignore[index]
-    assert tasks["rotation"]["settings"] == {"all_rotations": True}  # defaults pinned  # type: ignore[index]
+    assert list(tasks) == [REFERENCE, SETTINGS]  # type: ignore[call-overload]
+    assert tasks[REFERENCE]["head"] == "mlp" and tasks[SETTINGS]["weight"] == 0.5  # type: ignore[index]
+    assert tasks[SETTINGS]["settings"] == {"size": 10, "symmetric": True}  # defaults pinned  # type: ignore[index]
     overridden = invoke("pretrain", "--config", tmp_path / "exp.toml", "--lr", "0.01", "--set",
-                        "jigsaw.permutations=12", "--out", tmp_path / "C")  # fmt: skip
+                        f"{SETTINGS}.size=12", "--out", tmp_path / "C")  # fmt: skip
     assert overridden.exit_code == 0, overridden.output
     config = resolved(tmp_path / "C")
-    assert config["lr"] == 0.01 and config["tasks"]["jigsaw"]["settings"]["permutations"] == 12  # type: ignore[index]
+    assert config["lr"] == 0.01 and config["tasks"][SETTINGS]["settings"]["size"] == 12  # type: ignore[index]
     assert config["optimizer"] == "adamw"  # the rest still from the file
 
 
+@pytest.mark.slow
 def test_a_runs_config_reproduces_the_run(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    first = invoke("pretrain", "--task", "rotation", "--steps", "3", "--batch-size", "8", "--no-probe",
-                   "--out", tmp_path / "A")  # fmt: skip
+    first = invoke("pretrain", "--task", REFERENCE, "--data", KIT_DATA, "--steps", "3", "--batch-size", "8",
+                   "--no-probe", "--out", tmp_path / "A")  # fmt: skip
     assert first.exit_code == 0, first.output
     again = invoke("pretrain", "--config", tmp_path / "A" / "config.toml", "--out", tmp_path / "B")
     assert again.exit_code == 0, again.output
@@ -67,10 +74,11 @@ def test_a_runs_config_reproduces_the_run(invoke, tmp_path: Path) -> None:  # ty
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_needs_only_the_run_directory_and_refuses_other_changes(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "R"
-    assert invoke("pretrain", "--task", "rotation", "--steps", "2", "--batch-size", "8", "--no-probe",
-                  "--out", run).exit_code == 0  # fmt: skip
+    assert invoke("pretrain", "--task", REFERENCE, "--data", KIT_DATA, "--steps", "2", "--batch-size", "8",
+                  "--no-probe", "--out", run).exit_code == 0  # fmt: skip
     longer = invoke("pretrain", "--out", run, "--resume", "--steps", "3", "--log-every", "1")
     assert longer.exit_code == 0, longer.output
     assert read_checkpoint(checkpoint_paths(run)[-1]).step == 3
@@ -86,7 +94,7 @@ def test_resume_needs_only_the_run_directory_and_refuses_other_changes(invoke, t
     [
         ("stepz = 3\n", "unknown field 'stepz'; valid fields:"),
         ("steps = 'many'\n", "field 'steps' should be int"),
-        ("[tasks.rotation]\ncolour = 1\n", "[tasks.rotation] has unknown key 'colour'"),
+        (f"[tasks.{REFERENCE}]\ncolour = 1\n", f"[tasks.{REFERENCE}] has unknown key 'colour'"),
         ("steps = \n", "cannot read config file"),
     ],
 )
@@ -95,7 +103,7 @@ def test_bad_config_files_name_file_and_field(invoke, tmp_path: Path, text: str,
     path.write_text(text)
     with pytest.raises(ConfigError, match=str(path)):
         PretrainConfig.load(path)
-    result = invoke("pretrain", "--config", path, "--task", "rotation", "--out", tmp_path / "R")
+    result = invoke("pretrain", "--config", path, "--task", REFERENCE, "--out", tmp_path / "R")
     assert result.exit_code == 2 and message in result.output and str(path) in result.output
 
 

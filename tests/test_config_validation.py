@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 from ssl_engine.config import FIELD_RULES, RESUMABLE_CHANGES, ConfigError, PretrainConfig, TaskSpec
+from ssl_engine.testing import REFERENCE_TASK as REFERENCE
+from tests.conftest import SettingsTask
+
+SETTINGS = SettingsTask.name
+pytestmark = pytest.mark.usefixtures("reference_cli")  # the kit's tasks: the core's behaviour, no plugin needed
 
 GOOD = {"steps": 2, "batch_size": 8, "image_size": 32, "probe": False, "workers": 0}
 
@@ -55,7 +60,7 @@ def toml_value(value: object) -> str:
     return repr(value)
 
 
-def write_config(path: Path, fields: dict[str, object], task: str = "[tasks.rotation]\n") -> Path:
+def write_config(path: Path, fields: dict[str, object], task: str = f"[tasks.{REFERENCE}]\n") -> Path:
     lines = [f"{key} = {toml_value(value)}" for key, value in fields.items()]
     path.write_text("\n".join(lines) + "\n\n" + task)
     return path
@@ -76,21 +81,21 @@ def test_a_bad_value_in_a_config_file_is_refused_naming_the_file_and_field(
 
 @pytest.mark.parametrize("weight", ["-1.0", "0", "nan", "inf", '"heavy"', "true"])
 def test_a_bad_task_weight_in_a_config_file_is_refused(invoke, tmp_path: Path, weight: str) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path / "exp.toml", GOOD, f"[tasks.rotation]\nweight = {weight}\n")
+    config = write_config(tmp_path / "exp.toml", GOOD, f"[tasks.{REFERENCE}]\nweight = {weight}\n")
     result = invoke("pretrain", "--config", config, "--out", tmp_path / "run")
     assert result.exit_code == 2, result.output
-    assert str(config) in result.stderr and "weight of task 'rotation'" in result.stderr, result.stderr
+    assert str(config) in result.stderr and f"weight of task '{REFERENCE}'" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_a_task_section_that_is_not_a_table_and_huge_setting_strings_are_refused(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "exp.toml"
-    config.write_text("steps = 2\ntasks = { rotation = 3 }\n")
+    config.write_text(f"steps = 2\ntasks = {{ {REFERENCE} = 3 }}\n")
     result = invoke("pretrain", "--config", config, "--out", tmp_path / "run")
-    assert result.exit_code == 2 and "[tasks.rotation] should be a table" in result.stderr, result.stderr
-    config.write_text(f'steps = 2\n[tasks.rotation.settings]\nall_rotations = "{"z" * 10_000}"\n')
+    assert result.exit_code == 2 and f"[tasks.{REFERENCE}] should be a table" in result.stderr, result.stderr
+    config.write_text(f'steps = 2\n[tasks.{SETTINGS}.settings]\nsymmetric = "{"z" * 10_000}"\n')
     result = invoke("pretrain", "--config", config, "--out", tmp_path / "run")
-    assert result.exit_code == 2 and "rotation.all_rotations" in result.stderr, result.stderr
+    assert result.exit_code == 2 and f"{SETTINGS}.symmetric" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -100,16 +105,16 @@ def test_a_task_section_that_is_not_a_table_and_huge_setting_strings_are_refused
         (["--lr", "inf"], "--lr"),
         (["--weight-decay", "nan"], "--weight-decay"),
         (["--warmup", "nan"], "--warmup"),
-        (["--task", "jigsaw=nan"], "--task"),
-        (["--task", "jigsaw=-1"], "--task"),
-        (["--task", "jigsaw=0"], "--task"),
-        (["--task", "jigsaw=inf"], "--task"),
+        (["--task", f"{SETTINGS}=nan"], "--task"),
+        (["--task", f"{SETTINGS}=-1"], "--task"),
+        (["--task", f"{SETTINGS}=0"], "--task"),
+        (["--task", f"{SETTINGS}=inf"], "--task"),
         (["--keep-checkpoints", "0"], "--keep-checkpoints"),
         (["--batch-size", "1"], "--batch-size"),
     ],
 )
 def test_bad_command_line_values_are_refused_at_parse_time(invoke, tmp_path: Path, args: list[str], named: str) -> None:  # type: ignore[no-untyped-def]
-    result = invoke("pretrain", "--task", "rotation", *args, "--out", tmp_path / "run")
+    result = invoke("pretrain", "--task", REFERENCE, *args, "--out", tmp_path / "run")
     assert result.exit_code == 2, result.output
     assert named in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
@@ -118,7 +123,7 @@ def test_bad_command_line_values_are_refused_at_parse_time(invoke, tmp_path: Pat
 def test_evaluate_and_bench_refuse_empty_or_out_of_range_options(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = invoke("bench", "--tasks", ",", "--out", tmp_path / "bench")
     assert result.exit_code == 2 and "--tasks" in result.stderr, result.stderr
-    result = invoke("bench", "--tasks", "rotation", "--protocols", " , ", "--out", tmp_path / "bench")
+    result = invoke("bench", "--tasks", REFERENCE, "--protocols", " , ", "--out", tmp_path / "bench")
     assert result.exit_code == 2 and "--protocols" in result.stderr, result.stderr
     assert not (tmp_path / "bench").exists()
 

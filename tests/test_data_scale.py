@@ -21,6 +21,7 @@ from ssl_engine.data.folder import image_folder
 from ssl_engine.data.options import DataError, DataOptions
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.plugins import get_host
+from ssl_engine.testing import REFERENCE_TASK
 from tests.conftest import write_images, write_two_classes
 
 
@@ -66,10 +67,12 @@ def test_unreadable_files_are_replaced_deterministically_and_counted(tmp_path: P
     assert all(torch.equal(a, b) for a, b in zip(whole[3:], resumed, strict=True))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_run_names_unreadable_files_at_the_end_and_in_metrics(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root, bad = folder_with_bad_files(tmp_path / "data")
     run = tmp_path / "R"
-    result = invoke("pretrain", "--task", "rotation", "--data", root, "--image-size", "16", "--batch-size", "4",
+    result = invoke("pretrain", "--task", REFERENCE_TASK, "--data", root, "--image-size", "16", "--batch-size", "4",
                     "--steps", "10", "--log-every", "5", "--no-probe", "--workers", "0", "--out", run)  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -206,12 +209,14 @@ def test_missing_data_names_both_layouts_and_the_variable(tmp_path: Path) -> Non
     assert "cifar-10-batches-py" in str(caught.value)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_folders_default_to_a_photograph_size_kept_for_resume(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import tomllib
 
     write_images(tmp_path / "flat", 8, size=40)
     run = tmp_path / "R"
-    args = ("pretrain", "--task", "rotation", "--data", tmp_path / "flat", "--batch-size", "4", "--no-probe",
+    args = ("pretrain", "--task", REFERENCE_TASK, "--data", tmp_path / "flat", "--batch-size", "4", "--no-probe",
             "--workers", "0", "--device", "cpu", "--out", run)  # fmt: skip
     first = invoke(*args, "--steps", "1")
     assert first.exit_code == 0, first.output

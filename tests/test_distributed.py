@@ -22,6 +22,8 @@ import torch
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from tests.conftest import write_two_classes
 
+pytestmark = pytest.mark.slow  # every test here runs end to end
+
 STEPS = 4
 GLOBAL_BATCH = 8
 

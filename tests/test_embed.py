@@ -8,22 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssl_engine.testing import REFERENCE_TASK, cli_plugins, pretrain_cli
 from tests.conftest import write_images, write_two_classes
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("reference_cli")]  # end to end, on the kit's task
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from click.testing import CliRunner
-
-    from ssl_engine.cli import main
-
     root = tmp_path_factory.mktemp("embed")
     data = write_two_classes(root / "data", per_class=10, size=24)
-    run = root / "R"
-    args = ["pretrain", "--task", "rotation", "--data", str(data), "--image-size", "16", "--batch-size", "4",
-            "--steps", "2", "--no-probe", "--workers", "0", "--out", str(run)]  # fmt: skip
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    with cli_plugins():
+        run = pretrain_cli(root, REFERENCE_TASK, "--data", data, "--image-size", 16, "--batch-size", 4,
+                           "--steps", 2, "--workers", 0)  # fmt: skip
     return run, data
 
 

@@ -12,13 +12,16 @@ from safetensors.torch import load_file
 
 from ssl_engine import load_representation
 from ssl_engine.images import normalize
+from ssl_engine.testing import KIT_DATA, REFERENCE_TASK
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("reference_cli")]  # end to end, on the kit's task
 
 
 @pytest.mark.parametrize("image_size", [16, 72])  # the small-image stem, and torchvision's own stem
 def test_exported_resnet18_loads_into_torchvision_and_matches(invoke, tmp_path: Path, image_size: int) -> None:  # type: ignore[no-untyped-def]
     run, out = tmp_path / "R", tmp_path / "backbone.safetensors"
-    trained = invoke("pretrain", "--task", "rotation", "--backbone", "resnet18", "--image-size", str(image_size),
-                     "--steps", "1", "--batch-size", "4", "--no-probe", "--out", run)  # fmt: skip
+    trained = invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--backbone", "resnet18", "--image-size",
+                     str(image_size), "--steps", "1", "--batch-size", "4", "--no-probe", "--out", run)  # fmt: skip
     assert trained.exit_code == 0, trained.output
     exported = invoke("export", run, "--out", out)
     assert exported.exit_code == 0, exported.output
@@ -41,8 +44,8 @@ def test_exported_resnet18_loads_into_torchvision_and_matches(invoke, tmp_path: 
 
 def test_non_torchvision_representation_is_exported_in_sslx_layout(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run, out = tmp_path / "R", tmp_path / "rep.safetensors"
-    assert invoke("pretrain", "--task", "rotation", "--steps", "1", "--batch-size", "4", "--no-probe",
-                  "--out", run).exit_code == 0  # fmt: skip
+    assert invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--steps", "1", "--batch-size", "4",
+                  "--no-probe", "--out", run).exit_code == 0  # fmt: skip
     exported = invoke("export", run, "--out", out)
     assert exported.exit_code == 0 and "not a torchvision model" in exported.output
     with safe_open(str(out), framework="pt") as handle:

@@ -13,25 +13,24 @@ import torch
 
 from ssl_engine import load_backbone
 from ssl_engine.checkpoint import CheckpointError
+from ssl_engine.testing import KIT_DATA, REFERENCE_TASK, cli_plugins, pretrain_cli, run_cli
+
+pytestmark = pytest.mark.usefixtures("reference_cli")  # the kit's task: the core's behaviour, no plugin needed
 
 
 @pytest.fixture(scope="module", params=["smallconv", "resnet18"])
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 1-step rotation run with the backbone given and its export."""
-    from click.testing import CliRunner
-
-    from ssl_engine.cli import main
-
+    """A 1-step run of the kit's reference task with the backbone given, and its export."""
     root = tmp_path_factory.mktemp(request.param)
-    run, out = root / "run", root / "backbone.safetensors"
-    runner = CliRunner()
-    args = ["pretrain", "--task", "rotation", "--backbone", request.param, "--steps", "1", "--batch-size", "4",
-            "--image-size", "32", "--no-probe", "--workers", "0", "--out", str(run)]  # fmt: skip
-    assert runner.invoke(main, args, catch_exceptions=False).exit_code == 0
-    assert runner.invoke(main, ["export", str(run), "--out", str(out)], catch_exceptions=False).exit_code == 0
+    out = root / "backbone.safetensors"
+    with cli_plugins():
+        run = pretrain_cli(root, REFERENCE_TASK, "--data", KIT_DATA, "--backbone", request.param, "--steps", 1,
+                           "--batch-size", 4, "--image-size", 32, "--workers", 0)  # fmt: skip
+        assert run_cli("export", run, "--out", out).exit_code == 0
     return run, out
 
 
+@pytest.mark.slow
 def test_an_exported_file_loads_the_same_backbone_as_its_run(exported: tuple[Path, Path]) -> None:
     run, out = exported
     from_run, from_file = load_backbone(run), load_backbone(out, map_location="cpu")
@@ -43,6 +42,7 @@ def test_an_exported_file_loads_the_same_backbone_as_its_run(exported: tuple[Pat
     torch.testing.assert_close(from_file(images), from_run.eval()(images))
 
 
+@pytest.mark.slow
 def test_an_export_loads_with_no_plugin_installed(exported: tuple[Path, Path]) -> None:
     _, out = exported
     code = f"from ssl_engine import load_backbone; print(load_backbone({str(out)!r}).feature_dim)"

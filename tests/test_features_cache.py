@@ -10,12 +10,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssl_engine.eval.features import FeatureCacheWarning, load_cached_features, save_cached_features
+from ssl_engine.testing import REFERENCE_TASK
 from tests.conftest import write_two_classes
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_truncated_cache_is_extracted_again_rewritten_and_gives_the_same_accuracy(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data, run = write_two_classes(tmp_path / "data", per_class=10, size=32), tmp_path / "R"
-    trained = invoke("pretrain", "--task", "rotation", "--data", data, "--steps", "2", "--batch-size", "8",
+    trained = invoke("pretrain", "--task", REFERENCE_TASK, "--data", data, "--steps", "2", "--batch-size", "8",
                      "--image-size", "32", "--no-probe", "--workers", "0", "--out", run)  # fmt: skip
     assert trained.exit_code == 0, trained.output
     first = invoke("evaluate", run, "--json")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ssl_engine.cli import main
 from ssl_engine.plugins import get_host
+from ssl_engine.testing import KIT_DATA, REFERENCE_TASK, cli_plugins, pretrain_cli
 
 TASKS = get_host().registry.names("task")
 # Tasks that refuse the default convnet are drawn on this backbone (MAE needs a ViT; two blocks are enough).
@@ -31,22 +32,23 @@ def test_show_writes_a_picture_for_every_installed_task(invoke, tmp_path: Path, 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from click.testing import CliRunner
-
-    run = tmp_path_factory.mktemp("runs") / "R"
-    result = CliRunner().invoke(main, ["pretrain", "--task", "rotation", "--steps", "4", "--batch-size", "8",
-                                       "--log-every", "1", "--no-probe", "--out", str(run)])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return run
+    """A 4-step run of the kit's reference task (read with ``reference_cli``)."""
+    with cli_plugins():
+        return pretrain_cli(tmp_path_factory.mktemp("runs"), REFERENCE_TASK, "--data", KIT_DATA, "--steps", 4,
+                            "--log-every", 1)  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_show_after_a_run_draws_predictions(invoke, finished_run: Path) -> None:  # type: ignore[no-untyped-def]
     result = invoke("show", finished_run, "--count", "2")
     assert result.exit_code == 0, result.output
-    with Image.open(finished_run / "show-rotation.png") as picture:
+    with Image.open(finished_run / f"show-{REFERENCE_TASK}.png") as picture:
         assert picture.format == "PNG"
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_plot_draws_curves_of_several_runs(invoke, finished_run: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "curves.png"
     result = invoke("plot", finished_run, finished_run, "--out", out)
@@ -58,11 +60,12 @@ def test_plot_draws_curves_of_several_runs(invoke, finished_run: Path, tmp_path:
     assert invoke("plot", empty).exit_code == 2
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_parse_with_tensorboards_reader(finished_run: Path) -> None:
     accumulator_module = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     accumulator = accumulator_module.EventAccumulator(str(finished_run / "tensorboard"))
     accumulator.Reload()
-    assert {"loss", "rotation/accuracy", "lr"} <= set(accumulator.Tags()["scalars"])
+    assert {"loss", f"{REFERENCE_TASK}/accuracy", "lr"} <= set(accumulator.Tags()["scalars"])
     assert [event.step for event in accumulator.Scalars("loss")] == [1, 2, 3, 4]
 
 

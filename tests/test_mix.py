@@ -15,11 +15,14 @@ import pytest
 import torch
 
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
-from ssl_engine.config import CONFIG_FILE, PretrainConfig, TaskSpec
+from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.plugins import get_host
 from ssl_engine.run import build_run
+from ssl_engine.testing import stop_after
 from ssl_engine.train.loop import Trainer
 from tests.conftest import write_two_classes
+
+pytestmark = pytest.mark.slow  # every test here runs end to end
 
 WEIGHTS = {"rotation": 1.0, "jigsaw": 0.5, "simclr": 1.0, "inpainting": 2.0}
 IMAGE_SIZE = 48
@@ -76,13 +79,7 @@ def test_an_interrupted_four_task_mix_resumes_to_the_uninterrupted_runs_tensors(
 
     out = tmp_path / "interrupted"
     config = mixed_config(folder)
-    first = Trainer(build_run(config, registry, out))
-    (out / CONFIG_FILE).write_text(config.to_toml())
-    for images, _ in first.stream.batches(0):
-        first.train_step(images)
-        if first.step == 2:
-            first.save_checkpoint()
-            break  # the process "dies" here
+    stop_after(Trainer(build_run(config, registry, out)), 2)  # the process "dies" after this checkpoint
     resumed = Trainer(build_run(config, registry, out, resume=True))
     assert resumed.step == 2
     resumed.train()

@@ -164,6 +164,7 @@ def make_distribution(site: Path, dist: str, plugin: str, module: str, source: s
     (info / "entry_points.txt").write_text(f"[ssl_engine]\n{plugin} = {module}\n")
 
 
+@pytest.mark.slow
 def test_broken_import_is_reported_by_plugin_and_distribution(tmp_path: Path, sslx) -> None:  # type: ignore[no-untyped-def]
     make_distribution(tmp_path, "sslx-broken", "broken", "sslx_broken_mod", "raise ImportError('missing dep xyz')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
@@ -182,6 +183,7 @@ def test_broken_import_is_reported_by_plugin_and_distribution(tmp_path: Path, ss
     assert strict.returncode != 0 and "broken" in strict.stderr
 
 
+@pytest.mark.slow
 def test_env_switches_disable_and_limit_plugins(sslx) -> None:  # type: ignore[no-untyped-def]
     def tasks(env: dict[str, str]) -> set[str]:
         result = sslx("plugins", "--json", env={**os.environ, **env})
@@ -195,6 +197,7 @@ def test_env_switches_disable_and_limit_plugins(sslx) -> None:  # type: ignore[n
     assert tasks({"SSLX_NO_PLUGINS": "1"}) == set()
 
 
+@pytest.mark.slow
 def test_hook_errors_and_taken_names_of_installed_plugins_through_the_cli(tmp_path: Path, sslx) -> None:  # type: ignore[no-untyped-def]
     raising = """
         from ssl_engine.hookspecs import hookimpl
@@ -263,6 +266,7 @@ IMPOSTOR = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugin", ["aaa-impostor", "zzz-impostor"])
 def test_installed_impostor_gets_no_taken_name_whichever_way_its_name_sorts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugin: str

@@ -12,7 +12,7 @@ import torch
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.run import build_run
 from ssl_engine.run_directory import write_config
-from ssl_engine.testing import ReferenceTask, prepare
+from ssl_engine.testing import REFERENCE_TASK, ReferenceTask, prepare
 from ssl_engine.train.loop import SCALERS_KEY, Trainer
 from ssl_engine.train.precision import resolve_precision
 
@@ -33,6 +33,7 @@ def test_auto_is_float32_on_the_cpu_and_bf16_falls_back_to_fp16_on_an_old_gpu(mo
     assert resolve_precision("auto", torch.device("cuda")).name == "bf16-mixed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_on_the_cpu_in_the_autocast_dtype(tmp_path: Path, precision: str) -> None:
     trainer = prepare(PlainTask).trainer(tmp_path / "run", steps=2, precision=precision)
@@ -47,6 +48,7 @@ def test_mixed_precision_trains_on_the_cpu_in_the_autocast_dtype(tmp_path: Path,
     assert (SCALERS_KEY in metadata) == (precision == "16-mixed")
 
 
+@pytest.mark.slow
 def test_a_fp16_run_resumes_bit_for_bit_with_its_gradient_scaler(tmp_path: Path) -> None:
     straight = prepare(PlainTask).trainer(tmp_path / "straight", steps=4, precision="16-mixed")
     straight.train()
@@ -64,6 +66,7 @@ def test_a_fp16_run_resumes_bit_for_bit_with_its_gradient_scaler(tmp_path: Path)
         assert torch.equal(value, resumed.model.state_tensors()[key]), key
 
 
+@pytest.mark.usefixtures("reference_cli")
 def test_precision_is_a_checked_option(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = invoke("pretrain", "--task", "rotation", "--precision", "fp8", "--out", tmp_path / "run")
+    result = invoke("pretrain", "--task", REFERENCE_TASK, "--precision", "fp8", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--precision" in result.stderr

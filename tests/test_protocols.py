@@ -14,6 +14,7 @@ from ssl_engine.eval.context import EvalContext, per_class_subset
 from ssl_engine.eval.knn import knn_predict, knn_protocol
 from ssl_engine.eval.linear import linear_protocol
 from ssl_engine.plugins import get_host
+from ssl_engine.testing import KIT_DATA, REFERENCE_TASK, cli_plugins, pretrain_cli
 
 
 class FixedFeatures(torch.nn.Module):
@@ -72,17 +73,13 @@ def test_label_fraction_is_per_class_seeded_and_changes_the_linear_fit() -> None
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from click.testing import CliRunner
-
-    from ssl_engine.cli import main
-
-    run = tmp_path_factory.mktemp("runs") / "R"
-    result = CliRunner().invoke(main, ["pretrain", "--task", "rotation", "--steps", "3", "--batch-size", "8",
-                                       "--image-size", "16", "--no-probe", "--out", str(run)])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return run
+    """3 steps of the kit's reference task on the shapes data (read with ``reference_cli``)."""
+    with cli_plugins():
+        return pretrain_cli(tmp_path_factory.mktemp("runs"), REFERENCE_TASK, "--image-size", 16)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 @pytest.mark.parametrize(
     ("protocol", "extra"),
     [("knn", ["--set", "k=20"]), ("linear", ["--label-fraction", "0.1"]),
@@ -103,10 +100,12 @@ def test_protocols_from_the_cli_write_json_and_results(
     # frozen features are cached in the run directory and reused
     if protocol != "finetune":
         assert sorted(p.name for p in (trained_run / "features").iterdir()) == [
-            f"features-shapes-16px-step3-rotation-{split}.safetensors" for split in ("test", "train", "val")
+            f"features-shapes-16px-step3-{REFERENCE_TASK}-{split}.safetensors" for split in ("test", "train", "val")
         ]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_bad_protocol_options_are_named(invoke, trained_run: Path) -> None:  # type: ignore[no-untyped-def]
     result = invoke("evaluate", trained_run, "--protocol", "knn", "--set", "k=many")
     assert result.exit_code == 2 and "k='many' should be int" in result.output
@@ -114,13 +113,15 @@ def test_bad_protocol_options_are_named(invoke, trained_run: Path) -> None:  # t
     assert result.exit_code == 2 and "--label-fraction" in result.output
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_online_probe_logs_accuracy_is_checkpointed_and_needs_labels(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
     from tests.conftest import write_images
 
     run = tmp_path / "R"
-    args = ("pretrain", "--task", "rotation", "--batch-size", "8", "--image-size", "16", "--no-probe",
-            "--online-probe", "--log-every", "1", "--out", run)  # fmt: skip
+    args = ("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--batch-size", "8", "--image-size", "16",
+            "--no-probe", "--online-probe", "--log-every", "1", "--out", run)  # fmt: skip
     assert invoke(*args, "--steps", "2").exit_code == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= line["probe/accuracy"] <= 1 and line["probe/loss"] > 0 for line in lines)
@@ -130,6 +131,6 @@ def test_online_probe_logs_accuracy_is_checkpointed_and_needs_labels(invoke, tmp
     assert invoke("pretrain", "--out", run, "--resume", "--steps", "3").exit_code == 0
     flat = tmp_path / "flat"
     write_images(flat, 20)
-    refused = invoke("pretrain", "--task", "rotation", "--data", flat, "--online-probe", "--batch-size", "4",
+    refused = invoke("pretrain", "--task", REFERENCE_TASK, "--data", flat, "--online-probe", "--batch-size", "4",
                      "--out", tmp_path / "F")  # fmt: skip
     assert refused.exit_code == 2 and "--online-probe needs labels" in refused.output

@@ -15,14 +15,16 @@ import pytest
 import torch
 
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
-from ssl_engine.config import CONFIG_FILE, PretrainConfig, TaskSpec
+from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data import file_backed
 from ssl_engine.data.batches import BatchStream
-from ssl_engine.plugins import get_host
 from ssl_engine.run import build_run
+from ssl_engine.testing import REFERENCE_TASK, ReferenceTask, prepare, stop_after
 from ssl_engine.train import step as step_module
 from ssl_engine.train.loop import Trainer
 from tests.conftest import write_two_classes
+
+pytestmark = pytest.mark.slow  # every test here runs end to end
 
 STEPS = 12
 
@@ -70,21 +72,19 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(folder: 
 
 
 def small_config(folder: Path) -> PretrainConfig:
-    return PretrainConfig([TaskSpec("rotation")], data=str(folder), image_size=16, batch_size=8, steps=6,
+    """6 steps of the kit's reference task (in :data:`REGISTRY`) on ``folder``, a checkpoint every 3."""
+    return PretrainConfig([TaskSpec(REFERENCE_TASK)], data=str(folder), image_size=16, batch_size=8, steps=6,
                           checkpoint_every=3, workers=0, probe=False)  # fmt: skip
+
+
+REGISTRY = prepare(ReferenceTask).registry  # the core and the kit's reference task: no plugin needed
 
 
 def train_in_process(folder: Path, out: Path) -> dict[str, torch.Tensor]:
     """Train 3 of 6 steps and checkpoint, "crash", resume in a new Trainer and finish; the final weights."""
     config = small_config(folder)
-    first = Trainer(build_run(config, get_host().registry, out))
-    (out / CONFIG_FILE).write_text(config.to_toml())
-    for images, _ in first.stream.batches(0):
-        first.train_step(images)
-        if first.step == 3:
-            first.save_checkpoint()
-            break
-    trainer = Trainer(build_run(config, get_host().registry, out, resume=True))
+    stop_after(Trainer(build_run(config, REGISTRY, out)), 3)
+    trainer = Trainer(build_run(config, REGISTRY, out, resume=True))
     assert trainer.step == 3
     trainer.train()
     return {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
@@ -93,7 +93,7 @@ def train_in_process(folder: Path, out: Path) -> dict[str, torch.Tensor]:
 def test_negative_controls_resume_without_data_position_or_random_streams_diverges(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uninterrupted = Trainer(build_run(small_config(folder), get_host().registry, tmp_path / "full"))
+    uninterrupted = Trainer(build_run(small_config(folder), REGISTRY, tmp_path / "full"))
     uninterrupted.train()
     expected = {key: value.detach().clone() for key, value in uninterrupted.model.state_dict().items()}
 
@@ -143,7 +143,7 @@ def test_corrupted_latest_checkpoint_falls_back_and_only_safetensors_is_read(
     config = small_config(folder)
     config.checkpoint_every = 2
     config.steps = 4
-    Trainer(build_run(config, get_host().registry, run)).train()
+    Trainer(build_run(config, REGISTRY, run)).train()
     newest = checkpoint_paths(run)[-1]
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
 
@@ -155,7 +155,7 @@ def test_corrupted_latest_checkpoint_falls_back_and_only_safetensors_is_read(
     monkeypatch.setattr(pickle, "loads", refuse)
     config.steps = 5
     with pytest.warns(UserWarning, match=newest.name):
-        trainer = Trainer(build_run(config, get_host().registry, run, resume=True))
+        trainer = Trainer(build_run(config, REGISTRY, run, resume=True))
     assert trainer.step == 2
     trainer.train()
     assert read_checkpoint(checkpoint_paths(run)[-1]).step == 5

@@ -22,11 +22,12 @@ from torch import nn
 from ssl_engine import checkpoint as checkpoint_module
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.plugin_failure import PluginCodeError
-from ssl_engine.testing import ReferenceTask, prepare
+from ssl_engine.testing import REFERENCE_TASK, ReferenceTask, cli_plugins, prepare, run_cli
 from tests.conftest import write_two_classes
 from tests.test_plugins import make_distribution
 
 STEPS = 4
+pytestmark = pytest.mark.usefixtures("reference_cli")  # the kit's task: the core's behaviour, no plugin needed
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pretrain_args(folder: Path, run: Path, steps: int = STEPS) -> list[str]:
-    return ["pretrain", "--task", "rotation", "--data", str(folder), "--image-size", "16", "--batch-size", "8",
+    return ["pretrain", "--task", REFERENCE_TASK, "--data", str(folder), "--image-size", "16", "--batch-size", "8",
             "--steps", str(steps), "--checkpoint-every", "1", "--log-every", "1", "--no-probe", "--workers", "0",
             "--out", str(run)]  # fmt: skip
 
@@ -43,12 +44,9 @@ def pretrain_args(folder: Path, run: Path, steps: int = STEPS) -> list[str]:
 @pytest.fixture(scope="module")
 def finished(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 4-step run with a checkpoint at every step (the newest 3 kept)."""
-    from click.testing import CliRunner
-
-    from ssl_engine.cli import main
-
     run = tmp_path_factory.mktemp("runs") / "finished"
-    result = CliRunner().invoke(main, pretrain_args(folder, run), catch_exceptions=False)
+    with cli_plugins():
+        result = run_cli(*pretrain_args(folder, run))
     assert result.exit_code == 0, result.output
     return run
 
@@ -110,7 +108,7 @@ def test_resume_with_every_checkpoint_damaged_is_refused_and_touches_nothing(
 
 
 def test_restart_needs_resume(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = invoke("pretrain", "--task", "rotation", "--restart", "--out", tmp_path / "run")
+    result = invoke("pretrain", "--task", REFERENCE_TASK, "--restart", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--restart goes with --resume" in result.stderr
 
 
@@ -190,10 +188,10 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_che
 def test_unusable_output_paths_are_one_line_and_exit_2(invoke, finished: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = invoke("pretrain", "--task", "rotation", "--steps", "1", "--out", blocker / "run")
+    result = invoke("pretrain", "--task", REFERENCE_TASK, "--steps", "1", "--out", blocker / "run")
     assert result.exit_code == 2 and "cannot use run directory" in result.stderr, result.output
     assert str(blocker) in result.stderr and "Traceback" not in result.stderr
-    shown = invoke("show", finished, "--task", "rotation", "--out", blocker / "picture.png")
+    shown = invoke("show", finished, "--task", REFERENCE_TASK, "--out", blocker / "picture.png")
     assert shown.exit_code == 2 and str(blocker / "picture.png") in shown.stderr, shown.output
     exported = invoke("export", finished, "--out", blocker / "backbone.safetensors")
     assert exported.exit_code == 2 and str(blocker / "backbone.safetensors") in exported.stderr, exported.output
@@ -266,6 +264,7 @@ def register_tasks(register):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["broken", "noheads"])
 def test_plugin_failures_through_the_cli_are_one_line_naming_the_distribution(tmp_path: Path, sslx, task: str) -> None:  # type: ignore[no-untyped-def]
     make_distribution(tmp_path, "sslx-broken", "broken", "sslx_broken_plugin", BROKEN_PLUGIN)

@@ -18,13 +18,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssl_engine.backbones.base import Backbone
-from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.images import normalize
 from ssl_engine.randomness import BatchRandom
 from ssl_engine.run import build_run
-from ssl_engine.run_directory import write_config
 from ssl_engine.task import PretextBatch, PretextTask, TaskOutput
-from ssl_engine.testing import ConformanceError, check_pretext_task, check_step_aware, prepare
+from ssl_engine.testing import (
+    ConformanceError,
+    check_pretext_task,
+    check_step_aware,
+    prepare,
+    run_checkpoint,
+    stop_after,
+)
 from ssl_engine.train.loop import Trainer
 
 BASE_MOMENTUM = 0.9
@@ -146,13 +151,8 @@ def test_the_teacher_and_queue_are_checkpointed_and_a_resume_continues_bit_for_b
     straight = prepare(EmaTeacherToy).trainer(tmp_path / "straight", steps=4)
     straight.train()
     stopped = prepare(EmaTeacherToy).trainer(tmp_path / "stopped", steps=4, checkpoint_every=1)
-    write_config(stopped.out, stopped.config)
-    for images, _ in stopped.stream.batches(0):
-        if stopped.step == 2:
-            break
-        stopped.device_step(images)
-    stopped.checkpoint()  # preempted after step 2 of 4
-    saved = read_checkpoint(checkpoint_paths(tmp_path / "stopped")[-1]).tensors
+    stop_after(stopped, 2)  # preempted after step 2 of 4
+    saved = run_checkpoint(tmp_path / "stopped").tensors
     assert any(key.startswith("task/ema_toy/teacher_backbone.") for key in saved)
     assert "task/ema_toy/queue" in saved and "task/ema_toy/queue_next" in saved
     resumed = Trainer(build_run(stopped.config, stopped.run.registry, tmp_path / "stopped", resume=True))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs mypy or builds a wheel in a fresh process
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 USER_FILE = """\

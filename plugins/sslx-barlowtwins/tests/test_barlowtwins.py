@@ -142,7 +142,7 @@ def test_views_follow_byol_and_targets_are_the_twins_global_rows() -> None:
 
 def test_forward_gives_the_two_terms_weighted_by_lambda_and_trains_the_backbone() -> None:
     task = make_task(projector_dim=16)
-    assert task.loss_weights == {"invariance": 1.0, "redundancy": LAMBDA}
+    assert task.loss_weights == pytest.approx({"invariance": 1 / 16, "redundancy": LAMBDA / 16})  # per dimension
     modules = task.build_modules()
     backbone = SmallConvNet(3, width=4)
     batch = draw(task, torch.rand(6, 3, 32, 32))
@@ -152,15 +152,16 @@ def test_forward_gives_the_two_terms_weighted_by_lambda_and_trains_the_backbone(
     views = batch.inputs.unflatten(0, (6, 2))
     z_a, z_b = (modules["head"](backbone.pooled(views[:, v])) for v in range(2))
     expected = reference_barlow_twins(z_a, z_b, LAMBDA, 1e-5)
-    torch.testing.assert_close(task.weighted_total(output.losses), expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(output.losses["invariance"] + LAMBDA * output.losses["redundancy"], expected)
+    torch.testing.assert_close(task.weighted_total(output.losses), expected / 16)
     task.weighted_total(output.losses).backward()
     assert all(p.grad is not None for p in backbone.parameters())
     assert output.predictions is not None and output.predictions.shape == (12, 12)
     assert torch.isneginf(output.predictions.diagonal()).all()
     assert 0 <= float(output.metrics["accuracy"]) <= 1
     assert -1 <= float(output.metrics["on_diagonal"]) <= 1 and float(output.metrics["off_diagonal"]) >= 0
-    assert make_task(scale=0.1, **{"lambda": 0.02}).loss_weights == pytest.approx(
-        {"invariance": 0.1, "redundancy": 0.002}
+    assert make_task(scale=0.1, projector_dim=10, **{"lambda": 0.02}).loss_weights == pytest.approx(
+        {"invariance": 0.01, "redundancy": 0.0002}
     )
 
 

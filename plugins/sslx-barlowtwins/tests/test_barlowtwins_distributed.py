@@ -186,11 +186,14 @@ def test_two_processes_train_as_one_process_on_the_whole_batch(tmp_path: Path) -
             got = without_ddp_prefix(step[what])
             assert got.keys() == whole[what].keys()
             for name, value in whole[what].items():
-                # float32 sums in another order (batch norm over two processes): 1e-5 of the tensor's scale.
+                # float32 sums in another order (batch norm over two processes): 1e-5 of the tensor's scale,
+                # 5e-5 for gradients. A bias just before batch norm has a true gradient of zero, so what is
+                # compared there is the rounding of two sums of ~1-sized terms (seen: 1.2e-5).
                 scale = max(1.0, float(value.abs().max()))
+                tolerance = (5e-5 if what == "grads" else 1e-5) * scale
                 detail = f"{what} {name}"
                 torch.testing.assert_close(
-                    got[name], value, atol=1e-5 * scale, rtol=1e-5, msg=lambda m, d=detail: f"{d}: {m}"
+                    got[name], value, atol=tolerance, rtol=1e-5, msg=lambda m, d=detail: f"{d}: {m}"
                 )
     # The monitor over the global batch: the mean of the ranks' accuracies is the one-process accuracy.
     mean_accuracy = sum(result["step"]["terms"]["accuracy"] for result in ranks) / WORLD

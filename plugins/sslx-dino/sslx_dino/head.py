@@ -22,8 +22,9 @@ INIT_STD = 0.02
 def dino_projector(in_features: int, out_features: int, hidden: int = HIDDEN, layers: int = 3) -> nn.Module:
     """The MLP of DINO's head: ``(N, in_features)`` -> (Linear-GELU) x ``layers - 1`` -> Linear -> ``(N, out)``.
 
-    Registered as the head ``dino`` (the task's default); ``--head dino=mlp`` swaps in another registered head,
-    which then maps the backbone's features to the bottleneck.
+    Registered as the head ``dino`` (``--head dino=dino``); the task's default projector is the core's ``mlp``,
+    with batch norm (see :mod:`sslx_dino.task`). Whichever head is chosen maps the backbone's features to the
+    bottleneck.
 
     Args:
         in_features: the backbone's feature size ``D``.

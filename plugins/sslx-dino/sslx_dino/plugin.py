@@ -16,5 +16,5 @@ def register_heads(register: HeadRegister) -> None:
         "dino",
         dino_projector,
         kind="classifier",
-        help="DINO's projector: 3-layer GELU MLP (hidden 512) to the bottleneck, no batch norm",
+        help="DINO's paper projector: 3-layer GELU MLP (hidden 512) to the bottleneck, no batch norm",
     )

@@ -125,8 +125,8 @@ def test_freezing_the_last_layer_gives_it_a_zero_gradient_only() -> None:
 
 
 # --- views --------------------------------------------------------------------------------------------------------
-def make_task(**settings: Any) -> tuple[DINOTask, Any, nn.Module]:
-    model, runtime = prepare(DINOTask, plugin=plugin, settings=settings).build()
+def make_task(head: str | None = None, **settings: Any) -> tuple[DINOTask, Any, nn.Module]:
+    model, runtime = prepare(DINOTask, plugin=plugin, settings=settings, head=head).build()
     assert isinstance(runtime.task, DINOTask)
     return runtime.task, runtime, model
 
@@ -162,8 +162,9 @@ def test_the_task_keeps_the_whole_contract() -> None:
     check_pretext_task(DINOTask, plugin=plugin)
 
 
-def test_forward_with_no_local_crops_and_a_mix_of_settings() -> None:
-    task, runtime, model = make_task(local_crops=0, norm_last_layer=False, representation="student")
+def test_forward_with_the_papers_head_no_local_crops_and_a_mix_of_settings() -> None:
+    task, runtime, model = make_task("dino", local_crops=0, norm_last_layer=False, representation="student")
+    assert isinstance(runtime.modules["head"].projector[1], nn.GELU)  # the paper's projector, registered as `dino`
     batch = task.pseudo_labels(images(), BatchRandom(0, 0, "dino", 4))
     output = task.forward(model.backbone, runtime.modules, runtime.aux, batch)
     assert output.predictions is not None and output.predictions.shape == (8, 1024)
@@ -184,7 +185,7 @@ def test_teacher_starts_as_the_student_and_is_the_representation() -> None:
 
 
 def test_forward_uses_the_scheduled_temperature_and_the_centre() -> None:
-    task, runtime, model = make_task(teacher_temperature_warmup=10)
+    task, runtime, model = make_task(teacher_temperature=0.07, teacher_temperature_warmup=10)
     batch = task.pseudo_labels(images(), BatchRandom(0, 0, "dino", 4))
     centre = runtime.modules.get_buffer("centre")
     centre.copy_(torch.randn_like(centre))

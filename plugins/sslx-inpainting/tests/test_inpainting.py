@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 from ssl_engine.api import (
     MEAN,
-    BatchRandom,
     SettingError,
     denormalize,
     discriminator_loss,
@@ -27,21 +26,17 @@ from ssl_engine.api import (
 )
 from ssl_engine.testing import (
     KIT_DATA,
+    assert_resumes_exactly,
     checkpoint_keys,
     cli_plugins,
     prepare,
     pretrain_cli,
-    resumed_trainer,
     run_checkpoint,
     task_instance,
 )
-from ssl_engine.train.loop import Trainer
+from ssl_engine.testing import pretext_batch as draw
 
 torch.set_num_threads(2)
-
-
-def draw(task: InpaintingTask, images: Tensor, step: int = 0):  # type: ignore[no-untyped-def]
-    return task.pseudo_labels(images, BatchRandom(0, step, "inpainting", len(images)))
 
 
 # --- masks -------------------------------------------------------------------------------------------------
@@ -236,13 +231,9 @@ def test_adversarial_terms_match_the_paper_and_only_the_discriminator_sees_detac
     assert all(p.grad is not None for p in aux.parameters())
 
 
-def make_trainer(out: Path, **settings: object) -> Trainer:
-    """The engine's trainer for the task alone on 32 shapes images: batch 8, 4 steps."""
-    return prepare(InpaintingTask, settings=settings, plugin=sslx_inpainting.plugin).trainer(out)
-
-
 def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_term(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path / "r", adversarial=True)
+    adversarial = prepare(InpaintingTask, settings={"adversarial": True}, plugin=sslx_inpainting.plugin)
+    trainer = adversarial.trainer(tmp_path / "r")  # the engine's trainer on the kit's 32 images
     discriminator = trainer.model.aux_modules["inpainting"]["discriminator"]
     assert "inpainting" in trainer.aux_optimizers
     before = {name: p.detach().clone() for name, p in discriminator.named_parameters()}
@@ -256,29 +247,25 @@ def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_t
     assert logged["inpainting/adversarial"] > 0
 
 
-def test_without_adversarial_the_trainer_has_no_aux_optimizer(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path / "r")
+def test_without_adversarial_there_is_no_aux_optimizer_term_or_checkpointed_state(tmp_path: Path) -> None:
+    trainer = prepare(InpaintingTask, plugin=sslx_inpainting.plugin).trainer(tmp_path / "r")
     assert len(trainer.model.aux_modules["inpainting"]) == 0 and trainer.aux_optimizers == {}
     images, _ = next(iter(trainer.stream.batches(0)))
     logged = trainer.train_step(images)
     assert "inpainting/adversarial" not in logged and "inpainting/discriminator" not in logged
-
-
-# --- the real command line ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_cli_pretrains_and_writes_a_checkpoint_without_a_discriminator(tmp_path: Path) -> None:
-    with cli_plugins(("inpainting", sslx_inpainting.plugin)):
-        keys = checkpoint_keys(pretrain_cli(tmp_path, "inpainting", "--data", KIT_DATA))
+    keys = checkpoint_keys(trainer.save_checkpoint())
     assert any(key.startswith("task/inpainting/decoder.") for key in keys)
     assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys)
 
 
+# --- the real command line ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(tmp_path: Path) -> None:
     common = ["--set", "inpainting.adversarial=true", "--data", KIT_DATA, "--log-every", 1, "--image-size", 16]
     with cli_plugins(("inpainting", sslx_inpainting.plugin)):
         run = pretrain_cli(tmp_path, "inpainting", *common, "--steps", 2, "--checkpoint-every", 1)
         saved = run_checkpoint(run, 2)
+        assert any(key.startswith("task/inpainting/decoder.") for key in saved.tensors)
         assert any(key.startswith("aux/inpainting/discriminator.") for key in saved.tensors)
         assert any(key.startswith("optim/aux/inpainting/") for key in saved.tensors)
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -289,18 +276,8 @@ def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(
         assert any(not torch.equal(earlier[key], value) for key, value in saved.module_state("aux/inpainting").items())
 
         # What a resumed run starts from: the saved discriminator and its optimizer state, exactly.
-        resumed = resumed_trainer(run, steps=3)
-        assert resumed.step == 2
-        state = resumed.model.aux_modules["inpainting"].state_dict()
-        assert state.keys() == saved.module_state("aux/inpainting").keys()
-        assert all(torch.equal(value, saved.module_state("aux/inpainting")[key]) for key, value in state.items())
-        optimizer_state = resumed.aux_optimizers["inpainting"].state_dict()["state"]
-        assert optimizer_state, "the discriminator's optimizer state was not restored"
-        for index, per_parameter in optimizer_state.items():
-            torch.testing.assert_close(
-                per_parameter["momentum_buffer"], saved.tensors[f"optim/aux/inpainting/{index}/momentum_buffer"]
-            )
-
+        resumed = assert_resumes_exactly(run)
+        assert resumed.aux_optimizers["inpainting"].state_dict()["state"], "the discriminator's optimizer has no state"
         pretrain_cli(tmp_path, "inpainting", *common, "--steps", 3, "--resume")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]

@@ -13,14 +13,11 @@ from sslx_jigsaw.permutations import all_permutations, hamming_distances, permut
 from sslx_jigsaw.task import JigsawTask
 from torch import Tensor
 
-from ssl_engine.api import BatchRandom, ImageSizeError, SettingError
+from ssl_engine.api import ImageSizeError, SettingError
 from ssl_engine.testing import KIT_DATA, checkpoint_keys, cli_plugins, pretrain_cli, run_cli, task_instance
+from ssl_engine.testing import pretext_batch as draw
 
 PERMS = 100
-
-
-def draw(task: JigsawTask, images: torch.Tensor, step: int = 0, seed: int = 0):
-    return task.pseudo_labels(images, BatchRandom(seed, step, "jigsaw", len(images)))
 
 
 def min_distance(permutations: np.ndarray) -> int:
@@ -165,8 +162,7 @@ def test_same_seed_and_step_give_the_same_puzzles() -> None:
 
 def test_forward_gives_a_loss_and_accuracy() -> None:
     task = task_instance(JigsawTask, 48, permutations=30)
-    modules = task.build_modules()
-    backbone = task.context.make_backbone(3)  # feature_dim 32, as the context says
+    backbone, modules = task.context.make_backbone(3), task.build_modules()  # feature_dim 32, as the context says
     batch = draw(task, torch.rand(4, 3, 48, 48))
     output = task.forward(backbone, modules, torch.nn.ModuleDict(), batch)
     assert output.predictions is not None and output.predictions.shape == (4, 30)
@@ -176,7 +172,7 @@ def test_forward_gives_a_loss_and_accuracy() -> None:
 
 
 # --- image size --------------------------------------------------------------------------------------------
-def test_too_small_images_are_refused_naming_the_minimum() -> None:
+def test_too_small_images_are_refused_naming_the_minimum(tmp_path: Path) -> None:
     assert JigsawTask.min_image_size == 24
     JigsawTask.check_images(24)
     with pytest.raises(ImageSizeError, match="at least 24 px"):
@@ -188,6 +184,9 @@ def test_too_small_images_are_refused_naming_the_minimum() -> None:
     context = task_instance(JigsawTask, 51, tile_fraction=0.4).context
     with pytest.raises(ImageSizeError, match="at least 51 px"):
         JigsawTask(replace(context, image_size=50))
+    with cli_plugins(("jigsaw", plugin)):  # and the command line says so before anything is written
+        refused = run_cli("pretrain", "--task", "jigsaw", "--image-size", 16, "--out", tmp_path / "run")
+    assert refused.exit_code == 2 and "at least 24 px" in refused.stderr and not (tmp_path / "run").exists()
 
 
 # --- the real command line ---------------------------------------------------------------------------------
@@ -196,10 +195,3 @@ def test_cli_pretrains_and_writes_a_checkpoint(tmp_path: Path) -> None:
     with cli_plugins(("jigsaw", plugin)):
         run = pretrain_cli(tmp_path, "jigsaw", "--data", KIT_DATA, "--image-size", 48)
     assert any(key.startswith("task/jigsaw/") for key in checkpoint_keys(run))
-
-
-def test_cli_refuses_too_small_images(tmp_path: Path) -> None:
-    with cli_plugins(("jigsaw", plugin)):
-        result = run_cli("pretrain", "--task", "jigsaw", "--image-size", 16, "--out", tmp_path / "run")
-    assert result.exit_code == 2
-    assert "at least 24 px" in result.stderr

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from ssl_engine.api import MEAN, STD, BatchRandom, SettingError
 from ssl_engine.testing import KIT_DATA, checkpoint_keys, cli_plugins, pretrain_cli, task_instance
+from ssl_engine.testing import pretext_batch as draw
 from ssl_engine.views.blur import gaussian_blur, kernel_size_for
 from ssl_engine.views.color import (
     adjust_brightness,
@@ -28,10 +29,6 @@ from ssl_engine.views.color import (
 from ssl_engine.views.crop import draw_boxes, resized_crop
 
 TORCHVISION_ADJUSTMENTS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-
-
-def draw(task: SimCLRTask, images: torch.Tensor, step: int = 0, seed: int = 0):
-    return task.pseudo_labels(images, BatchRandom(seed, step, "simclr", len(images)))
 
 
 def unnormalize(inputs: torch.Tensor) -> torch.Tensor:

@@ -89,14 +89,21 @@ def compiled_rank_result(rank: int) -> dict[str, object]:
             "gather_grad": gather_grad}  # fmt: skip
 
 
+def one_process() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-view losses, logits and the gradient of the mean loss (w.r.t. the embeddings) of the whole batch."""
+    _, embeddings, targets = fixed_batch()
+    embeddings.requires_grad_()
+    per_view, logits = NTXentLoss(TEMPERATURE, partial(F.cross_entropy, reduction="none"))(embeddings, targets)
+    (grad,) = torch.autograd.grad(per_view.mean(), embeddings)
+    return per_view.detach(), logits, grad
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
     ranks = spawn_ranks(rank_result, tmp_path, world=WORLD)
-    features, embeddings, targets = fixed_batch()
-    embeddings.requires_grad_()
-    per_view, logits = NTXentLoss(TEMPERATURE, partial(F.cross_entropy, reduction="none"))(embeddings, targets)
+    features, _, targets = fixed_batch()
+    per_view, logits, grad = one_process()
     whole = per_view.mean()
-    (grad,) = torch.autograd.grad(whole, embeddings)
     for rank, result in enumerate(ranks):
         rows = slice(rank * VIEWS_PER_RANK, (rank + 1) * VIEWS_PER_RANK)
         assert result["distributed"]
@@ -118,10 +125,8 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_under_torch_compile_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
     ranks = spawn_ranks(compiled_rank_result, tmp_path, world=WORLD)
-    _, embeddings, targets = fixed_batch()
-    embeddings.requires_grad_()
-    per_view, logits = NTXentLoss(TEMPERATURE, partial(F.cross_entropy, reduction="none"))(embeddings, targets)
-    (grad,) = torch.autograd.grad(per_view.mean(), embeddings)
+    _, embeddings, _ = fixed_batch()
+    per_view, logits, grad = one_process()
     for rank, result in enumerate(ranks):
         rows = slice(rank * VIEWS_PER_RANK, (rank + 1) * VIEWS_PER_RANK)
         assert torch.equal(result["gathered"], embeddings.detach())

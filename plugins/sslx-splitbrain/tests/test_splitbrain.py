@@ -16,8 +16,6 @@ from torch.nn import functional as F
 from ssl_engine.api import (
     LAB_SCALE,
     REGRESSION_GAIN,
-    BatchRandom,
-    PretextBatch,
     ab_bins,
     lab_to_rgb,
     lightness_input_from_rgb,
@@ -28,6 +26,7 @@ from ssl_engine.plugins import get_host
 from ssl_engine.testing import (
     KIT_DATA,
     REFERENCE_TASK,
+    block_images,
     check_pretext_task,
     checkpoint_keys,
     cli_plugins,
@@ -35,18 +34,10 @@ from ssl_engine.testing import (
     run_cli,
     task_instance,
 )
+from ssl_engine.testing import pretext_batch as draw
 from ssl_engine.train.model import PretrainModel, RunSetupError
 
 BINS = ab_bins()
-
-
-def draw(task: SplitBrainTask, images: torch.Tensor) -> PretextBatch:
-    return task.pseudo_labels(images, BatchRandom(0, 0, "splitbrain", len(images)))
-
-
-def colour_images(batch: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
-    coarse = torch.rand(batch, 3, size // 4, size // 4, generator=torch.Generator().manual_seed(seed))
-    return F.interpolate(coarse, size=size, mode="nearest")
 
 
 def block_mean(values: torch.Tensor, block: int) -> torch.Tensor:
@@ -70,7 +61,7 @@ def test_lightness_bins_are_50_bins_of_size_2() -> None:
 
 def test_the_split_gives_lightness_to_one_network_and_colour_to_the_other() -> None:
     task = task_instance(SplitBrainTask)
-    images = colour_images()
+    images = block_images()
     batch = draw(task, images)
     lab = rgb_to_lab(images)
     torch.testing.assert_close(batch.inputs, lightness_input_from_rgb(images))  # F1: gray image of L
@@ -84,7 +75,7 @@ def test_the_split_gives_lightness_to_one_network_and_colour_to_the_other() -> N
 
 def test_classification_targets_are_the_bins_of_the_averaged_lab() -> None:
     task = task_instance(SplitBrainTask)  # output_stride 4 by default, as the paper
-    images = colour_images()
+    images = block_images()
     batch = draw(task, images)
     small = block_mean(rgb_to_lab(images), 4)  # (B, 3, 8, 8)
     torch.testing.assert_close(batch.extras["lab"], small, atol=1e-4, rtol=0)
@@ -101,7 +92,7 @@ def test_forward_gives_both_named_terms_and_trains_both_networks() -> None:
     assert set(modules) == {"color_backbone", "to_ab", "to_l"}
     assert modules["color_backbone"].features[0][0].in_channels == 2  # F2 sees ab only
     backbone = task.context.make_backbone(3)
-    batch = draw(task, colour_images())
+    batch = draw(task, block_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert set(output.losses) == {"l_to_ab", "ab_to_l"}
     assert output.predictions is not None and output.predictions.shape == (4, BINS.classes, 8, 8)
@@ -118,7 +109,7 @@ def test_each_network_gets_only_its_own_loss() -> None:
     task = task_instance(SplitBrainTask)
     modules = task.build_modules()
     backbone = task.context.make_backbone(3)
-    output = task.forward(backbone, modules, nn.ModuleDict(), draw(task, colour_images()))
+    output = task.forward(backbone, modules, nn.ModuleDict(), draw(task, block_images()))
     output.losses["ab_to_l"].backward()
     assert all(p.grad is None for p in backbone.parameters())  # F1 never sees the L prediction's loss
     assert all(p.grad is not None for p in modules["color_backbone"].parameters())
@@ -127,8 +118,8 @@ def test_each_network_gets_only_its_own_loss() -> None:
 def test_regression_mode_is_l2_on_both_halves() -> None:
     task = task_instance(SplitBrainTask, loss_mode="regression", output_stride=1)
     modules = task.build_modules()
-    batch = draw(task, colour_images())
-    lab = rgb_to_lab(colour_images())
+    batch = draw(task, block_images())
+    lab = rgb_to_lab(block_images())
     torch.testing.assert_close(batch.targets, lab[:, 1:] / LAB_SCALE)
     torch.testing.assert_close(batch.extras["l_target"], (lab[:, :1] - 50) / LAB_SCALE)
     output = task.forward(task.context.make_backbone(3), modules, nn.ModuleDict(), batch)
@@ -149,7 +140,7 @@ def build_engine_model(loss_mode: str, loss: str | None) -> PretrainModel:
 def test_regression_mode_uses_the_regression_loss_chosen_with_loss() -> None:
     model = build_engine_model("regression", "l1")
     [runtime] = model.runtimes
-    batch = draw(runtime.task, colour_images())
+    batch = draw(runtime.task, block_images())
     output = runtime.task.forward(model.backbone, runtime.modules, runtime.aux, batch)
     assert output.predictions is not None
     torch.testing.assert_close(output.losses["l_to_ab"], F.l1_loss(output.predictions, batch.targets))
@@ -170,7 +161,7 @@ def test_representation_concatenates_both_sub_networks() -> None:
     representation = task.representation(backbone, modules).eval()
     assert isinstance(representation, SplitBrainRepresentation)
     assert representation.feature_dim == 32 + 32
-    images = colour_images()
+    images = block_images()
     features = representation(images)
     assert features.shape == (4, 64)
     torch.testing.assert_close(features[:, :32], backbone.pooled(lightness_input_from_rgb(images)))
@@ -205,7 +196,7 @@ def test_keeps_the_engine_contract() -> None:
 
 def test_drawing_has_a_column_per_half_and_the_prediction() -> None:
     task = task_instance(SplitBrainTask)
-    images = colour_images()
+    images = block_images()
     batch = draw(task, images)
     before = task.draw(images, batch, None)
     output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)

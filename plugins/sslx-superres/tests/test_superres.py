@@ -17,25 +17,21 @@ from sslx_superres.task import INITIAL_RESIDUAL_SCALE, SuperResolutionTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_engine.api import MEAN, Backbone, BatchRandom, SettingError, UpConvDecoder, normalize, psnr
+from ssl_engine.api import MEAN, Backbone, SettingError, UpConvDecoder, normalize, psnr
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.testing import (
     KIT_DATA,
+    assert_resumes_exactly,
     checkpoint_keys,
     cli_plugins,
     prepare,
     pretrain_cli,
-    resumed_trainer,
     run_checkpoint,
     task_instance,
 )
-from ssl_engine.train.loop import Trainer
+from ssl_engine.testing import pretext_batch as draw
 
 torch.set_num_threads(2)
-
-
-def draw(task: SuperResolutionTask, images: Tensor, step: int = 0):  # type: ignore[no-untyped-def]
-    return task.pseudo_labels(images, BatchRandom(0, step, "superres", len(images)))
 
 
 def shapes(count: int, size: int = 32) -> Tensor:
@@ -176,13 +172,9 @@ def test_adversarial_terms_and_detached_fakes() -> None:
     assert all(p.grad is not None for p in discriminator.parameters())
 
 
-def make_trainer(out: Path, **settings: object) -> Trainer:
-    """The engine's trainer for the task alone on 32 shapes images: batch 8, 4 steps."""
-    return prepare(SuperResolutionTask, settings=settings, plugin=sslx_superres.plugin).trainer(out)
-
-
 def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_term(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path / "r", adversarial=True)
+    adversarial = prepare(SuperResolutionTask, settings={"adversarial": True}, plugin=sslx_superres.plugin)
+    trainer = adversarial.trainer(tmp_path / "r")  # the engine's trainer on the kit's 32 images
     discriminator = trainer.model.aux_modules["superres"]["discriminator"]
     before = {name: p.detach().clone() for name, p in discriminator.named_parameters()}
     images, _ = next(iter(trainer.stream.batches(0)))
@@ -193,37 +185,25 @@ def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_t
     assert math.isclose(logged["superres/loss"], expected, rel_tol=1e-5) and logged["superres/adversarial"] > 0
 
 
-def test_without_adversarial_the_trainer_has_no_aux_optimizer(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path / "r")
+def test_without_adversarial_there_is_no_aux_optimizer_or_checkpointed_state(tmp_path: Path) -> None:
+    trainer = prepare(SuperResolutionTask, plugin=sslx_superres.plugin).trainer(tmp_path / "r")
     assert len(trainer.model.aux_modules["superres"]) == 0 and trainer.aux_optimizers == {}
-
-
-# --- the real command line ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_cli_pretrains_and_writes_a_checkpoint_without_a_discriminator(tmp_path: Path) -> None:
-    with cli_plugins(("superres", sslx_superres.plugin)):
-        keys = checkpoint_keys(pretrain_cli(tmp_path, "superres", "--data", KIT_DATA))
+    keys = checkpoint_keys(trainer.save_checkpoint())
     assert any(key.startswith("task/superres/decoder.") for key in keys)
     assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys)
 
 
+# --- the real command line ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(tmp_path: Path) -> None:
     common = ["--set", "superres.adversarial=true", "--data", KIT_DATA, "--log-every", 1, "--image-size", 16]
     with cli_plugins(("superres", sslx_superres.plugin)):
         run = pretrain_cli(tmp_path, "superres", *common, "--steps", 2, "--checkpoint-every", 1)
         saved = run_checkpoint(run, 2)
+        assert any(key.startswith("task/superres/decoder.") for key in saved.tensors)
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert all({"superres/adversarial", "superres/discriminator"} <= set(line) for line in lines)
-        resumed = resumed_trainer(run, steps=3)
-        assert resumed.step == 2
-        aux = saved.module_state("aux/superres")
-        state = resumed.model.aux_modules["superres"].state_dict()
-        assert aux and all(torch.equal(value, aux[key]) for key, value in state.items())
-        optimizer_state = resumed.aux_optimizers["superres"].state_dict()["state"]
-        assert optimizer_state
-        for index, per_parameter in optimizer_state.items():
-            expected = saved.tensors[f"optim/aux/superres/{index}/momentum_buffer"]
-            torch.testing.assert_close(per_parameter["momentum_buffer"], expected)
+        resumed = assert_resumes_exactly(run)  # the discriminator and its optimizer's momentum as saved
+        assert saved.module_state("aux/superres") and resumed.aux_optimizers["superres"].state_dict()["state"]
         pretrain_cli(tmp_path, "superres", *common, "--steps", 3, "--resume")
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
