@@ -429,6 +429,7 @@ class Options:
     seed: int
     peak: float | None
     settle: float = 1.0
+    profile: int = 0
 
 
 @dataclass
@@ -518,10 +519,37 @@ def measure(task: str, backbone: str, options: Options) -> Measurement:
                     contender.step()
             flops = count_flops(plain)
             seconds = timed_blocks(contenders, options, label)
+            if options.profile:
+                profile_contenders({"a": engine, "b": plain}, options, label)
         finally:
             classic.close()
         views = trainer.model.runtimes[0].task.views
     return Measurement(task, backbone, trainer.image_size, views, seconds, flops)
+
+
+def profile_contenders(contenders: dict[str, Contender], options: Options, label: str) -> None:
+    """``--profile N``: N more steps of each contender under ``torch.profiler`` (host and, on CUDA, device), printed
+    as operators per step and the operators that take the most host time, to see where (a) spends what (b) does
+    not. Profiled steps are slower than timed ones; only the comparison between the two is meant."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if options.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    for name, contender in contenders.items():
+        synchronize(options.device)
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(options.profile):
+                contender.step()
+            synchronize(options.device)
+        elapsed = time.perf_counter() - start
+        averages = profiler.key_averages()
+        operators = sum(event.count for event in averages if event.key.startswith("aten::"))
+        print(
+            f"{label} ({name}) under the profiler: {1000 * elapsed / options.profile:.1f} ms/step, "
+            f"{operators / options.profile:.0f} aten operators/step",
+            flush=True,
+        )
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
 
 
 # --- report --------------------------------------------------------------------------------------------------------
@@ -635,6 +663,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="torch CPU threads of the training process (default: torch's); on a shared, loaded machine 1 avoids "
         "threads waiting for each other",
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, profile N steps of (a) and (b) with torch.profiler and print where the time goes",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -657,6 +692,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         seed=args.seed,
         peak=peak_flops(device, args.peak_flops),
         settle=args.settle,
+        profile=max(0, args.profile),
     )
 
 

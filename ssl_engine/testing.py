@@ -543,9 +543,17 @@ def prepare(
         head,
         loss,
         plugin,
-        device=torch.device(device),
+        device=_explicit_device(torch.device(device)),
         backbone=backbone,
     )
+
+
+def _explicit_device(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:N`` (the current device), as the tensors made there say, so the device rule compares
+    like with like."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 Subject = TaskUnderTest | type[PretextTask]
