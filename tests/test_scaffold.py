@@ -45,6 +45,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pip("uninstall", "-y", "sslx-demo")
 
 
+@pytest.mark.slow
 def test_the_package_has_the_plugin_layout(demo: Path) -> None:
     files = sorted(str(path.relative_to(demo)) for path in demo.rglob("*") if path.is_file())
     expected = [
@@ -63,6 +64,7 @@ def test_the_package_has_the_plugin_layout(demo: Path) -> None:
     assert project["project"]["entry-points"]["ssl_engine"] == {"demo": "sslx_demo.plugin"}
 
 
+@pytest.mark.slow
 def test_the_installed_plugin_is_listed(demo: Path, sslx: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     result = sslx("plugins", "--json")
     assert result.returncode == 0, result.stderr
@@ -72,6 +74,7 @@ def test_the_installed_plugin_is_listed(demo: Path, sslx: Callable[..., subproce
     assert not [problem for problem in listing["problems"] if problem["plugin"] == "demo"]
 
 
+@pytest.mark.slow
 def test_the_installed_task_pretrains(
     demo: Path, tmp_path: Path, sslx: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
@@ -83,6 +86,7 @@ def test_the_installed_task_pretrains(
     assert list(run.glob("checkpoint-*.safetensors"))
 
 
+@pytest.mark.slow
 def test_the_scaffolds_own_tests_pass(demo: Path) -> None:
     # Its own folder as the working directory: its pyproject.toml is the pytest configuration there.
     result = subprocess.run(
@@ -97,6 +101,7 @@ def test_the_scaffolds_own_tests_pass(demo: Path) -> None:
     assert "3 passed" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_scaffold_passes_the_linters(demo: Path) -> None:
     pytest.importorskip("ruff")
     for command in (["check"], ["format", "--check"]):

@@ -177,6 +177,7 @@ shutdown(world)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_see_each_sample_once_per_epoch(shards: tuple[Path, str], tmp_path: Path) -> None:
     _, pattern = shards
     script = tmp_path / "ranks.py"

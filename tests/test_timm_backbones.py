@@ -198,6 +198,7 @@ def test_a_missing_timm_says_how_to_install_it(invoke, tmp_path: Path, monkeypat
 
 
 # --- export in timm's own layout -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_timm_export_loads_strictly_into_timm_create_model(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run, out = tmp_path / "run", tmp_path / "vit.safetensors"
     trained = pretrain(invoke, tmp_path, VIT)

@@ -135,6 +135,7 @@ def spawn_ranks(out: Path, deadline_s: float = 600.0, target: Callable[[int, int
     return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path: Path) -> None:
     ranks = spawn_ranks(tmp_path)
     student, teacher, centre = fixed_logits()

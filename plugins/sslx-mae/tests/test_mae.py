@@ -163,6 +163,7 @@ def test_the_command_line_refuses_a_convnet_and_a_bad_ratio_with_exit_2(tmp_path
     assert result.exit_code == 2 and "strictly between 0 and 1" in result.output
 
 
+@pytest.mark.slow
 def test_pretrain_then_show_draws_original_masked_and_reconstruction(tmp_path: Path) -> None:
     run = tmp_path / "run"
     trained = invoke("pretrain", "--task", "mae", "--backbone", VIT, "--steps", "2", "--batch-size", "4",
