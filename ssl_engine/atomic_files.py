@@ -27,19 +27,25 @@ def with_user_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~current_umask())
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it and rename it over ``path``; the temporary
-    file is removed if writing fails (the old ``path`` is then untouched)."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path``; the temporary
+    file is removed if writing fails (the old ``path`` is then untouched). Errors are ``OSError`` (a read-only
+    directory, a full disk)."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` (UTF-8) written with :func:`write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -2,9 +2,10 @@
 
 A ResNet backbone is written in the key layout of the torchvision model it came from, so
 ``torchvision.models.resnet18().load_state_dict(weights, strict=False)`` loads everything but the classifier
-(``fc``). With the small-image stem (inputs of 64 px and under) the torchvision model needs two changes first::
+(``fc``). timm's ResNets share that layout: ``timm.create_model("resnet18", num_classes=0)`` (no classifier) loads
+it strictly. With the small-image stem (inputs of 64 px and under) either model needs two changes first::
 
-    model = torchvision.models.resnet18()
+    model = torchvision.models.resnet18()       # or timm.create_model("resnet18", num_classes=0)
     model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = torch.nn.Identity()
 
@@ -28,9 +29,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
+import torch
+from safetensors.torch import save
 
-from ssl_engine.atomic_files import with_user_permissions
+from ssl_engine.atomic_files import with_user_permissions, write_bytes_atomic
 from ssl_engine.backbones.resnet import ResNetBackbone
 from ssl_engine.backbones.timm_backbone import TimmBackbone, create_model_call, rebuild_options, timm_state_dict
 from ssl_engine.images import normalize
@@ -64,6 +66,13 @@ def torchvision_key(key: str) -> str:
     raise KeyError(key)
 
 
+def write_safetensors(out: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``state`` to ``out`` as safetensors, atomically (an earlier file at ``out`` stays whole if writing
+    fails) and with the user's permissions. Raises ``OSError`` (a read-only directory, a full disk)."""
+    write_bytes_atomic(out, save(state, metadata=metadata))
+    with_user_permissions(out)
+
+
 def export_representation(run_dir: Path, out: Path, registry: Registry, task: str | None = None) -> ExportReport:
     """Write the representation of ``task`` (default: the run's first) to ``out`` as safetensors."""
     run = load_run(run_dir, registry)
@@ -84,24 +93,36 @@ def export_representation(run_dir: Path, out: Path, registry: Registry, task: st
         state = {torchvision_key(k): v.contiguous() for k, v in backbone.state_dict().items()}
         metadata |= {"layout": "torchvision", "architecture": backbone.architecture,
                      "small_stem": json.dumps(backbone.small_stem)}  # fmt: skip
-        save_file(state, str(out), metadata=metadata)
-        with_user_permissions(out)
-        lines = [f"model = torchvision.models.{backbone.architecture}()"]
-        if backbone.small_stem:
-            lines += list(SMALL_STEM_LINES)
-        lines.append(f"model.load_state_dict(safetensors.torch.load_file({str(out)!r}), strict=False)  # all but fc")
+        write_safetensors(out, state, metadata)
+        stem = list(SMALL_STEM_LINES) if backbone.small_stem else []
+        load = f"safetensors.torch.load_file({str(out)!r})"
+        torchvision_lines = [
+            f"model = torchvision.models.{backbone.architecture}()",
+            *stem,
+            f"model.load_state_dict({load}, strict=False)  # all but fc",
+        ]
+        timm_lines = [
+            f"model = timm.create_model({backbone.architecture!r}, num_classes=0)",
+            *stem,
+            f"model.load_state_dict({load})  # strict: timm's ResNets share torchvision's layout",
+        ]
         note = (
             "" if standard_input else f"\nNote: task {task_name!r} feeds the network a prepared input, not plain RGB."
         )
-        message = "exported in torchvision's layout; load it with:\n  " + "\n  ".join(lines) + note
+        message = (
+            "exported in torchvision's layout; load it with:\n  "
+            + "\n  ".join(torchvision_lines)
+            + "\nor into timm's model:\n  "
+            + "\n  ".join(timm_lines)
+            + note
+        )
         return ExportReport(out, "torchvision", backbone.architecture, message)
     if isinstance(backbone, TimmBackbone) and type(representation).__name__ == "Representation":
         return export_timm(backbone, out, metadata, standard_input)
     state = {k: v.contiguous() for k, v in representation.state_dict().items()}
     architecture = type(backbone).__name__ if backbone is not None else type(representation).__name__
     metadata |= {"layout": "sslx", "architecture": architecture, "config": run.config.to_json()}
-    save_file(state, str(out), metadata=metadata)
-    with_user_permissions(out)
+    write_safetensors(out, state, metadata)
     message = (
         f"the representation of task {task_name!r} ({architecture}) is not a torchvision model, so it was exported "
         f"in sslx's own layout (the Representation module's state_dict); load it with "
@@ -116,8 +137,7 @@ def export_timm(backbone: TimmBackbone, out: Path, metadata: dict[str, str], sta
     call = create_model_call(backbone.architecture, options)
     metadata |= {"layout": "timm", "architecture": backbone.architecture, "backbone": backbone.spec.name,
                  "timm_options": json.dumps(options), "create_model": call}  # fmt: skip
-    save_file(timm_state_dict(backbone), str(out), metadata=metadata)
-    with_user_permissions(out)
+    write_safetensors(out, timm_state_dict(backbone), metadata)
     lines = [f"model = {call}", f"model.load_state_dict(safetensors.torch.load_file({str(out)!r}))  # strict"]
     prepared = f"\nNote: task {metadata['task']!r} feeds the network a prepared input, not plain RGB."
     note = "" if standard_input else prepared

@@ -22,9 +22,17 @@ class RunDirectoryError(ValueError):
 
 def saved_config(out: Path) -> PretrainConfig:
     """The resolved config kept in a run directory (for ``--resume``)."""
-    if not (out / CONFIG_FILE).is_file():
+    path = out / CONFIG_FILE
+    if not path.is_file():
         raise RunDirectoryError(f"--resume: {out} is not a run directory (no {CONFIG_FILE})")
-    return PretrainConfig.load(out / CONFIG_FILE)
+    config = PretrainConfig.load(path)
+    if not config.tasks:
+        # Written whole by every run (atomically): empty or task-less, it was emptied or edited since.
+        raise RunDirectoryError(
+            f"--resume: config file {path} names no task (empty or edited?); every run writes its whole config "
+            f"there: restore it, or start a new run in another --out"
+        )
+    return config
 
 
 def check_resume_changes(saved: PretrainConfig, config: PretrainConfig, force: bool) -> None:

@@ -156,11 +156,6 @@ class RoomTask(ReferenceTask):
             raise ImageSizeError(f"task {self.name!r} needs images of at least {self.config['room']} px")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ssl_engine/train/model.py build_task reports an ImageSizeError raised in a task's __init__ (jigsaw's "
-    "tile_fraction, relpatch's gap) as a plugin failure, exit 1; it is the user's choice of size, exit 2",
-)
 def test_images_too_small_for_the_tasks_settings_are_a_usage_error(tmp_path: Path) -> None:
     with cli_plugins(RoomTask, reference=False):
         result = run_cli("pretrain", "--task", RoomTask.name, "--set", f"{RoomTask.name}.room=40",

@@ -1,7 +1,10 @@
-"""Exported ResNet-18 backbones load into torchvision's resnet18 as documented and give the same features."""
+"""Exported ResNet-18 backbones load into torchvision's resnet18 and strictly into timm's as documented and give the
+same features; an export that cannot be written is one line, exit 2, and leaves an earlier file whole."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,63 @@ def test_non_torchvision_representation_is_exported_in_sslx_layout(invoke, tmp_p
         assert handle.metadata()["layout"] == "sslx"
         representation = load_representation(run)
         assert set(handle.keys()) == set(representation.state_dict())
+
+
+@pytest.mark.parametrize("image_size", [16, 72])
+def test_exported_resnet18_loads_strictly_into_timm_as_said(invoke, tmp_path: Path, image_size: int) -> None:  # type: ignore[no-untyped-def]
+    timm = pytest.importorskip("timm")
+    run, out = tmp_path / "R", tmp_path / "backbone.safetensors"
+    trained = invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--backbone", "resnet18", "--image-size",
+                     str(image_size), "--steps", "1", "--batch-size", "4", "--no-probe", "--out", run)  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    exported = invoke("export", run, "--out", out)
+    assert exported.exit_code == 0, exported.output
+    assert "timm.create_model('resnet18', num_classes=0)" in exported.output
+    model = timm.create_model("resnet18", num_classes=0, pretrained=False)
+    if image_size <= 64:
+        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = torch.nn.Identity()
+    model.load_state_dict(load_file(str(out)))  # strict
+    images = torch.rand(3, 3, image_size, image_size)
+    ours = load_representation(run).eval()(images)
+    theirs = model.eval()(normalize(images))
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_export_into_a_read_only_directory_is_one_line_and_keeps_the_earlier_file(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, folder = tmp_path / "R", tmp_path / "exports"
+    assert invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--steps", "1", "--batch-size", "4",
+                  "--no-probe", "--out", run).exit_code == 0  # fmt: skip
+    folder.mkdir()
+    earlier = folder / "rep.safetensors"
+    earlier.write_bytes(b"an earlier export")
+    folder.chmod(0o500)
+    try:
+        result = invoke("export", run, "--out", earlier)
+    finally:
+        folder.chmod(0o700)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and f"cannot write --out {earlier}" in result.output
+    assert earlier.read_bytes() == b"an earlier export"
+    assert sorted(path.name for path in folder.iterdir()) == ["rep.safetensors"]
+
+
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(invoke, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    run, out = tmp_path / "R", tmp_path / "rep.safetensors"
+    assert invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--steps", "1", "--batch-size", "4",
+                  "--no-probe", "--out", run).exit_code == 0  # fmt: skip
+    out.write_bytes(b"an earlier export")
+    real_fsync = os.fsync
+
+    def full_disk(descriptor: int) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(".rep.safetensors"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    result = invoke("export", run, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "No space left on device" in result.output
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["R", "rep.safetensors"]

@@ -107,6 +107,20 @@ def test_resume_with_every_checkpoint_damaged_is_refused_and_touches_nothing(
     assert metric_steps(run) == [1, 2]
 
 
+@pytest.mark.parametrize("content", ["", "# nothing\n", "steps = [\n"])
+def test_resume_with_an_emptied_or_broken_config_file_names_it_and_touches_nothing(
+    invoke, finished: Path, tmp_path: Path, content: str
+) -> None:  # type: ignore[no-untyped-def]
+    run = copy_of(finished, tmp_path)
+    (run / "config.toml").write_text(content)
+    before = snapshot(run)
+    result = invoke("pretrain", "--out", run, "--resume", "--steps", "6")
+    assert result.exit_code == 2, result.output
+    assert str(run / "config.toml") in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(run) == before
+
+
 def test_restart_needs_resume(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = invoke("pretrain", "--task", REFERENCE_TASK, "--restart", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "--restart goes with --resume" in result.stderr

@@ -16,7 +16,7 @@ from ssl_engine.distributed import current_world
 from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.registry import Registered, Registry, UnknownNameError
 from ssl_engine.settings import SettingError, resolve_settings
-from ssl_engine.task import PretextTask, Representation, StepClock, TaskContext
+from ssl_engine.task import ImageSizeError, PretextTask, Representation, StepClock, TaskContext
 
 
 class RunSetupError(ValueError):
@@ -144,8 +144,8 @@ def build_task(
         modules = task.build_modules()
         where = "build_aux_modules"
         aux = task.build_aux_modules()
-    except (RunSetupError, SettingError, UnknownNameError, PluginCodeError):
-        raise  # the user's choice of settings, heads or losses: already a message for them
+    except (RunSetupError, SettingError, UnknownNameError, ImageSizeError, PluginCodeError):
+        raise  # the user's choice of settings, heads, losses or image size: already a message for them
     except Exception as error:
         raise PluginCodeError(origin, where, error) from error
     for where, built in (("build_modules", modules), ("build_aux_modules", aux)):
