@@ -193,6 +193,14 @@ class PretrainConfig:
     epochs: float | None = declared(
         None, FieldRule("Epochs over the pretraining split.", minimum=0, min_open=True, maximum=1e6, resumable=True)
     )
+    schedule_steps: int | None = declared(
+        None,
+        FieldRule(
+            "Steps the learning-rate and teacher-momentum schedules span [default: the budget]; pin it to the "
+            "final budget to stop early and --resume with a larger --steps as one straight run.",
+            minimum=1,
+        ),
+    )
     optimizer: str = declared("sgd", FieldRule("Optimiser.", choices=OPTIMIZER_NAMES))
     lr: float | None = declared(
         None, FieldRule("Peak learning rate [sgd 0.05, adamw 1e-3, lars 1].", minimum=0, min_open=True)
@@ -263,6 +271,11 @@ class PretrainConfig:
             raise ConfigError("field 'tasks' should be a list of tasks")
         for name, rule in FIELD_RULES.items():
             rule.check(name, getattr(self, name), FIELD_TYPES[name])
+        if self.schedule_steps is not None and self.steps is not None and self.schedule_steps < self.steps:
+            raise ConfigError(
+                f"field 'schedule_steps' ({self.schedule_steps}) must be at least 'steps' ({self.steps}): the "
+                f"schedules span the whole budget"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; ``tasks`` as an ordered table keyed by task name."""

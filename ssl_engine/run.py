@@ -73,6 +73,9 @@ class Run:
         source: the data set of the config (``None`` for a loaded run until asked for).
         stream: this process's batches of the pretraining split (``None`` for a loaded run).
         total_steps: the budget (``--steps``, else ``--epochs`` worth, else :data:`DEFAULT_STEPS`).
+        schedule_steps: the steps the learning-rate and teacher schedules span (``--schedule-steps``, else the
+            budget): a run of ``--steps 60 --schedule-steps 100`` resumed with ``--steps 100`` is the straight
+            100-step run.
         lr: the peak learning rate (scaled by the process count with ``--scale-lr``).
         checkpoint: what the model was restored from (``None``: fresh initialisation).
         damaged: checkpoints a resume had to skip; the trainer sets them aside in ``RUN_DIR/damaged/``.
@@ -89,6 +92,7 @@ class Run:
     source: DataSource | None = None
     stream: BatchStream | None = None
     total_steps: int = DEFAULT_STEPS
+    schedule_steps: int = DEFAULT_STEPS
     lr: float = 0.05
     checkpoint: LoadedCheckpoint | None = None
     damaged: tuple[Path, ...] = ()
@@ -184,7 +188,10 @@ def build_run(
         world=world.size,
     )  # fmt: skip
     budget = total_steps(config, stream.steps_per_epoch)
-    model.clock.total = budget
+    schedule = config.schedule_steps if config.schedule_steps is not None else budget
+    if schedule < budget:  # --epochs: the budget is known only now
+        raise RunSetupError(f"--schedule-steps {schedule} is shorter than the budget of {budget} steps")
+    model.clock.total = schedule
     return Run(
         config=resolved,
         registry=registry,
@@ -196,6 +203,7 @@ def build_run(
         source=source,
         stream=stream,
         total_steps=budget,
+        schedule_steps=schedule,
         # Linear scaling rule (Goyal et al. 2017): the given lr is that of one process's batch.
         lr=base_lr * (world.size if config.scale_lr else 1),
         checkpoint=checkpoint,
@@ -282,6 +290,7 @@ def load_run(run_dir: str | Path, registry: Registry | None = None, device: str 
             model=model.to(target),
             out=run_dir,
             total_steps=checkpoint.config.steps or checkpoint.step,
+            schedule_steps=checkpoint.config.schedule_steps or checkpoint.config.steps or checkpoint.step,
             checkpoint=checkpoint,
         )
     raise scan.failure()

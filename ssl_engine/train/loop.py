@@ -265,7 +265,8 @@ class Trainer:
         the device (the lr is a float)."""
         config, step = self.config, self.step
         self.model.clock.step = step
-        scale = warmup_cosine(step, self.total, round(config.warmup_fraction * self.total))
+        schedule = self.run.schedule_steps
+        scale = warmup_cosine(step, schedule, round(config.warmup_fraction * schedule))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * scale
         images = to_float(images_uint8.to(self.device, non_blocking=True))  # (B, 3, S, S) in [0, 1]
