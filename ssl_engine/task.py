@@ -43,6 +43,7 @@ other processes gathers them itself in :meth:`PretextTask.forward` (``torch.dist
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -213,6 +214,9 @@ class PretextTask:
         default_loss: registered loss used unless ``--loss`` says otherwise.
         metric: the pretext metric's key in :attr:`TaskOutput.metrics`.
         loss_weights: weight of each named loss term (tasks may set it per instance from settings).
+
+    Instance attributes: ``context`` (:class:`TaskContext`) and ``hparams``, the resolved values of ``settings``
+    (``self.hparams["permutations"]``; defaults filled in, every value validated).
     """
 
     name: ClassVar[str] = ""
@@ -232,8 +236,20 @@ class PretextTask:
 
     def __init__(self, context: TaskContext) -> None:
         self.context = context
-        self.config: Mapping[str, Any] = context.settings
+        self.hparams: Mapping[str, Any] = context.settings
         self.loss_weights: dict[str, float] = {}
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """Deprecated name of :attr:`hparams` (the task's resolved settings; ``config`` is the run's
+        ``PretrainConfig`` everywhere else). Kept working, with a ``DeprecationWarning``, for plugins written
+        before sslx 0.2."""
+        warnings.warn(
+            f"{type(self).__name__}.config is deprecated: the task's settings are self.hparams",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.hparams
 
     # --- declaration -------------------------------------------------------------------------------------------
     @classmethod
