@@ -40,7 +40,7 @@ from ssl_engine.color.lab import (
 )
 from ssl_engine.color.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
 from ssl_engine.distributed import all_gather_with_grad, gather_from_all_ranks, is_distributed
-from ssl_engine.drawing import default_drawing
+from ssl_engine.drawing import PictureCell, default_drawing, picture_sheet, tile_grid, to_picture
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
 from ssl_engine.heads.projector import projector_head
@@ -126,6 +126,10 @@ __all__ = [
     "denormalize",
     "standardize_each",
     "default_drawing",
+    "picture_sheet",
+    "PictureCell",
+    "tile_grid",
+    "to_picture",
     # building blocks
     "linear_head",
     "mlp_head",

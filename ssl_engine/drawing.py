@@ -1,12 +1,26 @@
-"""Drawing pretext batches as pictures: the default of :meth:`ssl_engine.task.PretextTask.draw`.
+"""Pictures of pretext batches for ``sslx show``: the layout every task's drawing shares.
 
-Each row is one image: the original, then its views as the network sees them (each view rescaled to [0, 1] for
-display, views of every resolution of a multi-crop batch), captioned with the pseudo-label and, after a run, the
-model's prediction.
+A picture is a *sheet*: a title (wrapped to the sheet's width), optional column headings, rows of
+:class:`PictureCell` (a picture with lines of text under it and, after a run, a verdict on the model's prediction:
+a red cross and red text when it is wrong, a green frame and green text when it is right) and a caption under
+everything saying what the views show (why some are grey or noisy). :func:`picture_sheet` lays it out;
+:func:`default_drawing` (what :meth:`ssl_engine.task.PretextTask.draw` does unless a task overrides it) fills it
+with the original and its views, each labelled in the task's own units through ``labels``; :func:`tile_grid`
+assembles tiles into a grid (a jigsaw puzzle, patches at their places).
+
+Text is drawn word by word (:func:`draw_text`): Pillow's built-in font has spaces 2 px wide, which read as no space
+at all ("thatshuffled"); words here are :data:`WORD_GAP` px apart.
+
+Each sheet records its geometry in ``picture.info``: ``"cells"`` (per row, each cell's picture box ``(left, top,
+right, bottom)``), ``"labels"`` (per row, each cell's text) and ``"title"`` (the title's lines), so tests can check
+a picture on its pixels.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -23,7 +37,59 @@ class DrawableBatch(Protocol):
 
 
 CELL = 64
-CAPTION = 14
+"""Side in px of a view in a sheet (views are enlarged or shrunk to it)."""
+MARGIN = 4
+"""Space around the sheet and between its cells, px."""
+LINE = 12
+"""Height of a line of text, px."""
+WORD_GAP = 4
+"""Space between two words, px (the font's own space is 2 px)."""
+WRONG = (214, 0, 0)
+"""Colour of a wrong prediction's cross and text."""
+RIGHT = (0, 135, 0)
+"""Colour of a right prediction's frame and text."""
+MARK = 2
+"""Width in px of the lines of a cross or a frame."""
+MIN_WIDTH = MARGIN + 3 * (CELL + MARGIN)
+"""Narrowest sheet, px: room for a title of a few words per line."""
+
+Colour = str | tuple[int, int, int]
+
+
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def text_width(text: str) -> int:
+    """Width in px of one line of ``text`` as :func:`draw_text` draws it."""
+    words = text.split(" ")
+    return round(sum(_font().getlength(word) for word in words)) + WORD_GAP * (len(words) - 1)
+
+
+def draw_text(pen: ImageDraw.ImageDraw, at: tuple[int, int], text: str, fill: Colour = "black") -> None:
+    """One line of ``text`` with its top-left corner at ``at``, words :data:`WORD_GAP` px apart."""
+    left, top = at
+    for word in text.split(" "):
+        if word:
+            pen.text((left, top), word, fill=fill, font=_font())
+        left += round(_font().getlength(word)) + WORD_GAP
+
+
+def wrap_text(text: str, width: int) -> list[str]:
+    """``text`` broken into lines of at most ``width`` px at spaces (a longer word gets a line of its own);
+    ``\\n`` starts a new line."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and text_width(candidate) > width:
+                lines.append(line)
+                candidate = word
+            line = candidate
+        lines.append(line)
+    return lines
 
 
 def to_picture(image: torch.Tensor, size: int = CELL) -> Image.Image:
@@ -38,23 +104,174 @@ def to_picture(image: torch.Tensor, size: int = CELL) -> Image.Image:
     return Image.fromarray(array).resize((size, size), Image.Resampling.NEAREST)
 
 
-def _caption(targets: torch.Tensor, predictions: torch.Tensor | None, index: int) -> str:
-    text = f"t={int(targets[index])}" if targets.dtype == torch.long and targets.ndim == 1 else ""
-    if predictions is not None and predictions.ndim == 2 and predictions.shape[0] == targets.shape[0]:
-        text += f" p={int(predictions[index].argmax())}"
-    return text
+def tile_grid(
+    tiles: Sequence[Image.Image | None], columns: int, *, gap: int = MARGIN, numbers: Sequence[str] = ()
+) -> Image.Image:
+    """Equal-sized tile pictures in a grid, row-major, ``gap`` px of white between them.
+
+    Args:
+        tiles: the pictures (all of the first's size); ``None`` leaves its place white.
+        columns: tiles per row.
+        gap: px between tiles.
+        numbers: text written in each tile's top-left corner (black on a white box), e.g. the cell a tile was cut
+            from; none when empty.
+    """
+    side_w, side_h = next(t.size for t in tiles if t is not None)
+    rows = -(-len(tiles) // columns)
+    grid = Image.new("RGB", (columns * side_w + (columns - 1) * gap, rows * side_h + (rows - 1) * gap), "white")
+    pen = ImageDraw.Draw(grid)
+    for index, tile in enumerate(tiles):
+        left, top = (index % columns) * (side_w + gap), (index // columns) * (side_h + gap)
+        if tile is not None:
+            grid.paste(tile, (left, top))
+        if index < len(numbers) and numbers[index]:
+            pen.rectangle((left, top, left + text_width(numbers[index]) + 3, top + LINE - 1), fill="white")
+            draw_text(pen, (left + 2, top), numbers[index])
+    return grid
+
+
+@dataclass(frozen=True)
+class PictureCell:
+    """One cell of a sheet: a picture with text under it.
+
+    Attributes:
+        picture: what is shown (``None``: an empty cell).
+        label: the text under the picture, in the task's units (``\\n`` separates lines), e.g. ``"90°"``.
+        verdict: after a run, whether the model's prediction for this cell is right (a green frame, the label in
+            green) or wrong (a red cross over the picture, the label in red); ``None`` before a run.
+    """
+
+    picture: Image.Image | None
+    label: str = ""
+    verdict: bool | None = None
+
+
+def mark_verdict(canvas: Image.Image, box: tuple[int, int, int, int], right: bool) -> None:
+    """A wrong prediction's red cross over ``box`` (``(left, top, right, bottom)``, inclusive), or a right
+    one's green frame around it."""
+    pen = ImageDraw.Draw(canvas)
+    left, top, right_edge, bottom = box
+    if right:
+        pen.rectangle(box, outline=RIGHT, width=MARK)
+        return
+    pen.rectangle(box, outline=WRONG, width=MARK)
+    pen.line((left, top, right_edge, bottom), fill=WRONG, width=MARK)
+    pen.line((left, bottom, right_edge, top), fill=WRONG, width=MARK)
+
+
+def picture_sheet(
+    rows: Sequence[Sequence[PictureCell]],
+    title: str,
+    *,
+    header: Sequence[str] = (),
+    caption: str = "",
+) -> Image.Image:
+    """Lay out rows of cells under a title, with column headings and a caption.
+
+    Columns are as wide as their widest picture; a row is as tall as its tallest picture plus its longest label.
+    The title and caption wrap to the sheet's width. ``picture.info`` holds ``"cells"`` (per row, each picture's
+    box ``(left, top, right, bottom)``, right and bottom exclusive), ``"labels"`` and ``"title"`` (its lines).
+
+    Args:
+        rows: one list of cells per image.
+        title: what the task asks, drawn on top.
+        header: a heading per column (what each column shows), empty for none.
+        caption: drawn under the rows: what the views show, why some look grey or noisy.
+    """
+    count = max((len(row) for row in rows), default=0)
+    widths = [CELL] * max(count, len(header))
+    heights = []
+    for row in rows:
+        for column, cell in enumerate(row):
+            if cell.picture is not None:
+                widths[column] = max(widths[column], cell.picture.width)
+        tallest = max((cell.picture.height for cell in row if cell.picture is not None), default=CELL)
+        text_lines = max((len(cell.label.split("\n")) for cell in row if cell.label), default=0)
+        heights.append((tallest, text_lines * LINE))
+    width = max(MIN_WIDTH, MARGIN + sum(w + MARGIN for w in widths))
+    title_lines = wrap_text(title, width - 2 * MARGIN)
+    header_lines = [wrap_text(name, w) for name, w in zip(header, widths, strict=False)]
+    header_height = max((len(lines) for lines in header_lines), default=0) * LINE
+    caption_lines = wrap_text(caption, width - 2 * MARGIN) if caption else []
+    top = 1 + len(title_lines) * LINE + header_height + MARGIN
+    height = top + sum(tall + text + MARGIN for tall, text in heights) + len(caption_lines) * LINE + MARGIN
+    canvas = Image.new("RGB", (width, height), "white")
+    pen = ImageDraw.Draw(canvas)
+    for number, line in enumerate(title_lines):
+        draw_text(pen, (MARGIN, 1 + number * LINE), line)
+    lefts = [MARGIN + sum(w + MARGIN for w in widths[:column]) for column in range(len(widths))]
+    for lines, left in zip(header_lines, lefts, strict=False):
+        for number, line in enumerate(lines):
+            draw_text(pen, (left, 1 + (len(title_lines) + number) * LINE), line)
+    boxes: list[list[tuple[int, int, int, int]]] = []
+    for row, (tall, text) in zip(rows, heights, strict=True):
+        boxes.append([])
+        for column, (cell, left) in enumerate(zip(row, lefts, strict=False)):
+            picture = cell.picture
+            w, h = picture.size if picture is not None else (widths[column], tall)
+            boxes[-1].append((left, top, left + w, top + h))
+            if picture is not None:
+                canvas.paste(picture, (left, top))
+            if cell.verdict is not None and picture is not None:
+                mark_verdict(canvas, (left, top, left + w - 1, top + h - 1), cell.verdict)
+            colour = "black" if cell.verdict is None else RIGHT if cell.verdict else WRONG
+            for number, line in enumerate(cell.label.split("\n") if cell.label else []):
+                draw_text(pen, (left, top + tall + number * LINE), line, colour)
+        top += tall + text + MARGIN
+    for number, line in enumerate(caption_lines):
+        draw_text(pen, (MARGIN, top + number * LINE), line, (70, 70, 70))
+    canvas.info["cells"] = boxes
+    canvas.info["labels"] = [[cell.label for cell in row] for row in rows]
+    canvas.info["title"] = title_lines
+    return canvas
+
+
+def class_label(index: int) -> str:
+    """The default label of a class index: ``"class 3"``."""
+    return f"class {index}"
+
+
+def _verdict(targets: torch.Tensor, predicted: torch.Tensor | None, index: int) -> bool | None:
+    return None if predicted is None else bool(predicted[index] == targets[index])
+
+
+def _label(
+    labels: Callable[[int], str], targets: torch.Tensor, predicted: torch.Tensor | None, index: int, note: str
+) -> str:
+    lines = [labels(int(targets[index]))]
+    if predicted is not None:
+        lines.append(f"said: {labels(int(predicted[index]))}")
+    if note:
+        lines.append(note)
+    return "\n".join(lines)
 
 
 def default_drawing(
-    images: torch.Tensor, batch: DrawableBatch, predictions: torch.Tensor | None, title: str
+    images: torch.Tensor,
+    batch: DrawableBatch,
+    predictions: torch.Tensor | None,
+    title: str,
+    *,
+    labels: Callable[[int], str] = class_label,
+    header: Sequence[str] | None = None,
+    caption: str = "",
+    notes: Callable[[int, int], str] | None = None,
 ) -> Image.Image:
-    """Rows of original + views with pseudo-labels (and predicted classes or predicted images when given).
+    """Rows of the original and its views with their pseudo-labels (and predicted classes or images when given).
+
+    Integer targets (one per view or one per image) are written under their view (or the original) through
+    ``labels``; after a run the predicted class follows (``said: ...``), and a wrong one is crossed out in red.
 
     Args:
         images: originals ``(N, 3, S, S)`` in [0, 1].
         batch: the task's pretext batch for those images.
         predictions: the task's ``TaskOutput.predictions`` (logits ``(N*views or N, K)`` or images), if any.
         title: drawn on top.
+        labels: a class index in the task's units, e.g. ``lambda k: f"{90 * k}°"``; default ``"class k"``.
+        header: a heading per column; default ``original``, then ``view 1 ...`` (``input`` for one view), then
+            ``predicted`` columns for predicted images.
+        caption: drawn under the rows: what the views show (e.g. why some are grey or noisy).
+        notes: ``(image, view) -> text`` written under a view besides its label (e.g. ``"colour dropped"``).
     """
     count, views = images.shape[0], batch.views
     # (view tensor, row within it) of every view of every sample, across resolutions (multi-crop)
@@ -63,26 +280,42 @@ def default_drawing(
         per_sample = tensor.shape[0] // count if count else 0
         for row in range(count):
             places[row] += [(tensor, row * per_sample + v) for v in range(per_sample)]
-    per_view = batch.targets.ndim >= 1 and batch.targets.shape[0] == count * views
-    per_sample = batch.targets.ndim >= 1 and batch.targets.shape[0] == count and not per_view
+    targets = batch.targets
+    classes = targets.dtype == torch.long and targets.ndim == 1
+    per_view = classes and targets.shape[0] == count * views
+    per_sample = classes and targets.shape[0] == count and not per_view
     image_predictions = predictions is not None and predictions.ndim == 4
-    columns = 1 + views + (views if image_predictions else 0)
-    canvas = Image.new("RGB", (columns * (CELL + 4) + 4, CAPTION + count * (CELL + CAPTION + 4) + 4), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    draw.text((4, 1), title, fill="black", font=font)
+    predicted = None
+    if predictions is not None and predictions.ndim == 2 and predictions.shape[0] == targets.shape[0] and classes:
+        predicted = predictions.detach().argmax(dim=1).cpu()
+    targets = targets.cpu()
+    rows: list[list[PictureCell]] = []
     for row in range(count):
-        top = CAPTION + row * (CELL + CAPTION + 4) + 4
-        canvas.paste(to_picture(images[row]), (4, top))
+        original = to_picture(images[row])
         if per_sample:
-            draw.text((4, top + CELL), _caption(batch.targets, predictions, row), fill="black", font=font)
+            label, verdict = _label(labels, targets, predicted, row, ""), _verdict(targets, predicted, row)
+            cells = [PictureCell(original, label, verdict)]
+        else:
+            cells = [PictureCell(original)]
         for view in range(views):
             index = row * views + view
-            left = 4 + (1 + view) * (CELL + 4)
+            picture = None
             if view < len(places[row]):
                 tensor, at = places[row][view]
-                canvas.paste(to_picture(tensor[at]), (left, top))
+                picture = to_picture(tensor[at])
+            note = notes(row, view) if notes is not None else ""
             if per_view:
-                draw.text((left, top + CELL), _caption(batch.targets, predictions, index), fill="black", font=font)
-            if image_predictions and predictions is not None and index < predictions.shape[0]:
-                canvas.paste(to_picture(predictions[index]), (left + views * (CELL + 4), top))
-    return canvas
+                label, verdict = _label(labels, targets, predicted, index, note), _verdict(targets, predicted, index)
+                cells.append(PictureCell(picture, label, verdict))
+            else:
+                cells.append(PictureCell(picture, note))
+        if image_predictions and predictions is not None:
+            for view in range(views):
+                index = row * views + view
+                shown = to_picture(predictions[index]) if index < predictions.shape[0] else None
+                cells.append(PictureCell(shown))
+        rows.append(cells)
+    if header is None:
+        names = ["input"] if views == 1 else [f"view {v + 1}" for v in range(views)]
+        header = ["original", *names, *(["predicted"] * views if image_predictions else [])]
+    return picture_sheet(rows, title, header=header, caption=caption)

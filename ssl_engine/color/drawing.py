@@ -7,13 +7,11 @@ regresses to the mean looks as gray as it is.
 from __future__ import annotations
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch.nn import functional as F
 
 from ssl_engine.color.lab import lab_to_rgb
-
-CELL = 64
-CAPTION = 14
+from ssl_engine.drawing import CELL, PictureCell, picture_sheet
 
 
 def with_colour(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
@@ -38,15 +36,9 @@ def picture(image: torch.Tensor, size: int = CELL) -> Image.Image:
     return Image.fromarray(array).resize((size, size), Image.Resampling.NEAREST)
 
 
-def colour_grid(columns: list[tuple[str, torch.Tensor]], title: str) -> Image.Image:
-    """One row per image, one captioned column per ``(name, (N, 3, S, S) RGB in [0, 1])``."""
+def colour_grid(columns: list[tuple[str, torch.Tensor]], title: str, *, caption: str = "") -> Image.Image:
+    """One row per image, one column per ``(heading, (N, 3, S, S) RGB in [0, 1])``, laid out by
+    :func:`ssl_engine.drawing.picture_sheet` (the title wrapped, ``caption`` under the rows)."""
     count = columns[0][1].shape[0]
-    canvas = Image.new("RGB", (len(columns) * (CELL + 4) + 4, 2 * CAPTION + count * (CELL + 4) + 4), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    draw.text((4, 1), title, fill="black", font=font)
-    for column, (name, images) in enumerate(columns):
-        left = 4 + column * (CELL + 4)
-        draw.text((left, CAPTION + 1), name, fill="black", font=font)
-        for row in range(count):
-            canvas.paste(picture(images[row]), (left, 2 * CAPTION + row * (CELL + 4) + 4))
-    return canvas
+    rows = [[PictureCell(picture(images[row])) for _, images in columns] for row in range(count)]
+    return picture_sheet(rows, title, header=[name for name, _ in columns], caption=caption)

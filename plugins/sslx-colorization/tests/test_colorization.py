@@ -208,7 +208,8 @@ def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
     after = task.draw(images, batch, output)
     assert after.width > before.width and after.height == before.height
     # The first column is the original, as it is: a pixel of the picture has the image's colour.
-    pixel = before.getpixel((4 + 3, 2 * 14 + 4 + 3))  # row 0, inside the top-left block (4 px, drawn at 8)
+    left, top, _, _ = before.info["cells"][0][0]  # row 0's original
+    pixel = before.getpixel((left + 3, top + 3))  # inside the top-left block (4 px, drawn at 8)
     assert pixel == tuple(round(float(v) * 255) for v in images[0, :, 0, 0])
 
 

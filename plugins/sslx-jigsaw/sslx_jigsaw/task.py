@@ -14,6 +14,7 @@ trains on, 1-2 px is a large part of a tile.
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ssl_engine.api import (
@@ -28,6 +29,7 @@ from ssl_engine.api import (
     accuracy,
     standardize_each,
 )
+from sslx_jigsaw.drawing import draw_puzzles
 from sslx_jigsaw.permutations import permutation_set
 from sslx_jigsaw.tiles import (
     MIN_TILE,
@@ -165,3 +167,35 @@ class JigsawTask(PretextTask):
         logits = modules["head"](joined)  # (B, P)
         loss = self.context.loss_fn(logits.float(), batch.targets)
         return TaskOutput({"jigsaw": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image cut into its numbered cells, its tiles solved, the tiles shuffled as the
+        network gets them (each with its cell's number, so the grid reads as the permutation) and, after a run,
+        the tiles put back by the predicted permutation (crossed out in red when it is wrong)."""
+        grid = self.grid
+        if images.shape[-1] != grid.image_size:
+            grid = TileGrid.for_images(images.shape[-1], self.config["tile_fraction"])
+        predicted = None
+        if output is not None and output.predictions is not None:
+            predicted = output.predictions.detach().argmax(dim=1).cpu()
+        share = self.config["gray_probability"]
+        caption = (
+            f"Numbers: the cell each tile was cut from. Yellow boxes: the tiles, at a random place in their cells "
+            f"(a gap and a jitter, so edges do not run on from tile to tile). Each tile is normalised on its own "
+            f"(zero mean, unit variance: hence the flat, washed-out colours) and {share:.0%} of puzzles are grey "
+            f"(colour dropped), so tiles cannot be matched by brightness or colour fringes. The network sees the "
+            f"shuffled tiles one at a time and names the permutation, one of {len(self.permutations)}."
+        )
+        return draw_puzzles(
+            images,
+            batch.inputs,
+            batch.extras["permutations"].cpu(),
+            batch.extras["offsets"].cpu(),
+            batch.extras["gray"].cpu(),
+            grid,
+            targets=batch.targets.cpu(),
+            permutations=self.permutations,
+            predicted=predicted,
+            title=f"{self.name}: {self.summary}",
+            caption=caption,
+        )

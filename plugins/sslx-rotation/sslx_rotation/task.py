@@ -9,6 +9,7 @@ draws one random rotation per image instead.
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ssl_engine.api import (
@@ -19,10 +20,16 @@ from ssl_engine.api import (
     TaskOutput,
     TaskSetting,
     accuracy,
+    default_drawing,
     normalize,
 )
 
 ROTATIONS = 4
+
+
+def rotation_label(k: int) -> str:
+    """Rotation class ``k`` in degrees (counter-clockwise): ``"90°"``."""
+    return f"{90 * k}°"
 
 
 def rotate_all(images: torch.Tensor) -> torch.Tensor:
@@ -73,3 +80,17 @@ class RotationTask(PretextTask):
         logits = modules["head"](backbone.pooled(batch.inputs))  # (B*views, 4)
         loss = self.context.loss_fn(logits.float(), batch.targets)
         return TaskOutput({"rotation": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image and its rotations, labelled in degrees (after a run: the angle the model
+        named, crossed out in red when wrong)."""
+        predictions = output.predictions if output is not None else None
+        caption = (
+            "Each view is the image turned counter-clockwise by the angle under it; the network sees only the "
+            "view and names the angle."
+        )
+        if not self.config["all_rotations"]:
+            caption = "One random rotation per image (all_rotations=false). " + caption
+        return default_drawing(
+            images, batch, predictions, f"{self.name}: {self.summary}", labels=rotation_label, caption=caption
+        )
