@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from ssl_engine.names import unknown_name
+
 if TYPE_CHECKING:
     from ssl_engine.hookspecs import BackboneFactory, DatasetFactory, Evaluator, LossFactory
     from ssl_engine.task import HeadFactory, PretextTask
@@ -30,12 +32,12 @@ FAMILY_MEMBER = "NAME"
 
 
 class UnknownNameError(LookupError):
-    """A name asked for (task, backbone, data set, ...) is not registered; the message lists the valid ones."""
+    """A name asked for (task, backbone, data set, ...) is not registered; the message lists the valid ones, the
+    closest first when the name looks misspelled (:func:`ssl_engine.names.unknown_name`)."""
 
     def __init__(self, kind: str, name: str, available: list[str]) -> None:
         self.kind, self.name, self.available = kind, name, available
-        listed = ", ".join(available) if available else "(none installed)"
-        super().__init__(f"unknown {kind} {name!r}; available: {listed}")
+        super().__init__(unknown_name(kind, name, available))
 
 
 @dataclass(frozen=True)
