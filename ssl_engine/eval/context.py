@@ -14,6 +14,7 @@ from ssl_engine.config import ConfigError, check_number
 from ssl_engine.data.catalog import DataSource
 from ssl_engine.data.options import DataError
 from ssl_engine.eval.features import extract_features, load_cached_features, save_cached_features
+from ssl_engine.progress import PhaseProgress
 from ssl_engine.task import Representation
 
 
@@ -32,6 +33,8 @@ class EvalContext:
         options: protocol-specific options (``--set KEY=VALUE`` of ``sslx evaluate``), as strings or values.
         cache_dir: where extracted features are kept between evaluations (``None``: memory only).
         cache_key: names the cached features (data, image size, checkpoint step, task).
+        progress: reports the long phases (feature extraction, classifier fits, fine-tuning steps); its prefix
+            names the network being evaluated (e.g. ``"random init: "``).
     """
 
     representation: Representation
@@ -44,6 +47,7 @@ class EvalContext:
     options: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
     cache_key: str = ""
+    progress: PhaseProgress = field(default_factory=PhaseProgress)
     _memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def option(self, name: str, default: Any, kind: type, minimum: float | None = None, min_open: bool = False) -> Any:
@@ -78,13 +82,21 @@ class EvalContext:
             result = cached
         else:
             dataset = self.source.split(split, self.image_size)
-            result = extract_features(self.representation, dataset, self.device, self.batch_size)
+            count = len(dataset)  # type: ignore[arg-type]
+            with self.progress.phase(f"extracting features of {count:,} {split} images", count, "img") as phase:
+                result = extract_features(
+                    self.representation, dataset, self.device, self.batch_size, on_batch=phase.advance
+                )
             if (result[1] < 0).any():
                 raise DataError(f"the {split} split of {self.source.name!r} has unlabelled images")
             if path is not None:
                 save_cached_features(path, *result)
         self._memo[split] = result
         return result
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images in each split whose features were read so far, e.g. ``{"train": 10000, "val": 2000, ...}``."""
+        return {split: len(labels) for split, (_, labels) in sorted(self._memo.items())}
 
     def train_indices(self, labels: torch.Tensor) -> torch.Tensor:
         """Indices of the train samples whose labels may be used: all, or ``label_fraction`` of each class.

@@ -6,6 +6,7 @@ one just trained. Results are written into the run directory atomically.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from ssl_engine.data.catalog import DataSource, resolve_data
 from ssl_engine.data.options import DataError, DataOptions
 from ssl_engine.distributed import pick_device
 from ssl_engine.eval.context import EvalContext
+from ssl_engine.eval.random_init_cache import RandomInitCache, evaluated_split_sizes, random_init_key
+from ssl_engine.progress import PhaseProgress, seconds
 from ssl_engine.registry import Registry
 from ssl_engine.run import Run, load_run
 from ssl_engine.task import Representation
@@ -23,32 +26,78 @@ PROBE_FILE = "probe.json"
 
 
 def run_protocol(
-    protocol: str, registry: Registry, representation: Representation, context_args: dict[str, Any]
+    protocol: str,
+    registry: Registry,
+    representation: Representation,
+    context_args: dict[str, Any],
+    progress: PhaseProgress | None = None,
 ) -> dict[str, Any]:
     """Call the registered evaluator ``protocol`` on ``representation``; its result as a plain dict."""
     evaluate = registry.get("evaluator", protocol).obj
-    return dict(evaluate(EvalContext(representation=representation, **context_args)))
+    context = EvalContext(representation=representation, progress=progress or PhaseProgress(), **context_args)
+    return dict(evaluate(context))
 
 
-def probe_against_random(run: Run, step: int | None = None, protocol: str = "linear") -> dict[str, Any]:
+def probe_against_random(
+    run: Run,
+    step: int | None = None,
+    protocol: str = "linear",
+    *,
+    cache: RandomInitCache | None = None,
+    progress: PhaseProgress | None = None,
+) -> dict[str, Any]:
     """Linear-probe the run's trained representation and the same backbone at its random initialisation.
 
     ``step`` is the step the model's weights are at (default: the checkpoint the run was built from).
 
     The random model is rebuilt with the run's seed (:func:`~ssl_engine.train.model.build_model`), so it is exactly
-    the network training started from. The report is also written to ``RUN_DIR/probe.json``.
+    the network training started from. Its result depends only on the network, the data and the protocol, so it
+    is read from the user cache when an earlier run computed it (``cache``, default
+    :meth:`RandomInitCache.default`; see :mod:`ssl_engine.eval.random_init_cache`) and stored there otherwise.
+    ``progress`` reports each phase (default: on stderr). The report is also written to ``RUN_DIR/probe.json``;
+    its ``random_init_cache`` says which entry was used and whether it was a hit.
     """
+    progress = progress or PhaseProgress()
+    cache = cache or RandomInitCache.default()
     source: DataSource = run.data()
-    args = {"source": source, "image_size": run.image_size, "device": run.device, "seed": run.config.seed}
-    trained = run_protocol(protocol, run.registry, run.model.representation(), args)
-    random_model = build_model(run.config, run.registry, run.image_size, seed=run.config.seed).to(run.device)
-    baseline = run_protocol(protocol, run.registry, random_model.representation(), args)
+    args: dict[str, Any] = {
+        "source": source,
+        "image_size": run.image_size,
+        "device": run.device,
+        "seed": run.config.seed,
+    }
+    evaluate = run.registry.get("evaluator", protocol).obj
+    started = time.perf_counter()
+    trained_context = EvalContext(run.model.representation(), progress=progress.labelled("pretrained"), **args)
+    trained = dict(evaluate(trained_context))
+    trained_seconds = time.perf_counter() - started
+
+    random_model = build_model(run.config, run.registry, run.image_size, seed=run.config.seed)
+    random_representation = random_model.representation()
+    sizes = evaluated_split_sizes(source, run.image_size, trained_context.split_sizes())
+    key = random_init_key(random_representation, source, sizes, run.image_size, protocol=protocol,
+                          seed=run.config.seed, device=run.device, backbone=run.config.backbone)  # fmt: skip
+    said = progress.labelled("random init")
+    cached = cache.load(key)
+    if cached is not None:
+        baseline, hit, path = cached.result, True, cached.path
+        said.note(f"read from the cache ({path}; computing it took {seconds(cached.seconds)})")
+    else:
+        said.note(
+            f"not in the cache yet: evaluating it, about {seconds(trained_seconds)} like the pretrained backbone; "
+            f"then kept in {cache.folder} for later runs"
+        )
+        started = time.perf_counter()
+        baseline = dict(evaluate(EvalContext(random_representation.to(run.device), progress=said, **args)))
+        stored = cache.store(key, baseline, time.perf_counter() - started)
+        hit, path = False, stored if stored is not None else cache.path(key)
     report = {
         "protocol": protocol,
         "data": run.config.data,
         "step": run.step if step is None else step,
         "pretrained": trained,
         "random_init": baseline,
+        "random_init_cache": {"path": str(path), "hit": hit},
     }
     if run.out is not None:
         write_json_atomic(run.out / PROBE_FILE, report)
@@ -67,11 +116,13 @@ def evaluate_run(
     device: str = "auto",
     label_fraction: float | None = None,
     options: dict[str, Any] | None = None,
+    progress: PhaseProgress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's representation with ``protocol``; the result is also written into the run directory.
 
     Frozen features are cached in ``RUN_DIR/features/`` (keyed by data, image size, checkpoint step and task), so
-    further protocols and label fractions don't extract them again.
+    further protocols and label fractions don't extract them again. ``progress`` reports each phase (default: on
+    stderr).
     """
     registry.get("evaluator", protocol)  # unknown protocol -> error listing the valid ones, before any work
     if label_fraction is not None and not 0 < label_fraction <= 1:
@@ -88,6 +139,10 @@ def evaluate_run(
     representation = run.model.representation(task)
     task_name = task or run.config.tasks[0].name
     safe_name = data_name.replace("/", "_").strip("_.")
+    progress = progress or PhaseProgress()
+    progress.note(
+        f"{protocol} protocol on {data_name} ({run.image_size} px): the {task_name} representation at step {run.step}"
+    )
     result = run_protocol(
         protocol,
         registry,
@@ -102,6 +157,7 @@ def evaluate_run(
             "cache_dir": run_dir / "features",
             "cache_key": f"{safe_name}-{run.image_size}px-step{run.step}-{task_name}",
         },
+        progress,
     )
     result |= {"run": str(run_dir), "data": data_name, "step": run.step, "task": task_name}
     if label_fraction is not None:

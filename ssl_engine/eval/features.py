@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,15 +27,23 @@ def extract_features(
     dataset: Dataset[tuple[torch.Tensor, int]],
     device: torch.device,
     batch_size: int = 256,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every sample, the representation in eval mode."""
+    """Features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every sample, the representation in eval mode.
+
+    ``on_batch`` is called with the number of images of each batch once its features are computed (progress).
+    """
     was_training = representation.training
     representation.eval().to(device)
     features, labels = [], []
-    for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        features.append(representation(to_float(images.to(device))).float().cpu())
-        labels.append(torch.as_tensor(batch_labels))
-    representation.train(was_training)
+    try:
+        for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            features.append(representation(to_float(images.to(device))).float().cpu())
+            labels.append(torch.as_tensor(batch_labels))
+            if on_batch is not None:
+                on_batch(len(images))
+    finally:
+        representation.train(was_training)
     return torch.cat(features), torch.cat(labels).long()
 
 

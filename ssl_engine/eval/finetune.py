@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ssl_engine.data.augment import random_crop_flip
-from ssl_engine.data.batches import BatchStream, materialize
+from ssl_engine.data.batches import BatchStream
 from ssl_engine.data.options import DataError
 from ssl_engine.eval.context import EvalContext
 from ssl_engine.eval.finetune_budget import FinetuneOptions
@@ -54,8 +54,23 @@ class LabelledImages:
 
     @classmethod
     def of(cls, context: EvalContext, split: str) -> LabelledImages:
-        images, labels = materialize(context.source.split(split, context.image_size))
+        images, labels = load_split(context, split)
         return cls(images.to(context.device), labels.to(context.device))
+
+
+def load_split(context: EvalContext, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``split``, uint8 ``(N, 3, S, S)``, and its labels ``(N,)`` (on the CPU), with progress."""
+    dataset = context.source.split(split, context.image_size)
+    count = len(dataset)  # type: ignore[arg-type]
+    images, labels = [], []
+    with context.progress.phase(f"loading {count:,} {split} images", count, "img") as phase:
+        for batch_images, batch_labels in DataLoader(dataset, batch_size=256, shuffle=False):
+            images.append(batch_images)
+            labels.append(torch.as_tensor(batch_labels))
+            phase.advance(len(batch_images))
+    if not images:
+        raise DataError(f"the {split} split of {context.source.name!r} is empty")
+    return torch.cat(images), torch.cat(labels).long()
 
 
 @torch.no_grad()
@@ -100,7 +115,7 @@ def finetune_protocol(context: EvalContext) -> dict[str, Any]:
     """Linear probe, then every parameter trained; test accuracy of the best-on-val step."""
     options = FinetuneOptions.read(context)  # bad options fail before any work
     model = linear_probe_network(context)
-    images, labels = materialize(context.source.split("train", context.image_size))  # (N, 3, S, S) uint8, (N,)
+    images, labels = load_split(context, "train")  # (N, 3, S, S) uint8, (N,)
     keep = context.train_indices(labels)
     if len(keep) < 2:
         raise DataError(f"fine-tuning needs at least 2 labelled train images; {len(keep)} are left")
@@ -114,21 +129,28 @@ def finetune_protocol(context: EvalContext) -> dict[str, Any]:
     history = [(0, start_val)]  # (steps done, val accuracy)
     batches = stream.batches()
     model.train()
-    for step in range(budget.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = options.lr * budget.learning_rate_factor(step)
-        batch, targets = next(batches)
-        batch = to_float(batch.to(context.device))  # (B, 3, S, S) in [0, 1]
-        batch = random_crop_flip(batch, BatchRandom(context.seed, step, "finetune", len(batch), device=context.device))
-        loss = F.cross_entropy(model(batch), targets.to(context.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if budget.checks_val_after(step):
-            accuracy = accuracy_on(model, val)
-            history.append((step + 1, accuracy))
-            if accuracy > best_val:
-                best_val, best_step, best_state = accuracy, step + 1, copy.deepcopy(model.state_dict())
+    described = (
+        f"fine-tuning every parameter for {budget.steps:,} steps of {budget.batch_size} images "
+        f"(val checked every {budget.eval_every})"
+    )
+    with context.progress.phase(described, budget.steps, "step") as phase:
+        for step in range(budget.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = options.lr * budget.learning_rate_factor(step)
+            batch, targets = next(batches)
+            batch = to_float(batch.to(context.device))  # (B, 3, S, S) in [0, 1]
+            random = BatchRandom(context.seed, step, "finetune", len(batch), device=context.device)
+            batch = random_crop_flip(batch, random)
+            loss = F.cross_entropy(model(batch), targets.to(context.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if budget.checks_val_after(step):
+                accuracy = accuracy_on(model, val)
+                history.append((step + 1, accuracy))
+                if accuracy > best_val:
+                    best_val, best_step, best_state = accuracy, step + 1, copy.deepcopy(model.state_dict())
+            phase.advance()
     model.load_state_dict(best_state)
     return {
         "protocol": "finetune",

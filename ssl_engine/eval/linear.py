@@ -79,9 +79,12 @@ def solve_linear_probe(context: EvalContext) -> LinearSolution:
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     classes = int(max(train_labels.max(), val_y.max(), context.features("test")[1].max())) + 1
     by_decay = {}
-    for decay in WEIGHT_DECAYS:
-        classifier = fit_linear((train_x - mean) / std, train_y, classes, decay)
-        by_decay[decay] = (top1(classifier, (val_x - mean) / std, val_y), classifier)
+    fits = f"fitting {len(WEIGHT_DECAYS)} linear classifiers (one per weight decay) on {len(train_y):,} images"
+    with context.progress.phase(fits, len(WEIGHT_DECAYS), "fit") as phase:
+        for decay in WEIGHT_DECAYS:
+            classifier = fit_linear((train_x - mean) / std, train_y, classes, decay)
+            by_decay[decay] = (top1(classifier, (val_x - mean) / std, val_y), classifier)
+            phase.advance()
     best = max(WEIGHT_DECAYS, key=lambda decay: by_decay[decay][0])
     return LinearSolution(by_decay[best][1], mean, std, best, by_decay[best][0], len(train_y))
 
