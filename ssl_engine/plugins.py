@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import os
 import traceback
 import typing
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from typing import Any
 import pluggy
 
 from ssl_engine import hookspecs
+from ssl_engine.names import CORE_PLUGIN, enabled, env_flag
 from ssl_engine.registry import (
     KINDS,
     ConflictingClaimsError,
@@ -44,7 +44,6 @@ from ssl_engine.registry import (
 from ssl_engine.task import PretextTask
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-CORE_PLUGIN = "core"
 
 
 @dataclass
@@ -73,15 +72,6 @@ class PluginProblem:
 
 class PluginLoadError(RuntimeError):
     """Raised in strict mode when any plugin problem occurred."""
-
-
-def _env_flag(variable: str) -> bool:
-    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _env_names(variable: str) -> set[str] | None:
-    value = os.environ.get(variable, "").strip()
-    return {part.strip() for part in value.split(",") if part.strip()} if value else None
 
 
 class PluginHost:
@@ -118,10 +108,8 @@ class PluginHost:
     def from_entry_points(cls, *, strict: bool | None = None) -> PluginHost:
         """Discover, import and collect every installed plugin, honouring the environment switches."""
         if strict is None:
-            strict = _env_flag("SSLX_STRICT_PLUGINS")
+            strict = env_flag("SSLX_STRICT_PLUGINS")
         host = cls()
-        disabled = _env_names("SSLX_DISABLE_PLUGINS") or set()
-        only = set() if _env_flag("SSLX_NO_PLUGINS") else _env_names("SSLX_LOAD_PLUGINS")
         seen: set[str] = set()
         for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = entry_point.dist
@@ -134,8 +122,7 @@ class PluginHost:
                 )
                 continue
             seen.add(entry_point.name)
-            is_core = entry_point.name == CORE_PLUGIN
-            if not is_core and (entry_point.name in disabled or (only is not None and entry_point.name not in only)):
+            if not enabled(entry_point.name):  # the switches, read as ssl_engine.names reads them
                 continue
             try:
                 plugin = entry_point.load()

@@ -9,13 +9,15 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from ssl_engine import names
 from ssl_engine.cli import LAZY_COMMANDS, main
-from ssl_engine.plugins import PluginHost
+from ssl_engine.plugins import ENTRY_POINT_GROUP, PluginHost
 
 PROBE = """
 import sys
@@ -68,6 +70,7 @@ def test_an_unknown_task_is_refused_before_torch_loads() -> None:
 
 
 def test_every_installed_plugin_declares_exactly_the_tasks_it_registers() -> None:
+    assert names.PLUGIN_GROUP == ENTRY_POINT_GROUP
     host = PluginHost.from_entry_points(strict=False)
     declared: dict[str, set[str]] = {}
     for entry_point in metadata.entry_points(group=names.TASK_GROUP):
@@ -113,3 +116,12 @@ def test_lazy_commands_load_when_run_and_their_listed_help_is_their_own(name: st
     command = main.get_command(None, name)  # type: ignore[arg-type]
     assert command is not None and command.help is not None
     assert LAZY_COMMANDS[name][1] == inspect.cleandoc(command.help).split("\n\n")[0].replace("\n", " ")
+
+
+def test_the_plugin_scaffold_declares_its_task_name(tmp_path: Path) -> None:
+    from ssl_engine.scaffold import scaffold
+
+    package = scaffold("upside-down", tmp_path)
+    entry_points = tomllib.loads((package / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert entry_points[names.PLUGIN_GROUP] == {"upside-down": "sslx_upside_down.plugin"}
+    assert entry_points[names.TASK_GROUP] == {"upside-down": "sslx_upside_down.plugin"}
