@@ -40,7 +40,14 @@ from ssl_engine.color.lab import (
 )
 from ssl_engine.color.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
 from ssl_engine.distributed import all_gather_with_grad, gather_from_all_ranks, is_distributed
-from ssl_engine.drawing import PictureCell, default_drawing, picture_sheet, tile_grid, to_picture
+from ssl_engine.drawing import (
+    PictureCell,
+    augmentation_notes,
+    default_drawing,
+    picture_sheet,
+    tile_grid,
+    to_picture,
+)
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
 from ssl_engine.heads.projector import projector_head
@@ -130,6 +137,7 @@ __all__ = [
     "PictureCell",
     "tile_grid",
     "to_picture",
+    "augmentation_notes",
     # building blocks
     "linear_head",
     "mlp_head",

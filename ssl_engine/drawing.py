@@ -19,7 +19,7 @@ a picture on its pixels.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -180,14 +180,17 @@ def picture_sheet(
     """
     count = max((len(row) for row in rows), default=0)
     widths = [CELL] * max(count, len(header))
-    heights = []
     for row in rows:
         for column, cell in enumerate(row):
             if cell.picture is not None:
                 widths[column] = max(widths[column], cell.picture.width)
+    # Labels wrap to their column, so a long one never runs under the next column's.
+    labels = [[wrap_text(cell.label, widths[column]) if cell.label else [] for column, cell in enumerate(row)]
+              for row in rows]  # fmt: skip
+    heights = []
+    for row, row_labels in zip(rows, labels, strict=True):
         tallest = max((cell.picture.height for cell in row if cell.picture is not None), default=CELL)
-        text_lines = max((len(cell.label.split("\n")) for cell in row if cell.label), default=0)
-        heights.append((tallest, text_lines * LINE))
+        heights.append((tallest, max(map(len, row_labels), default=0) * LINE))
     width = max(MIN_WIDTH, MARGIN + sum(w + MARGIN for w in widths))
     title_lines = wrap_text(title, width - 2 * MARGIN)
     header_lines = [wrap_text(name, w) for name, w in zip(header, widths, strict=False)]
@@ -204,7 +207,7 @@ def picture_sheet(
         for number, line in enumerate(lines):
             draw_text(pen, (left, 1 + (len(title_lines) + number) * LINE), line)
     boxes: list[list[tuple[int, int, int, int]]] = []
-    for row, (tall, text) in zip(rows, heights, strict=True):
+    for row, row_labels, (tall, text) in zip(rows, labels, heights, strict=True):
         boxes.append([])
         for column, (cell, left) in enumerate(zip(row, lefts, strict=False)):
             picture = cell.picture
@@ -215,7 +218,7 @@ def picture_sheet(
             if cell.verdict is not None and picture is not None:
                 mark_verdict(canvas, (left, top, left + w - 1, top + h - 1), cell.verdict)
             colour = "black" if cell.verdict is None else RIGHT if cell.verdict else WRONG
-            for number, line in enumerate(cell.label.split("\n") if cell.label else []):
+            for number, line in enumerate(row_labels[column]):
                 draw_text(pen, (left, top + tall + number * LINE), line, colour)
         top += tall + text + MARGIN
     for number, line in enumerate(caption_lines):
@@ -224,6 +227,28 @@ def picture_sheet(
     canvas.info["labels"] = [[cell.label for cell in row] for row in rows]
     canvas.info["title"] = title_lines
     return canvas
+
+
+AUGMENTATION_NAMES = {
+    "flips": "flipped",
+    "jittered": "colour jitter",
+    "gray": "grey",
+    "blurred": "blurred",
+    "solarized": "solarised",
+}
+"""How :func:`augmentation_notes` names each drawn parameter of :class:`~ssl_engine.api.ViewAugmentation`."""
+
+
+def augmentation_notes(drawn: Mapping[str, torch.Tensor]) -> Callable[[int, int], str]:
+    """``(image, view) -> "flipped, grey, ..."``: what a :class:`~ssl_engine.api.ViewAugmentation` did to each view
+    (besides its random crop), from the parameters it drew (``PretextBatch.extras``, each ``(B, views)`` bool);
+    for ``default_drawing(notes=...)``."""
+    flags = {name: drawn[key].cpu() for key, name in AUGMENTATION_NAMES.items() if key in drawn}
+
+    def notes(image: int, view: int) -> str:
+        return ", ".join(name for name, flag in flags.items() if bool(flag[image, view]))
+
+    return notes
 
 
 def class_label(index: int) -> str:
@@ -256,6 +281,7 @@ def default_drawing(
     header: Sequence[str] | None = None,
     caption: str = "",
     notes: Callable[[int, int], str] | None = None,
+    size: int = CELL,
 ) -> Image.Image:
     """Rows of the original and its views with their pseudo-labels (and predicted classes or images when given).
 
@@ -272,6 +298,7 @@ def default_drawing(
             ``predicted`` columns for predicted images.
         caption: drawn under the rows: what the views show (e.g. why some are grey or noisy).
         notes: ``(image, view) -> text`` written under a view besides its label (e.g. ``"colour dropped"``).
+        size: side in px of each picture.
     """
     count, views = images.shape[0], batch.views
     # (view tensor, row within it) of every view of every sample, across resolutions (multi-crop)
@@ -291,7 +318,7 @@ def default_drawing(
     targets = targets.cpu()
     rows: list[list[PictureCell]] = []
     for row in range(count):
-        original = to_picture(images[row])
+        original = to_picture(images[row], size)
         if per_sample:
             label, verdict = _label(labels, targets, predicted, row, ""), _verdict(targets, predicted, row)
             cells = [PictureCell(original, label, verdict)]
@@ -302,7 +329,7 @@ def default_drawing(
             picture = None
             if view < len(places[row]):
                 tensor, at = places[row][view]
-                picture = to_picture(tensor[at])
+                picture = to_picture(tensor[at], size)
             note = notes(row, view) if notes is not None else ""
             if per_view:
                 label, verdict = _label(labels, targets, predicted, index, note), _verdict(targets, predicted, index)
@@ -312,7 +339,7 @@ def default_drawing(
         if image_predictions and predictions is not None:
             for view in range(views):
                 index = row * views + view
-                shown = to_picture(predictions[index]) if index < predictions.shape[0] else None
+                shown = to_picture(predictions[index], size) if index < predictions.shape[0] else None
                 cells.append(PictureCell(shown))
         rows.append(cells)
     if header is None:

@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ssl_engine.api import (
@@ -61,8 +62,10 @@ from ssl_engine.api import (
     TaskOutput,
     TaskSetting,
     ViewAugmentation,
+    augmentation_notes,
     copy_weights,
     cosine_momentum,
+    default_drawing,
     ema_update,
     freeze,
     mlp_head,
@@ -243,3 +246,14 @@ class BYOLTask(PretextTask):
         momentum = self.momentum()
         ema_update(modules["target_backbone"], backbone, momentum)
         ema_update(modules["target_projector"], modules["projector"], momentum)
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image and its two views (BYOL has no classes to label: each view's online
+        prediction is to match the target network's projection of the other)."""
+        caption = (
+            "Each view is a random crop, with what else was done to it under it. The online network "
+            "predicts, from each view, the momentum target network's projection of the other view of the same "
+            "image; there are no negatives and no classes."
+        )
+        return default_drawing(images, batch, None, f"{self.name}: {self.summary}", labels=lambda _: "",
+                               caption=caption, notes=augmentation_notes(batch.extras))  # fmt: skip

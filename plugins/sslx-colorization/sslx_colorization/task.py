@@ -258,7 +258,13 @@ class ColorizationTask(PretextTask):
         ]
         if output is not None and output.predictions is not None:
             columns.append(("predicted", with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
-        return colour_grid(columns, f"{self.name}: {self.summary}")
+        stride = self.hparams["output_stride"]
+        grid = f" (one colour per {stride}x{stride} block: the decoder's output grid)" if stride > 1 else ""
+        caption = (
+            f"The network sees only the lightness L (grey) and predicts the colour ab of each pixel{grid}; colours "
+            f"are drawn as they are, on the true lightness, so a prediction that regresses to the mean looks grey."
+        )
+        return colour_grid(columns, f"{self.name}: {self.summary}", caption=caption)
 
     def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
         """The backbone fed the lightness image (what it was trained on), pooled."""

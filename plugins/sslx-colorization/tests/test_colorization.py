@@ -206,7 +206,9 @@ def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
     before = task.draw(images, batch, None)
     output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)
     after = task.draw(images, batch, output)
-    assert after.width > before.width and after.height == before.height
+    assert after.width > before.width  # a column more: the prediction
+    assert len(after.info["cells"]) == len(before.info["cells"]) == len(images)
+    assert len(after.info["cells"][0]) == len(before.info["cells"][0]) + 1
     # The first column is the original, as it is: a pixel of the picture has the image's colour.
     left, top, _, _ = before.info["cells"][0][0]  # row 0's original
     pixel = before.getpixel((left + 3, top + 3))  # inside the top-left block (4 px, drawn at 8)

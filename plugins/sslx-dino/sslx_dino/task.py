@@ -88,12 +88,13 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import nn
 
 from ssl_engine.api import (
     Backbone,
     BatchRandom,
+    PictureCell,
     PretextBatch,
     PretextTask,
     Representation,
@@ -108,6 +109,7 @@ from ssl_engine.api import (
     ema_update,
     freeze,
     normalize,
+    picture_sheet,
 )
 from sslx_dino.head import DINOHead
 from sslx_dino.loss import dino_loss, teacher_temperature, updated_centre
@@ -422,34 +424,36 @@ class DINOTask(PretextTask):
         (all magnified by the same factor), with the student's top prototype per view after a run."""
         count = len(images)
         scale = max(1, 64 // max(self.global_size, images.shape[-1]))
-        gap, caption = 4, 12
         groups = [(images, 1, "image")]
         groups += [(denormalize(views).clamp(0, 1), len(views) // count, kind)
                    for views, kind in zip(batch.resolutions(), ("global", "local"), strict=False)]  # fmt: skip
-        cells = [(tensor, row_views, kind, v) for tensor, row_views, kind in groups for v in range(row_views)]
-        width = gap + sum(tensor.shape[-1] * scale + gap for tensor, _, _, _ in cells)
-        row_height = max(tensor.shape[-2] for tensor, _, _, _ in cells) * scale + caption + gap
+        columns = [(tensor, row_views, kind, v) for tensor, row_views, kind in groups for v in range(row_views)]
+        predictions = None
+        if output is not None and output.predictions is not None:
+            predictions = output.predictions.detach().argmax(dim=1).cpu()
+        rows = []
+        for row in range(count):
+            cells, view = [], 0
+            for tensor, row_views, kind, v in columns:
+                picture = tensor[row * row_views + v].detach().float().cpu().clamp(0, 1)
+                side = picture.shape[-1] * scale
+                array = (picture.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+                shown = Image.fromarray(array).resize((side, side), Image.Resampling.NEAREST)
+                label = ""
+                if kind != "image":
+                    if predictions is not None:
+                        label = f"prototype {int(predictions[row * batch.views + view])}"
+                    view += 1
+                cells.append(PictureCell(shown, label))
+            rows.append(cells)
+        header = [kind if kind == "image" else f"{kind} {v + 1}" for _, _, kind, v in columns]
         title = (
             f"dino: {GLOBAL_VIEWS} global views of {self.global_size} px (teacher and student), "
             f"{self.local_crops} local views of {self.local_size} px (student only)"
         )
-        canvas = Image.new("RGB", (max(width, 6 * len(title) + 8), caption + 4 + count * row_height), "white")
-        pen, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-        pen.text((4, 1), title, fill="black", font=font)
-        predictions = output.predictions if output is not None else None
-        for row in range(count):
-            top, left, view = caption + 4 + row * row_height, gap, 0
-            for tensor, row_views, kind, v in cells:
-                picture = tensor[row * row_views + v].detach().float().cpu().clamp(0, 1)
-                side = picture.shape[-1] * scale
-                array = (picture.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-                canvas.paste(Image.fromarray(array).resize((side, side), Image.Resampling.NEAREST), (left, top))
-                label = kind if kind == "image" else f"{kind[0]}{v + 1}"
-                if kind != "image" and predictions is not None:
-                    label += f" p={int(predictions[row * batch.views + view].argmax())}"
-                    view += 1
-                elif kind != "image":
-                    view += 1
-                pen.text((left, top + side), label, fill="black", font=font)
-                left += side + gap
-        return canvas
+        caption = (
+            "Each view is a random crop (globals large, locals small) with colour jitter, sometimes grey, blurred or "
+            "solarised. The student matches, on every view, the teacher's centred, sharpened distribution over "
+            "the prototypes on the other global views; after a run, each view's top prototype is under it."
+        )
+        return picture_sheet(rows, title, header=header, caption=caption)

@@ -21,6 +21,7 @@ Differences from the paper, forced by the engine's small images or its shared-ba
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ssl_engine.api import (
@@ -32,6 +33,7 @@ from ssl_engine.api import (
     TaskOutput,
     TaskSetting,
     adversarial_modules,
+    default_drawing,
     denormalize,
     discriminator_terms,
     generator_terms,
@@ -176,3 +178,16 @@ class InpaintingTask(PretextTask):
     def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
         """The discriminator's real-vs-filled-in loss, on detached filled-in images (empty without one)."""
         return discriminator_terms(aux, batch.targets, output.predictions)
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image, the network's input with the region removed and, after a run, the image
+        with the region as the network painted it back."""
+        predictions = output.predictions if output is not None else None
+        caption = (
+            f"Grey: the region removed ({self.hparams['mask']} mask), filled with the data set's mean colour; the "
+            f"network paints it back from the context around it."
+        )
+        header = ["original", "input: region removed"]
+        header += ["painted back"] if predictions is not None else []
+        return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
+                               caption=caption)  # fmt: skip

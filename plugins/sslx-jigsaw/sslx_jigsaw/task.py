@@ -174,11 +174,11 @@ class JigsawTask(PretextTask):
         the tiles put back by the predicted permutation (crossed out in red when it is wrong)."""
         grid = self.grid
         if images.shape[-1] != grid.image_size:
-            grid = TileGrid.for_images(images.shape[-1], self.config["tile_fraction"])
+            grid = TileGrid.for_images(images.shape[-1], self.hparams["tile_fraction"])
         predicted = None
         if output is not None and output.predictions is not None:
             predicted = output.predictions.detach().argmax(dim=1).cpu()
-        share = self.config["gray_probability"]
+        share = self.hparams["gray_probability"]
         caption = (
             f"Numbers: the cell each tile was cut from. Yellow boxes: the tiles, at a random place in their cells "
             f"(a gap and a jitter, so edges do not run on from tile to tile). Each tile is normalised on its own "

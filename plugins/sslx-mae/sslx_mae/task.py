@@ -258,5 +258,11 @@ class MAETask(PretextTask):
         if output is not None and output.predictions is not None:
             reconstruction = denormalize(output.predictions.float()).clamp(0, 1)
         ratio = self.config["mask_ratio"]
-        title = f"mae: original | masked ({ratio:.0%}) | reconstruction"
-        return default_drawing(images, shown, reconstruction, title)
+        title = f"{self.name}: {self.summary}"
+        header = ["original", f"input: {ratio:.0%} of patches masked"]
+        header += ["reconstruction"] if reconstruction is not None else []
+        caption = (
+            f"Grey: the masked patches ({ratio:.0%}, {self.patch_size} px each); the encoder sees only the others and "
+            f"the decoder predicts the masked ones' pixels (after a run: the reconstruction, visible patches as given)."
+        )
+        return default_drawing(images, shown, reconstruction, title, header=header, caption=caption)

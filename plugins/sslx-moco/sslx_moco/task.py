@@ -54,7 +54,10 @@ normalised keys, with ``task/moco/queue_next``, the row the next keys go to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -69,8 +72,10 @@ from ssl_engine.api import (
     TaskSetting,
     ViewAugmentation,
     accuracy,
+    augmentation_notes,
     copy_weights,
     cosine_momentum,
+    default_drawing,
     ema_update,
     freeze,
     gather_from_all_ranks,
@@ -294,3 +299,31 @@ class MoCoTask(PretextTask):
             rows = (next_row + torch.arange(len(keys), device=queue.device)) % len(queue)
             queue[rows] = keys.to(queue.dtype)  # the oldest keys out
             next_row.copy_((next_row + len(keys)) % len(queue))
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image and its two views, with the key each query is to be matched with (after a
+        run: the key the model picked, in red when wrong)."""
+        predictions = output.predictions if output is not None else None
+        augmentation = "Each view is a random crop, with what else was done to it under it. "
+        if self.version == 2:
+            caption = augmentation + (
+                "The first view is the query, the second goes through the momentum encoder as its key; under the "
+                "image: the key to pick among the queue of negatives (after a run, the one the model picked)."
+            )
+            labels: Callable[[int], str] = self._queue_label
+        else:
+            caption = augmentation + (
+                "Rows are images 1, 2, ...; under each view: the image whose key (the other view through the "
+                "momentum encoder) it is to be matched with among the batch's (after a run, the one picked)."
+            )
+            labels = self._image_label
+        return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", labels=labels,
+                               caption=caption, notes=augmentation_notes(batch.extras))  # fmt: skip
+
+    @staticmethod
+    def _queue_label(index: int) -> str:
+        return "its own key" if index == 0 else f"queue key {index}"
+
+    @staticmethod
+    def _image_label(row: int) -> str:
+        return f"key of image {row + 1}"

@@ -59,8 +59,15 @@ from sslx_relpatch.patches import (
 )
 
 PAIR = 2  # views per image: the centre patch, then the neighbour
+SHOWN = 96  # px the image and each patch are drawn at by `sslx show`
+POSITIONS = ("top-left", "top", "top-right", "left", "right", "bottom-left", "bottom", "bottom-right")
 CHANNELS = 3
 DROP_COUNTS = {"two": (2, 2), "one": (1, 1), "one_or_two": (1, 2)}  # channels dropped per patch: (fewest, most)
+
+
+def position_label(target: int) -> str:
+    """Where neighbour class ``target`` lies around the centre, in words: ``"top-left"``."""
+    return POSITIONS[target]
 
 
 def centre_channels(images: torch.Tensor) -> torch.Tensor:
@@ -293,7 +300,9 @@ class RelativePatchTask(PretextTask):
 
     def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
         """``sslx show``: each original with the centre patch outlined in blue and the neighbour in green (as
-        the paper's Figure 2), then the two patches as the network sees them, the target and any prediction."""
+        the paper's Figure 2) and the neighbour's position in words, then the two patches as the network sees
+        them, each noting its guards (the colour channel kept, a downsampling); after a run, the position the
+        model named, crossed out in red when wrong."""
         marked = images.clone()
         side = batch.inputs.shape[-1]
         for index, colour in enumerate(((0.1, 0.3, 1.0), (0.1, 0.8, 0.1))):
@@ -304,8 +313,42 @@ class RelativePatchTask(PretextTask):
                     marked[sample, :, row, left : right + 1] = paint
                 for column in (left, right):
                     marked[sample, :, top : bottom + 1, column] = paint
+        dropped, sides = batch.extras["dropped"].cpu(), batch.extras["sides"].cpu()
+
+        def guards(sample: int, view: int) -> str:
+            notes = []
+            if bool(dropped[sample, view].any()):
+                kept = "".join(
+                    name for name, gone in zip("RGB", dropped[sample, view].tolist(), strict=True) if not gone
+                )
+                notes.append(f"only {kept} kept" if kept else "all dropped")
+            if int(sides[sample, view]) != side:
+                notes.append(f"blurred (from {int(sides[sample, view])} px)")
+            return "\n".join(notes)
+
         predictions = output.predictions if output is not None else None
-        return default_drawing(marked, batch, predictions, f"{self.name}: {self.summary}")
+        normalised = (
+            "Each patch is normalised on its own (channel means removed, scaled to unit RMS), so colours shift. "
+            if self.hparams["normalization"] == "patch"
+            else ""
+        )
+        caption = (
+            f"{normalised}Colour dropping: only the channel named under a patch is kept, the others are replaced "
+            f"by faint noise, so patches cannot be matched by colour fringes; some patches are downsampled and "
+            f"upsampled (blurred), so sharpness gives nothing away. The gap and jitter between the patches keep "
+            f"edges from running on."
+        )
+        return default_drawing(
+            marked,
+            batch,
+            predictions,
+            f"{self.name}: {self.summary}",
+            labels=position_label,
+            header=["where the neighbour (green) is from the centre (blue)", "centre", "neighbour"],
+            caption=caption,
+            notes=guards,
+            size=SHOWN,
+        )
 
     def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
         """The backbone on RGB images normalised as the training patches were.

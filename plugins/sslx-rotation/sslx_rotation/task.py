@@ -89,7 +89,7 @@ class RotationTask(PretextTask):
             "Each view is the image turned counter-clockwise by the angle under it; the network sees only the "
             "view and names the angle."
         )
-        if not self.config["all_rotations"]:
+        if not self.hparams["all_rotations"]:
             caption = "One random rotation per image (all_rotations=false). " + caption
         return default_drawing(
             images, batch, predictions, f"{self.name}: {self.summary}", labels=rotation_label, caption=caption

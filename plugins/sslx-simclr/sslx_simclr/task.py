@@ -13,6 +13,7 @@ colour strength 0.5, no blur, temperature 0.5, projection to 128 dimensions.
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ssl_engine.api import (
@@ -25,6 +26,8 @@ from ssl_engine.api import (
     TaskSetting,
     ViewAugmentation,
     accuracy,
+    augmentation_notes,
+    default_drawing,
     normalize,
 )
 from sslx_simclr.loss import NTXentLoss
@@ -139,3 +142,21 @@ class SimCLRTask(PretextTask):
         projections = modules["head"](backbone.pooled(batch.inputs))  # (B*2, P)
         loss, logits = self.loss(projections, batch.targets)
         return TaskOutput({"contrastive": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image and its two views; under each view the view it must be matched with (after
+        a run: the one the model picked, in red when wrong)."""
+        predictions = output.predictions if output is not None else None
+        caption = (
+            "Rows are images 1, 2, ...; each view is a random crop, with what else was done to it under it. "
+            "Under each view: the view it is to be matched with (the other view of its image) among all 2N views."
+        )
+        return default_drawing(
+            images,
+            batch,
+            predictions,
+            f"{self.name}: {self.summary}",
+            labels=lambda row: f"image {row // 2 + 1} view {row % 2 + 1}",
+            caption=caption,
+            notes=augmentation_notes(batch.extras),
+        )

@@ -241,7 +241,13 @@ class SplitBrainTask(PretextTask):
         ]
         if output is not None and output.predictions is not None:
             columns.append(("ab from L", with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
-        return colour_grid(columns, f"{self.name}: {self.summary}")
+        caption = (
+            f"F1 sees the lightness L (grey) and predicts the colour ab; F2 sees ab (drawn at one lightness, "
+            f"{SHOWN_LIGHTNESS:g}) and predicts L. Targets are on the decoders' output grid (blocks of "
+            f"{self.hparams['output_stride']} px); colours are drawn as they are, so one that regresses to the mean "
+            f"looks grey."
+        )
+        return colour_grid(columns, f"{self.name}: {self.summary}", caption=caption)
 
     def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
         """Both sub-networks on their halves of the Lab image, pooled and concatenated: ``(B, D1 + D2)``."""

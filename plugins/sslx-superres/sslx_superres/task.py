@@ -22,6 +22,7 @@ object: +0.7 dB over bicubic and 30.9% on the same probe after the same 200 step
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ssl_engine.api import (
@@ -33,6 +34,7 @@ from ssl_engine.api import (
     TaskOutput,
     TaskSetting,
     adversarial_modules,
+    default_drawing,
     denormalize,
     discriminator_terms,
     generator_terms,
@@ -156,3 +158,16 @@ class SuperResolutionTask(PretextTask):
     def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
         """The discriminator's real-vs-super-resolved loss, on detached outputs (empty without one)."""
         return discriminator_terms(aux, batch.targets, output.predictions)
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image, the network's blurred input and, after a run, the network's restoration."""
+        predictions = output.predictions if output is not None else None
+        factor = self.hparams["factor"]
+        caption = (
+            f"Input: the image downsampled {factor}x with a bicubic filter and upsampled back, which removes the "
+            f"fine detail the network restores."
+        )
+        header = ["original", f"input: {factor}x down and up"]
+        header += ["restored"] if predictions is not None else []
+        return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
+                               caption=caption)  # fmt: skip

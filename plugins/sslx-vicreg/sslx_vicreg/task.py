@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -53,6 +54,8 @@ from ssl_engine.api import (
     TaskSetting,
     ViewAugmentation,
     accuracy,
+    augmentation_notes,
+    default_drawing,
     gather_from_all_ranks,
     is_distributed,
     normalize,
@@ -246,3 +249,22 @@ class VICRegTask(PretextTask):
             std = torch.cat([z_a.detach(), z_b.detach()], dim=1).std(dim=0).mean()
         losses = {"invariance": invariance, "variance": variance, "covariance": covariance}
         return TaskOutput(losses, {"accuracy": accuracy(logits, batch.targets), "std": std}, logits)
+
+    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+        """``sslx show``: each image and its two views; under each view the view it must be matched with (after
+        a run: the one the model picked, in red when wrong)."""
+        predictions = output.predictions if output is not None else None
+        caption = (
+            "Rows are images 1, 2, ...; each view is a random crop, with what else was done to it under it. "
+            "Under each view: its pair, the other view of its image, whose embedding it should match; after a "
+            "run, the view nearest to it in embedding."
+        )
+        return default_drawing(
+            images,
+            batch,
+            predictions,
+            f"{self.name}: {self.summary}",
+            labels=lambda row: f"image {row // 2 + 1} view {row % 2 + 1}",
+            caption=caption,
+            notes=augmentation_notes(batch.extras),
+        )
