@@ -58,17 +58,25 @@ def task_record(entry: Registered[Any]) -> dict[str, Any]:
     }
 
 
-def echo_task_settings(record: dict[str, Any]) -> None:
-    """A task's settings as aligned lines: name, type, default, range, help."""
-    click.echo(f"{record['task']}  ({record['distribution']}): {record['summary']}")
-    if not record["settings"]:
-        click.echo("  (no settings)")
-    for setting in record["settings"]:
-        default = json.dumps(setting["default"], default=str)
-        click.echo(
-            f"  {setting['name']:<18} {setting['type']:<5} default {default:<8} {setting['range']:<22} "
-            f"{setting['help']}"
-        )
+def setting_row(setting: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """One setting's columns: name, type, default, accepted range, help."""
+    default = json.dumps(setting["default"], default=str)
+    return setting["name"], setting["type"], default, setting["range"], setting["help"]
+
+
+def echo_settings(records: list[dict[str, Any]]) -> None:
+    """Each task's settings, aligned within the task: name, type, default, accepted range, help."""
+    for record in records:
+        click.echo(f"{record['task']}  ({record['distribution']}): {record['summary']}")
+        rows = [setting_row(setting) for setting in record["settings"]]
+        if not rows:
+            click.echo("  (no settings)")
+        widths = [max(len(row[column]) for row in rows) for column in range(4)] if rows else []
+        for name, kind, default, accepted, help in rows:
+            click.echo(
+                f"  {name:<{widths[0]}}  {kind:<{widths[1]}}  default {default:<{widths[2]}}  "
+                f"{accepted:<{widths[3]}}  {help}"
+            )
 
 
 def chosen_tasks(registry: Registry, task: str | None) -> list[Registered[Any]]:
@@ -107,8 +115,7 @@ def plugins(task: str | None, show_settings: bool, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(records[0] if task is not None else {"tasks": records}, indent=2, default=str))
             return
-        for record in records:
-            echo_task_settings(record)
+        echo_settings(records)
         click.echo("set one with: sslx pretrain --task TASK --set TASK.SETTING=VALUE", err=True)
         return
     listing = [asdict(info) for info in host.plugins.values()]

@@ -36,6 +36,7 @@ from ssl_engine.config import (
 from ssl_engine.names import known_task_names, unknown_name
 
 if TYPE_CHECKING:
+    from ssl_engine.registry import Registry
     from ssl_engine.run import Run
 
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -143,7 +144,7 @@ def check_task_names(config: PretrainConfig) -> None:
             fail(unknown_name("task", spec.name, known))
 
 
-def shown_value(key: str, value: Any, config: PretrainConfig) -> str:
+def shown_value(key: str, value: Any, config: PretrainConfig, registry: Registry) -> str:
     """A config value as a resume message shows it: a field left to its default says which value that is."""
     if value is not None:
         return repr(value)
@@ -151,23 +152,25 @@ def shown_value(key: str, value: Any, config: PretrainConfig) -> str:
         from ssl_engine.train.optim import DEFAULT_LR
 
         return f"{DEFAULT_LR.get(config.optimizer, 0.05)!r} ({config.optimizer}'s default)"
+    if key == "image_size":
+        from ssl_engine.train.model import resolve_image_size
+
+        return f"{resolve_image_size(config, registry)} (the tasks' default)"
     if key == "data_dir":
         from ssl_engine.data.options import DataOptions
 
         return f"'{DataOptions().root}' (the default)"
-    if key == "image_size":
-        return "the tasks' default size"
     return "the default"
 
 
-def check_resume_changes(saved: PretrainConfig, config: PretrainConfig, force: bool) -> None:
+def check_resume_changes(saved: PretrainConfig, config: PretrainConfig, registry: Registry, force: bool) -> None:
     """Refuse a ``--resume`` changing options other than budget, logging and placement (unless ``--force``), each
     change shown with the values in force (``lr: 0.05 (sgd's default) -> 0.1``, not ``None -> 0.1``).
 
     Task changes are left to :func:`ssl_engine.run.build_run`, which compares them with their settings resolved.
     """
     changed = [
-        f"{key}: {shown_value(key, old, saved)} -> {shown_value(key, new, config)}"
+        f"{key}: {shown_value(key, old, saved, registry)} -> {shown_value(key, new, config, registry)}"
         for key, old, new in saved.differences(config)
         if key not in RESUMABLE_CHANGES and key != "tasks"
     ]
@@ -194,14 +197,17 @@ def first_line(run: Run, resume: bool) -> str:
 def next_steps(out: Path | None, probed: bool) -> list[str]:
     """The closing summary's lines: where the run is, and the commands that use it next."""
     run = shell_path(out)
-    evaluate = f"sslx evaluate {run}" + (" --protocol knn" if probed else "")
-    return [
-        f"run directory: {out}",
-        "next: "
-        + "  |  ".join(
-            (evaluate, f"sslx show {run}", f"sslx plot {run}", f"sslx export {run} --out backbone.safetensors")
-        ),
+    evaluate = (f"sslx evaluate {run} --protocol knn", "kNN; --protocol finetune trains everything") if probed else (
+        f"sslx evaluate {run}", "linear probe; --protocol knn or finetune")  # fmt: skip
+    commands = [
+        evaluate,
+        (f"sslx show {run}", "the pretext task's examples with the model's predictions"),
+        (f"sslx plot {run}", "loss, metric and learning-rate curves"),
+        (f"sslx export {run} --out backbone.safetensors", "the representation, for your own code"),
     ]
+    width = max(len(command) for command, _ in commands)
+    lines = [f"run directory: {out}", "next:"]
+    return lines + [f"  {command:<{width}}  # {what}" for command, what in commands]
 
 
 @click.command()
@@ -290,7 +296,7 @@ def start(config: PretrainConfig, options: dict[str, Any]) -> tuple[Run, Any]:
     out: Path | None = options["out"]
     try:
         if options["resume"] and out is not None:
-            check_resume_changes(saved_config(out), config, options["force"])
+            check_resume_changes(saved_config(out), config, host.registry, options["force"])
         run = build_run(
             config, host.registry, out, resume=options["resume"], force=options["force"], restart=options["restart"]
         )
