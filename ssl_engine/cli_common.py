@@ -10,11 +10,13 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from ssl_engine.config import ConfigError, TaskSpec
+from ssl_engine.names import known_task_names, unknown_name
 
 if TYPE_CHECKING:
     from ssl_engine.plugins import PluginHost
@@ -125,6 +127,18 @@ def fail(error: Exception | str) -> NoReturn:
     """A user error: one line on stderr, exit code 2."""
     click.echo(f"Error: {error_line(error)}", err=True)
     sys.exit(2)
+
+
+def refuse_unknown_tasks(tasks: Iterable[str]) -> None:
+    """Refuse an unknown task name (exit 2, naming the closest) before torch and the plugins load, when the
+    installed plugins declare their task names (:mod:`ssl_engine.names`); otherwise the registry refuses it once
+    the plugins are loaded."""
+    known = known_task_names()
+    if known is None:
+        return
+    for name in tasks:
+        if name not in known:
+            fail(unknown_name("task", name, known))
 
 
 def quiet(*args: Any, **kwargs: Any) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ssl_engine.cli_common import fail, host_or_exit
-from ssl_engine.names import known_task_names, unknown_name
+from ssl_engine.cli_common import fail, host_or_exit, refuse_unknown_tasks
+from ssl_engine.names import unknown_name
 from ssl_engine.registry import Registered, Registry
 from ssl_engine.settings import TaskSetting
 
@@ -105,10 +105,7 @@ def plugins(task: str | None, show_settings: bool, as_json: bool) -> None:
       sslx plugins --settings --json
       SSLX_DISABLE_PLUGINS=broken sslx plugins
     """
-    if task is not None:
-        known = known_task_names()  # an unknown name answers before the plugins (and torch) load
-        if known is not None and task not in known:
-            fail(unknown_name("task", task, known))
+    refuse_unknown_tasks([task] if task is not None else [])  # before the plugins (and torch) load
     host = host_or_exit()
     if task is not None or show_settings:
         records = [task_record(entry) for entry in chosen_tasks(host.registry, task)]

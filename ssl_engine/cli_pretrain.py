@@ -22,6 +22,7 @@ from ssl_engine.cli_common import (
     parse_settings,
     parse_task,
     quiet,
+    refuse_unknown_tasks,
     shell_path,
     user_errors,
 )
@@ -33,7 +34,6 @@ from ssl_engine.config import (
     PretrainConfig,
     apply_overrides,
 )
-from ssl_engine.names import known_task_names, unknown_name
 
 if TYPE_CHECKING:
     from ssl_engine.registry import Registry
@@ -131,17 +131,6 @@ def resolved_config(options: dict[str, Any]) -> PretrainConfig:
     if not config.tasks:
         raise click.UsageError("no task given: pass --task NAME (or a --config file with [tasks.NAME])")
     return config
-
-
-def check_task_names(config: PretrainConfig) -> None:
-    """Refuse an unknown task before any plugin is imported, when the installed plugins declare their task names
-    (:mod:`ssl_engine.names`); otherwise the registry refuses it once the plugins are loaded."""
-    known = known_task_names()
-    if known is None:
-        return
-    for spec in config.tasks:
-        if spec.name not in known:
-            fail(unknown_name("task", spec.name, known))
 
 
 def shown_value(key: str, value: Any, config: PretrainConfig, registry: Registry) -> str:
@@ -265,7 +254,7 @@ def pretrain(**options: Any) -> None:
         fail(error)
     except OSError as error:
         fail(f"cannot use run directory {out or 'runs/'}: {os_error_line(error)}")
-    check_task_names(config)  # before torch and the plugins load: an unknown task answers at once
+    refuse_unknown_tasks(spec.name for spec in config.tasks)  # before torch loads: an answer at once
     check_device(config.device)
     run, trainer = start(config, options)
     world, out = run.world, run.out

@@ -15,6 +15,7 @@ from ssl_engine.cli_common import (
     interrupted,
     os_error_line,
     parse_options,
+    refuse_unknown_tasks,
     shell_path,
     user_errors,
 )
@@ -164,6 +165,7 @@ def bench(
       sslx bench --tasks rotation,jigsaw --steps 300 --out bench/shapes
       sslx bench --tasks all --data fashion-mnist --image-size 32 --protocols linear,knn --out bench/fmnist
     """
+    refuse_unknown_tasks([] if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()])
     check_device(device)
     host = host_or_exit()
     from ssl_engine.bench import Bench, BenchPlan, MissingExtraError
@@ -245,6 +247,8 @@ def show(
       sslx show runs/rot
       sslx show --task mae --backbone timm:vit_tiny_patch16_224
     """
+    if run_dir is None and task is not None:  # a fresh task's name answers before torch loads
+        refuse_unknown_tasks([task])
     host = host_or_exit()
     from ssl_engine.show import render
 

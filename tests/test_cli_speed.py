@@ -61,8 +61,18 @@ def test_help_and_option_errors_import_neither_torch_nor_plugins(args: tuple[str
 
 
 @pytest.mark.skipif(names.declared_task_names() is None, reason="an installed plugin does not declare its tasks")
-def test_an_unknown_task_is_refused_before_torch_loads() -> None:
-    code, imported, said = run_fresh("pretrain", "--task", "jigsw")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pretrain", "--task", "jigsw"),
+        ("pretrain", "--task", "rotation", "--task", "jigsw=0.5"),
+        ("plugins", "jigsw"),
+        ("show", "--task", "jigsw"),
+        ("bench", "--tasks", "rotation,jigsw", "--out", "never-written"),
+    ],
+)
+def test_an_unknown_task_is_refused_before_torch_loads(args: tuple[str, ...]) -> None:
+    code, imported, said = run_fresh(*args)
     assert code == 2 and imported == [], (imported, said)
     assert said == "Error: unknown task 'jigsw' (did you mean 'jigsaw'?); available: " + ", ".join(
         names.declared_task_names() or []
