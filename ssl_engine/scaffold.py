@@ -161,7 +161,7 @@ def new_plugin(name: str, directory: Path) -> None:
     \b
     Example:
       sslx new-plugin upside-down --dir ~/code
-      pip install -e ~/code/sslx-upside-down
+      pip install -e "$HOME/code/sslx-upside-down[test]"
       sslx plugins
       sslx pretrain --task upside-down --steps 5
       python -m pytest ~/code/sslx-upside-down
@@ -182,11 +182,11 @@ def new_plugin(name: str, directory: Path) -> None:
             f"uninstall it first or pick another NAME",
             err=True,
         )
-    where = shlex.quote(str(target))
+    where, with_tests = shlex.quote(str(target)), shlex.quote(f"{target}[test]")
     click.echo(f"created {target}/ (plugin {names.name!r}, package {names.package}, task class {names.class_name})")
-    click.echo("next steps:")
+    click.echo("next steps, in the environment where sslx is installed (its README says how to install sslx):")
     for command, comment in (
-        (f"pip install -e {where}", "install it (editable: your edits take effect at once)"),
+        (f"pip install -e {with_tests}", "install it with pytest (editable: edits take effect at once)"),
         ("sslx plugins", f"lists {names.name} ({names.distribution} 0.1.0)"),
         (f"sslx pretrain --task {names.name} --steps 5", "a smoke run; edit the task in " + names.package + "/task.py"),
         (f"python -m pytest {where}", "the conformance kit, a behaviour test, one CLI run"),

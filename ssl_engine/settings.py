@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class TaskSetting:
     minimum: float | None = None
     maximum: float | None = None
     min_open: bool = False
-    item_type: type | None = None
+    item_type: builtins.type | None = None
     min_items: int = 1
 
     def __post_init__(self) -> None:
@@ -77,7 +78,7 @@ class TaskSetting:
             raise SettingError(f"{where} needs at least {self.min_items} item(s); got {len(items)}")
         return [self._parse_scalar(kind, item, f"{where}[{index}]") for index, item in enumerate(items)]
 
-    def _parse_scalar(self, kind: type, value: Any, where: str) -> Any:
+    def _parse_scalar(self, kind: builtins.type, value: Any, where: str) -> Any:
         if kind is bool and isinstance(value, str):
             lowered = value.strip().lower()
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):

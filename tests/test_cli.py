@@ -152,8 +152,8 @@ class RoomTask(ReferenceTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        if context.image_size < self.config["room"]:
-            raise ImageSizeError(f"task {self.name!r} needs images of at least {self.config['room']} px")
+        if context.image_size < self.hparams["room"]:
+            raise ImageSizeError(f"task {self.name!r} needs images of at least {self.hparams['room']} px")
 
 
 def test_images_too_small_for_the_tasks_settings_are_a_usage_error(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ class FlipToy(PretextTask):
         return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, 2)})
 
     def flips(self, images: torch.Tensor, random: BatchRandom) -> torch.Tensor:
-        return random.bernoulli(self.config["probability"])  # (B,)
+        return random.bernoulli(self.hparams["probability"])  # (B,)
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
         flipped = self.flips(images, random)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     assert made.returncode == 0, made.stderr
     package = parent / "sslx-demo"
-    assert f"pip install -e {package}" in made.stdout
+    assert f"pip install -e '{package}[test]'" in made.stdout
     try:
         installed = pip("install", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(package))
         assert installed.returncode == 0, installed.stderr
@@ -169,4 +170,28 @@ def test_help_shows_an_example(invoke: Callable[..., Result]) -> None:
     result = invoke("new-plugin", "--help")
     assert result.exit_code == 0
     assert "sslx new-plugin upside-down --dir ~/code" in result.stdout
-    assert "pip install -e ~/code/sslx-upside-down" in result.stdout
+    assert 'pip install -e "$HOME/code/sslx-upside-down[test]"' in result.stdout
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_core_installs_from_a_git_url_as_the_scaffold_readme_says(demo: Path, tmp_path: Path) -> None:
+    """The README's git-URL line, pointed at this repository (``git+file://``, offline): pip clones it and builds
+    the core's wheel with its package, typing marker, templates and entry point."""
+    if not (REPOSITORY / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = (demo / "README.md").read_text()
+    [line] = [line for line in readme.splitlines() if "git+https://" in line]
+    requirement = line.split('"')[1].replace("https://github.com/OWNER/sslx.git", REPOSITORY.as_uri())
+    assert requirement == f"git+{REPOSITORY.as_uri()}"
+    built = pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path), requirement)
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("sslx-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        [entry_points] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+        assert "core = ssl_engine.builtin" in archive.read(entry_points).decode()
+    assert {"ssl_engine/api.py", "ssl_engine/py.typed", "ssl_engine/templates/plugin/pyproject.toml.tmpl"} <= names
+    assert 'pip install -e ".[test]"' in readme

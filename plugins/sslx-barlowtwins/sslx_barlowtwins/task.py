@@ -190,7 +190,7 @@ class BarlowTwinsTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        config = self.config
+        config = self.hparams
         if config["lambda"] <= 0 or config["scale"] <= 0:  # declared, but a task built by hand is checked too
             raise SettingError(f"task {self.name!r}: lambda and scale must be > 0")
         self.augmentation = ViewAugmentation(
@@ -208,7 +208,7 @@ class BarlowTwinsTask(PretextTask):
         self.loss_weights = {"invariance": per_dimension, "redundancy": per_dimension * config["lambda"]}
 
     def build_modules(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.config["projector_dim"])})
+        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projector_dim"])})
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
         """Two augmented views of every image and the global row of each view's twin.

@@ -157,7 +157,7 @@ class BYOLTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        config = self.config
+        config = self.hparams
         self.augmentation = ViewAugmentation(
             strength=config["strength"],
             jitter_probability=config["jitter_probability"],
@@ -175,11 +175,11 @@ class BYOLTask(PretextTask):
         return None, cls.default_loss
 
     def build_modules(self) -> nn.ModuleDict:
-        dim, projection = self.context.feature_dim, self.config["projection_dim"]
+        dim, projection = self.context.feature_dim, self.hparams["projection_dim"]
         return nn.ModuleDict(
             {
                 "projector": self.context.make_head(dim, projection),
-                "predictor": mlp_head(projection, projection, hidden=self.config["predictor_hidden"]),
+                "predictor": mlp_head(projection, projection, hidden=self.hparams["predictor_hidden"]),
                 "target_backbone": freeze(self.context.make_backbone(3)),
                 "target_projector": freeze(self.context.make_head(dim, projection)),
             }
@@ -237,7 +237,7 @@ class BYOLTask(PretextTask):
 
     def momentum(self) -> float:
         """The target's momentum at the clock's step (Sec. 3.2)."""
-        return cosine_momentum(self.config["base_momentum"], self.context.clock.progress)
+        return cosine_momentum(self.hparams["base_momentum"], self.context.clock.progress)
 
     def after_step(
         self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput

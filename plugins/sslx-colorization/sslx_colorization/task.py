@@ -153,8 +153,8 @@ class ColorizationTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        self.classify = self.config["loss_mode"] == "classification"
-        self.scale = decoder_scale(self.name, context.feature_stride, self.config["output_stride"])
+        self.classify = self.hparams["loss_mode"] == "classification"
+        self.scale = decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
         self.bins = ab_bins()
 
     def build_modules(self) -> nn.ModuleDict:
@@ -163,7 +163,7 @@ class ColorizationTask(PretextTask):
             "decoder": self.context.make_head(self.context.feature_dim, outputs, scale=self.scale)
         }
         if self.classify:
-            modules["prior"] = ColourPrior(self.bins, self.config["rebalance_lambda"], self.config["rebalance_sigma"])
+            modules["prior"] = ColourPrior(self.bins, self.hparams["rebalance_lambda"], self.hparams["rebalance_sigma"])
         return nn.ModuleDict(modules)
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
@@ -181,12 +181,12 @@ class ColorizationTask(PretextTask):
         """
         lab = rgb_to_lab(images)  # (B, 3, S, S)
         inputs = lightness_input(lab)
-        size = output_size(images.shape[-1], self.context.feature_stride, self.config["output_stride"])
+        size = output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
         ab = to_output_grid(lab[:, 1:], size)  # (B, 2, h, w)
         if not self.classify:
             return PretextBatch(inputs, scale_ab(ab), extras={"ab": ab})
         classes, weights = self.bins.on(images.device).soft_encode(
-            ab, self.config["soft_neighbours"], self.config["soft_sigma"]
+            ab, self.hparams["soft_neighbours"], self.hparams["soft_sigma"]
         )
         extras = {"ab": ab, "soft_classes": classes, "soft_weights": weights}
         return PretextBatch(inputs, classes[:, 0], extras=extras)
@@ -227,7 +227,7 @@ class ColorizationTask(PretextTask):
         if not self.classify:
             return predictions.float() * LAB_SCALE
         centres = self.bins.on(predictions.device).centres
-        return annealed_mean(predictions, centres, self.config["temperature"])
+        return annealed_mean(predictions, centres, self.hparams["temperature"])
 
     def rebalanced_cross_entropy(self, logits: torch.Tensor, batch: PretextBatch, prior: ColourPrior) -> torch.Tensor:
         """Eq. 2 of the paper: ``-mean_pixels w(q*) sum_q Z_q log Zhat_q``.

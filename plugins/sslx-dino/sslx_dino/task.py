@@ -274,7 +274,7 @@ class DINOTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        config = self.config
+        config = self.hparams
         check_settings(config, context.image_size)
         self.global_size, self.local_size = crop_sizes(config, context.image_size)
         self.local_crops: int = config["local_crops"]
@@ -299,7 +299,7 @@ class DINOTask(PretextTask):
 
     # --- modules -------------------------------------------------------------------------------------------------
     def make_head(self) -> DINOHead:
-        config = self.config
+        config = self.hparams
         projector = self.context.make_head(self.context.feature_dim, config["bottleneck_dim"])
         return DINOHead(projector, config["bottleneck_dim"], config["out_dim"], config["norm_last_layer"])
 
@@ -307,7 +307,7 @@ class DINOTask(PretextTask):
         """The student's head (trained), the frozen teacher (backbone and head) and the centre buffer."""
         teacher = nn.ModuleDict({"backbone": self.context.make_backbone(3), "head": self.make_head()})
         modules = nn.ModuleDict({"head": self.make_head(), "teacher": freeze(teacher)})
-        modules.register_buffer("centre", torch.zeros(1, self.config["out_dim"]))
+        modules.register_buffer("centre", torch.zeros(1, self.hparams["out_dim"]))
         return modules
 
     def setup(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
@@ -346,7 +346,7 @@ class DINOTask(PretextTask):
 
     def teacher_temperature(self) -> float:
         """``tau_t`` at the clock's step (warm-up from ``warmup_teacher_temperature`` to ``teacher_temperature``)."""
-        config = self.config
+        config = self.hparams
         return teacher_temperature(
             self.context.clock.step,
             config["warmup_teacher_temperature"],
@@ -371,8 +371,8 @@ class DINOTask(PretextTask):
             ``teacher``, the teacher's logits ``(B * 2, K)`` (the centre follows them in :meth:`after_step`).
         """
         count = len(batch.targets)
-        frozen = self.context.clock.step < self.config["freeze_last_layer"]
-        head, prototypes = modules["head"], self.config["out_dim"]
+        frozen = self.context.clock.step < self.hparams["freeze_last_layer"]
+        head, prototypes = modules["head"], self.hparams["out_dim"]
         # One backbone call per resolution (globals, then locals), as the authors' MultiCropWrapper does.
         student = torch.cat(
             [head(backbone.pooled(views), frozen).view(count, -1, prototypes) for views in batch.resolutions()], dim=1
@@ -385,7 +385,7 @@ class DINOTask(PretextTask):
             student,
             teacher.view(count, GLOBAL_VIEWS, -1),
             modules.get_buffer("centre"),
-            self.config["student_temperature"],
+            self.hparams["student_temperature"],
             temperature,
         )
         chosen = student.detach().argmax(-1)  # (B, V)
@@ -404,17 +404,17 @@ class DINOTask(PretextTask):
         self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput
     ) -> None:
         """The teacher follows the student (cosine momentum schedule), the centre the step's teacher outputs."""
-        momentum = cosine_momentum(self.config["momentum"], self.context.clock.progress)
+        momentum = cosine_momentum(self.hparams["momentum"], self.context.clock.progress)
         teacher_backbone, teacher_head = teacher_of(modules)
         ema_update(teacher_backbone, backbone, momentum)
         ema_update(teacher_head, modules["head"], momentum)
         centre = modules.get_buffer("centre")
-        centre.copy_(updated_centre(centre, output.extras["teacher"], self.config["centre_momentum"]))
+        centre.copy_(updated_centre(centre, output.extras["teacher"], self.hparams["centre_momentum"]))
 
     def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
         """The teacher's backbone (the paper evaluates the teacher), or the student's with
         ``representation=student``; both on normalised RGB."""
-        if self.config["representation"] == "teacher":
+        if self.hparams["representation"] == "teacher":
             return Representation(teacher_of(modules)[0])
         return Representation(backbone)
 

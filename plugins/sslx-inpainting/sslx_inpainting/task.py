@@ -100,8 +100,8 @@ class InpaintingTask(PretextTask):
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
         self.loss_weights = {
-            "reconstruction": self.config["reconstruction_weight"],
-            "adversarial": self.config["adversarial_weight"],
+            "reconstruction": self.hparams["reconstruction_weight"],
+            "adversarial": self.hparams["adversarial_weight"],
         }
 
     def build_modules(self) -> nn.ModuleDict:
@@ -110,15 +110,15 @@ class InpaintingTask(PretextTask):
         return nn.ModuleDict({"decoder": decoder})
 
     def build_aux_modules(self) -> nn.ModuleDict:
-        return adversarial_modules(self.config["adversarial"], self.context.in_channels)
+        return adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
 
     def masks(self, batch: int, image_size: int, random: BatchRandom) -> torch.Tensor:
         """The holes of a batch, ``(B, 1, S, S)`` bool, True where pixels are removed (see :mod:`.masks`)."""
-        mode, fraction = self.config["mask"], self.config["hole_fraction"]
+        mode, fraction = self.hparams["mask"], self.hparams["hole_fraction"]
         if mode == "center":
             return center_masks(batch, image_size, fraction, random.device)
         if mode == "random_blocks":
-            blocks = self.config["blocks"]
+            blocks = self.hparams["blocks"]
             side = hole_side(image_size, fraction / blocks)  # so the blocks cover at most `fraction` together
             corners = random.randint(0, image_size - side + 1, blocks, 2)  # (B, K, 2)
             return block_masks(image_size, corners, side)
@@ -163,9 +163,9 @@ class InpaintingTask(PretextTask):
         hole = mask.expand_as(decoded)
         predicted, target = decoded.float(), batch.targets.float()
         reconstruction = self.context.loss_fn(predicted[hole], target[hole])
-        if self.config["context_weight"] > 0:
+        if self.hparams["context_weight"] > 0:
             visible = self.context.loss_fn(predicted[~hole], target[~hole])
-            reconstruction = reconstruction + self.config["context_weight"] * visible
+            reconstruction = reconstruction + self.hparams["context_weight"] * visible
         filled = torch.where(hole, predicted, batch.inputs.float())  # (B, 3, S, S)
         losses = {"reconstruction": reconstruction, **generator_terms(aux, filled)}
         originals = denormalize(target)

@@ -91,15 +91,15 @@ class JigsawTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        self.grid = TileGrid.for_images(context.image_size, self.config["tile_fraction"])
+        self.grid = TileGrid.for_images(context.image_size, self.hparams["tile_fraction"])
         if self.grid.tile < MIN_TILE:
             self._refuse(context.image_size)
-        chosen = permutation_set(self.config["permutations"])  # (P, 9) uint8, cached and read-only
+        chosen = permutation_set(self.hparams["permutations"])  # (P, 9) uint8, cached and read-only
         self.permutations = torch.from_numpy(chosen.astype("int64"))  # int64 to index with
         self._permutations_on: dict[torch.device, torch.Tensor] = {}
 
     def _refuse(self, image_size: int) -> None:
-        fraction = self.config["tile_fraction"]
+        fraction = self.hparams["tile_fraction"]
         raise ImageSizeError(
             f"task {self.name!r} needs images of at least {smallest_image_size(fraction)} px with "
             f"tile_fraction={fraction:.4g} (tiles of {MIN_TILE} px or more); got {image_size} px "
@@ -113,7 +113,7 @@ class JigsawTask(PretextTask):
         return self._permutations_on[device]
 
     def build_modules(self) -> nn.ModuleDict:
-        classes = self.config["permutations"]
+        classes = self.hparams["permutations"]
         return nn.ModuleDict({"head": self.context.make_head(TILES * self.context.feature_dim, classes)})
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
@@ -131,14 +131,14 @@ class JigsawTask(PretextTask):
         """
         grid = self.grid
         if images.shape[-1] != grid.image_size:  # e.g. a caller other than the training loop
-            grid = TileGrid.for_images(images.shape[-1], self.config["tile_fraction"])
+            grid = TileGrid.for_images(images.shape[-1], self.hparams["tile_fraction"])
             if grid.tile < MIN_TILE:
                 self._refuse(images.shape[-1])
         permutations = self.permutations_on(images.device)
         targets = random.randint(0, len(permutations))  # (B,)
         # One offset per cell is both the gap to the neighbouring tiles and the jitter.
         offsets = random.randint(0, grid.max_offset + 1, TILES, 2)  # (B, 9, 2), row-major cell order
-        gray = random.bernoulli(self.config["gray_probability"])  # (B,)
+        gray = random.bernoulli(self.hparams["gray_probability"])  # (B,)
         cells = permutations[targets]  # (B, 9): the cell shown at each input position
         shown_offsets = offsets.gather(1, cells[..., None].expand(-1, -1, 2))  # (B, 9, 2), position order
         tiles = extract_tiles(images, grid, cells, shown_offsets)  # (B, 9, 3, t, t), already shuffled

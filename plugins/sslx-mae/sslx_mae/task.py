@@ -126,13 +126,13 @@ class MAETask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        ratio = self.config["mask_ratio"]
+        ratio = self.hparams["mask_ratio"]
         if not 0.0 < ratio < 1.0:
             raise SettingError(
                 f"setting mae.mask_ratio must lie strictly between 0 and 1 (a share of the patches masked); got "
                 f"{ratio!r}, e.g. --set mae.mask_ratio=0.75"
             )
-        width, heads = self.config["decoder_width"], self.config["decoder_heads"]
+        width, heads = self.hparams["decoder_width"], self.hparams["decoder_heads"]
         if width % heads or width % 4:
             raise SettingError(
                 f"setting mae.decoder_width ({width}) must be a multiple of 4 and of mae.decoder_heads ({heads})"
@@ -168,7 +168,7 @@ class MAETask(PretextTask):
 
     def build_modules(self) -> nn.ModuleDict:
         self.check_backbone()
-        context, config = self.context, self.config
+        context, config = self.context, self.hparams
         decoder = MAEDecoder(
             context.feature_dim,
             config["decoder_width"],
@@ -192,7 +192,7 @@ class MAETask(PretextTask):
             ``norm_pix_loss``); extras ``keep`` ``(B, K)`` and ``hidden`` ``(B, M)`` int64, ``mask`` ``(B, N)`` bool.
         """
         inputs = normalize(images)
-        keep, hidden, mask = random_masking(random, self.patch_count, self.config["mask_ratio"])
+        keep, hidden, mask = random_masking(random, self.patch_count, self.hparams["mask_ratio"])
         targets = gather_patches(self.patch_targets(inputs), hidden)  # (B, M, p * p * 3)
         return PretextBatch(inputs, targets, views=1, extras={"keep": keep, "hidden": hidden, "mask": mask})
 
@@ -200,7 +200,7 @@ class MAETask(PretextTask):
         """What is predicted of every patch: ``(B, 3, S, S)`` -> ``(B, N, p * p * 3)`` pixels, normalised per patch
         with ``norm_pix_loss``."""
         patches = patchify(inputs.float(), self.patch_size)
-        return normalise_patches(patches) if self.config["norm_pix_loss"] else patches
+        return normalise_patches(patches) if self.hparams["norm_pix_loss"] else patches
 
     def encoder(self, backbone: Backbone) -> TokenBackbone:
         if not isinstance(backbone, TokenBackbone):
@@ -240,7 +240,7 @@ class MAETask(PretextTask):
         put back in pixel units with the original patch's mean and standard deviation.
         """
         patches = patchify(inputs.float(), self.patch_size)  # (B, N, p * p * 3)
-        if self.config["norm_pix_loss"]:
+        if self.hparams["norm_pix_loss"]:
             mean = patches.mean(dim=-1, keepdim=True)
             deviation = (patches.var(dim=-1, keepdim=True) + NORM_EPSILON).sqrt()
             predicted = predicted * deviation + mean
@@ -257,7 +257,7 @@ class MAETask(PretextTask):
         reconstruction = None
         if output is not None and output.predictions is not None:
             reconstruction = denormalize(output.predictions.float()).clamp(0, 1)
-        ratio = self.config["mask_ratio"]
+        ratio = self.hparams["mask_ratio"]
         title = f"{self.name}: {self.summary}"
         header = ["original", f"input: {ratio:.0%} of patches masked"]
         header += ["reconstruction"] if reconstruction is not None else []

@@ -177,7 +177,7 @@ class MoCoTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        config = self.config
+        config = self.hparams
         self.version: int = config["version"]
         self.temperature: float = config["temperature"]
         batch, queue = context.global_batch, config["queue_size"]
@@ -200,7 +200,7 @@ class MoCoTask(PretextTask):
         )
 
     def build_modules(self) -> nn.ModuleDict:
-        dim, projection = self.context.feature_dim, self.config["projection_dim"]
+        dim, projection = self.context.feature_dim, self.hparams["projection_dim"]
         modules = nn.ModuleDict(
             {
                 "projector": self.context.make_head(dim, projection),
@@ -209,10 +209,10 @@ class MoCoTask(PretextTask):
             }
         )
         if self.version == 3:
-            modules["predictor"] = mlp_head(projection, projection, hidden=self.config["predictor_hidden"])
+            modules["predictor"] = mlp_head(projection, projection, hidden=self.hparams["predictor_hidden"])
         else:
             # He et al. 2020, Algorithm 1: the queue starts as random unit vectors.
-            queue = F.normalize(torch.randn(self.config["queue_size"], projection), dim=1)
+            queue = F.normalize(torch.randn(self.hparams["queue_size"], projection), dim=1)
             modules.register_buffer("queue", queue)
             modules.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
         return modules
@@ -283,7 +283,7 @@ class MoCoTask(PretextTask):
 
     def momentum(self) -> float:
         """The key encoder's momentum at the clock's step: constant (v2) or on the cosine to 1 (v3)."""
-        base: float = self.config["momentum"]
+        base: float = self.hparams["momentum"]
         return base if self.version == 2 else cosine_momentum(base, self.context.clock.progress)
 
     def after_step(

@@ -194,12 +194,12 @@ class RelativePatchTask(PretextTask):
 
     # --- geometry ----------------------------------------------------------------------------------------------
     def _grid_for(self, image_size: int) -> PatchGrid:
-        grid = PatchGrid.for_images(image_size, self.config["gap"], self.config["jitter"])
+        grid = PatchGrid.for_images(image_size, self.hparams["gap"], self.hparams["jitter"])
         if grid.patch < MIN_PATCH or grid.slack < 0:
-            minimum = smallest_image_size(self.config["gap"], self.config["jitter"])
+            minimum = smallest_image_size(self.hparams["gap"], self.hparams["jitter"])
             raise ImageSizeError(
-                f"task {self.name!r} needs images of at least {minimum} px with gap={self.config['gap']:.4g} and "
-                f"jitter={self.config['jitter']:.4g} (a 3x3 grid of patches of {MIN_PATCH} px or more); got "
+                f"task {self.name!r} needs images of at least {minimum} px with gap={self.hparams['gap']:.4g} and "
+                f"jitter={self.hparams['jitter']:.4g} (a 3x3 grid of patches of {MIN_PATCH} px or more); got "
                 f"{image_size} px (raise --image-size, or lower relpatch.gap / relpatch.jitter)"
             )
         return grid
@@ -238,7 +238,7 @@ class RelativePatchTask(PretextTask):
         """
         grid = self.grid if images.shape[-1] == self.grid.image_size else self._grid_for(images.shape[-1])
         device, patch = images.device, grid.patch
-        config = self.config
+        config = self.hparams
 
         # Where: a random grid placement, a random neighbour, a random shift of each patch.
         targets = random.randint(0, NEIGHBOURS)  # (B,)
@@ -359,6 +359,6 @@ class RelativePatchTask(PretextTask):
         its linear probe at or below random initialisation's; matching the training inputs puts it far above
         (see the plugin's README).
         """
-        if self.config["normalization"] == "patch":
+        if self.hparams["normalization"] == "patch":
             return Representation(backbone, normalize_each)
         return Representation(backbone)

@@ -67,7 +67,7 @@ class RotationTask(PretextTask):
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
         batch = images.shape[0]
         rotated = rotate_all(normalize(images))  # (B, 4, C, H, W)
-        if self.config["all_rotations"]:
+        if self.hparams["all_rotations"]:
             targets = torch.arange(ROTATIONS, device=images.device).repeat(batch)  # (B*4,)
             return PretextBatch(rotated.flatten(0, 1), targets, views=ROTATIONS)
         targets = random.randint(0, ROTATIONS)  # (B,)

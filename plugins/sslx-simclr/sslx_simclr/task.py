@@ -92,7 +92,7 @@ class SimCLRTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        config = self.config
+        config = self.hparams
         self.augmentation = ViewAugmentation(
             strength=config["strength"],
             jitter_probability=config["jitter_probability"],
@@ -104,7 +104,7 @@ class SimCLRTask(PretextTask):
         self.loss = NTXentLoss(config["temperature"], cross_entropy=context.loss_fn)
 
     def build_modules(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.config["projection_dim"])})
+        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projection_dim"])})
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
         """Two augmented views of every image and the global row of each view's positive.

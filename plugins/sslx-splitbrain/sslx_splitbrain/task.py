@@ -130,8 +130,8 @@ class SplitBrainTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        self.classify = self.config["loss_mode"] == "classification"
-        self.scale = decoder_scale(self.name, context.feature_stride, self.config["output_stride"])
+        self.classify = self.hparams["loss_mode"] == "classification"
+        self.scale = decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
         self.bins = ab_bins()
 
     def build_modules(self) -> nn.ModuleDict:
@@ -166,7 +166,7 @@ class SplitBrainTask(PretextTask):
             (Lab area-averaged to the output grid).
         """
         lab = rgb_to_lab(images)  # (B, 3, S, S)
-        size = output_size(images.shape[-1], self.context.feature_stride, self.config["output_stride"])
+        size = output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
         small = to_output_grid(lab, size)  # (B, 3, h, w)
         extras = {"color_input": scale_ab(lab[:, 1:]), "lab": small}
         if self.classify:
@@ -202,7 +202,7 @@ class SplitBrainTask(PretextTask):
                 "ab_to_l": self.context.loss_fn(l_outputs, l_target),
             }
             centres = lightness_centres(device=l_outputs.device)
-            predicted_l = annealed_mean(l_outputs.detach(), centres, self.config["temperature"])
+            predicted_l = annealed_mean(l_outputs.detach(), centres, self.hparams["temperature"])
             metrics["ab_accuracy"] = accuracy(ab_outputs, batch.targets)
             metrics["l_accuracy"] = accuracy(l_outputs, l_target)
         else:
@@ -227,7 +227,7 @@ class SplitBrainTask(PretextTask):
         if not self.classify:
             return predictions.float() * LAB_SCALE
         centres = self.bins.on(predictions.device).centres
-        return annealed_mean(predictions, centres, self.config["temperature"])
+        return annealed_mean(predictions, centres, self.hparams["temperature"])
 
     def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
         """Original, each sub-network's input (L as gray, ab at one lightness), and F1's colorization."""

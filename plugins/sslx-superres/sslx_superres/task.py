@@ -102,7 +102,7 @@ class SuperResolutionTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        self.loss_weights = {"pixel": self.config["pixel_weight"], "adversarial": self.config["adversarial_weight"]}
+        self.loss_weights = {"pixel": self.hparams["pixel_weight"], "adversarial": self.hparams["adversarial_weight"]}
 
     def build_modules(self) -> nn.ModuleDict:
         context = self.context
@@ -111,7 +111,7 @@ class SuperResolutionTask(PretextTask):
         return nn.ModuleDict({"decoder": decoder})
 
     def build_aux_modules(self) -> nn.ModuleDict:
-        return adversarial_modules(self.config["adversarial"], self.context.in_channels)
+        return adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
         """Blur every image by bicubic down- and up-sampling (deterministic: ``random`` is not used).
@@ -124,7 +124,7 @@ class SuperResolutionTask(PretextTask):
             inputs ``(B, 3, S, S)``, the normalised bicubic images; targets ``(B, 3, S, S)``, the normalised
             originals.
         """
-        return PretextBatch(normalize(bicubic_degrade(images, self.config["factor"])), normalize(images), views=1)
+        return PretextBatch(normalize(bicubic_degrade(images, self.hparams["factor"])), normalize(images), views=1)
 
     def forward(
         self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch

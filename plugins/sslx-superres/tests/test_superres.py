@@ -103,7 +103,7 @@ def test_a_fresh_decoder_starts_next_to_the_bicubic_image() -> None:
     images = shapes(8, 32)
     output = task.forward(task.context.make_backbone(3), modules, nn.ModuleDict(), draw(task, images))
     assert float(output.metrics["psnr"]) == pytest.approx(float(output.metrics["bicubic_psnr"]), abs=0.05)
-    assert task.config["factor"] == 8
+    assert task.hparams["factor"] == 8
     assert float(output.metrics["bicubic_psnr"]) == pytest.approx(float(psnr(bicubic_degrade(images, 8), images)))
     with torch.no_grad():
         last.weight.zero_()

@@ -184,7 +184,7 @@ class VICRegTask(PretextTask):
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        config = self.config
+        config = self.hparams
         weights = {term: float(config[f"{term}_weight"]) for term in TERMS}
         if min(weights.values()) < 0 or max(weights.values()) <= 0:
             raise SettingError(
@@ -204,7 +204,7 @@ class VICRegTask(PretextTask):
         self.loss_weights = weights
 
     def build_modules(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.config["projector_dim"])})
+        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projector_dim"])})
 
     def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
         """Two augmented views of every image and the global row of each view's twin.
