@@ -58,7 +58,7 @@ def test_pretrain_writes_a_safetensors_checkpoint_and_evaluate_reads_it(invoke, 
 
     evaluated = invoke("evaluate", run, "--protocol", "linear", "--json")
     assert evaluated.exit_code == 0, evaluated.output
-    report = json.loads(evaluated.output)
+    report = json.loads(evaluated.stdout)  # progress lines go to stderr
     assert 0.0 <= report["accuracy"] <= 1.0 and report["test_size"] == 32 and report["step"] == 4
     assert json.loads((run / f"eval-linear-{KIT_DATA}.json").read_text())["accuracy"] == report["accuracy"]
 
