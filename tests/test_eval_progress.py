@@ -115,5 +115,10 @@ def test_evaluate_and_the_closing_probe_say_what_they_do(tmp_path: Path, monkeyp
     assert "random init: not in the cache yet: evaluating it, about " in probe
     assert evaluated.exit_code == 0, evaluated.output
     assert f"linear protocol on {KIT_DATA} (16 px): the {REFERENCE_TASK} representation at step 2" in evaluated.stderr
-    assert f"extracting features of {KIT_DATA_IMAGES} train images" in evaluated.stderr
     assert "linear top-1 accuracy" in evaluated.stdout and "extracting" not in evaluated.stdout
+    # the probe kept the trained features where evaluate reads them: nothing is extracted again
+    assert len(list((tmp_path / "run" / "features").glob("*.safetensors"))) == 3
+    assert "extracting" not in evaluated.stderr
+    with cli_plugins():
+        other = run_cli("evaluate", tmp_path / "run", "--protocol", "linear", "--label-fraction", "0.5")
+    assert other.exit_code == 0 and "extracting" not in other.stderr and "fitting 4 linear classifiers" in other.stderr

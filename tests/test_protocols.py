@@ -90,7 +90,7 @@ def test_protocols_from_the_cli_write_json_and_results(
 ) -> None:  # type: ignore[no-untyped-def]
     result = invoke("evaluate", trained_run, "--protocol", protocol, "--json", *extra)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # progress lines go to stderr
     assert report["protocol"] == protocol and 0 <= report["accuracy"] <= 1 and report["step"] == 3
     written = sorted(trained_run.glob(f"eval-{protocol}-shapes*.json"))
     assert written and json.loads(written[-1].read_text())["accuracy"] == report["accuracy"]

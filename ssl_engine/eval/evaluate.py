@@ -23,6 +23,12 @@ from ssl_engine.task import Representation
 from ssl_engine.train.model import build_model
 
 PROBE_FILE = "probe.json"
+FEATURES_DIR = "features"
+
+
+def features_key(data: str, image_size: int, step: int, task: str) -> str:
+    """What names a run's cached frozen features in ``RUN_DIR/features/``: data, image size, step and task."""
+    return f"{data.replace('/', '_').strip('_.')}-{image_size}px-step{step}-{task}"
 
 
 def run_protocol(
@@ -55,7 +61,9 @@ def probe_against_random(
     is read from the user cache when an earlier run computed it (``cache``, default
     :meth:`RandomInitCache.default`; see :mod:`ssl_engine.eval.random_init_cache`) and stored there otherwise.
     ``progress`` reports each phase (default: on stderr). The report is also written to ``RUN_DIR/probe.json``;
-    its ``random_init_cache`` says which entry was used and whether it was a hit.
+    its ``random_init_cache`` says which entry was used and whether it was a hit. The trained representation's
+    features are kept in ``RUN_DIR/features/`` as :func:`evaluate_run` keeps them, so a later ``sslx evaluate``
+    of the run on its data (another protocol, a label fraction) does not extract them again.
     """
     progress = progress or PhaseProgress()
     cache = cache or RandomInitCache.default()
@@ -68,7 +76,13 @@ def probe_against_random(
     }
     evaluate = run.registry.get("evaluator", protocol).obj
     started = time.perf_counter()
+    # The trained features are kept where `sslx evaluate` looks for them: the evaluations the closing lines suggest
+    # (or one after a Ctrl-C here) then extract nothing again.
+    step = run.step if step is None else step
     trained_context = EvalContext(run.model.representation(), progress=progress.labelled("pretrained"), **args)
+    if run.out is not None:
+        trained_context.cache_dir = run.out / FEATURES_DIR
+        trained_context.cache_key = features_key(run.config.data, run.image_size, step, run.config.tasks[0].name)
     trained = dict(evaluate(trained_context))
     trained_seconds = time.perf_counter() - started
 
@@ -94,7 +108,7 @@ def probe_against_random(
     report = {
         "protocol": protocol,
         "data": run.config.data,
-        "step": run.step if step is None else step,
+        "step": step,
         "pretrained": trained,
         "random_init": baseline,
         "random_init_cache": {"path": str(path), "hit": hit},
@@ -138,7 +152,7 @@ def evaluate_run(
         raise DataError(f"data {data_name!r} has no labels; evaluation needs a labelled data set")
     representation = run.model.representation(task)
     task_name = task or run.config.tasks[0].name
-    safe_name = data_name.replace("/", "_").strip("_.")
+    safe_name = data_name.replace("/", "_").strip("_.")  # the result file's name
     progress = progress or PhaseProgress()
     progress.note(
         f"{protocol} protocol on {data_name} ({run.image_size} px): the {task_name} representation at step {run.step}"
@@ -154,8 +168,8 @@ def evaluate_run(
             "seed": run.config.seed,
             "label_fraction": label_fraction,
             "options": dict(options or {}),
-            "cache_dir": run_dir / "features",
-            "cache_key": f"{safe_name}-{run.image_size}px-step{run.step}-{task_name}",
+            "cache_dir": run_dir / FEATURES_DIR,
+            "cache_key": features_key(data_name, run.image_size, run.step, task_name),
         },
         progress,
     )
