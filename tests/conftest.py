@@ -3,8 +3,10 @@ data on disk."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,14 @@ from PIL import Image
 from ssl_engine.cli import main
 from ssl_engine.settings import TaskSetting
 from ssl_engine.testing import ReferenceTask, cli_plugins
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's own user cache (the closing probe's random-init results), so running the tests never writes into
+    the real ``~/.cache/sslx`` of whoever runs them; processes the tests start inherit it."""
+    if "SSLX_CACHE_DIR" not in os.environ:
+        os.environ["SSLX_CACHE_DIR"] = tempfile.mkdtemp(prefix="sslx-test-cache-")
+
 
 # Two cores, several test processes at times: keep torch from oversubscribing.
 torch.set_num_threads(2)
