@@ -89,6 +89,7 @@ from ssl_engine.views.blur import gaussian_blur, kernel_size_for
 from ssl_engine.views.color import color_jitter, random_grayscale, solarize
 from ssl_engine.views.crop import draw_boxes, resized_crop
 from ssl_engine.views.pipeline import ViewAugmentation
+from ssl_engine.views.settings import view_augmentation, view_settings
 
 __all__ = [
     # hooks
@@ -160,6 +161,8 @@ __all__ = [
     "cosine_momentum",
     # view augmentations (SimCLR, BYOL, DINO multi-crop), batched on the device
     "ViewAugmentation",
+    "view_settings",
+    "view_augmentation",
     "draw_boxes",
     "resized_crop",
     "color_jitter",

@@ -113,11 +113,12 @@ rule                        what it asks of a task
 from __future__ import annotations
 
 import contextlib
+import os
 import random as python_random
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
@@ -158,6 +159,7 @@ from ssl_engine.settings import resolve_settings
 from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskOutput, accuracy
 from ssl_engine.train.loop import Trainer
 from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime, build_model
+from ssl_engine.train.sync_batchnorm import convert_to_global_batchnorm
 
 __all__ = [
     "CHECKS",
@@ -190,9 +192,19 @@ __all__ = [
     "resumed_trainer",
     "run_checkpoint",
     "run_cli",
+    "TaskStep",
+    "assert_rank_losses_match",
+    "assert_steps_match",
+    "assert_tensors_close",
+    "random_images",
+    "rank_rows",
+    "rank_sgd_step",
+    "sgd_step",
     "spawn_ranks",
     "stop_after",
     "task_instance",
+    "trained_state",
+    "twin_embeddings",
 ]
 
 RULES: dict[str, str] = {
@@ -1511,32 +1523,49 @@ def _free_port() -> int:
         return port
 
 
-def _rank_main(rank: int, target: Callable[..., Any], port: int, world: int, out: Path, args: tuple[Any, ...]) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
-    )
+def _rank_main(
+    rank: int, target: Callable[..., Any], port: int, world: int, out: Path, args: tuple[Any, ...], group: bool
+) -> None:
+    torch.set_num_threads(1)  # the ranks share a small machine
+    if group:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+        )
+    else:  # what torchrun gives each process: the engine joins the group itself
+        os.environ.update(
+            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
+             "WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"}
+        )  # fmt: skip
     try:
         torch.save(target(rank, *args), out / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def spawn_ranks(
-    target: Callable[..., Any], out: Path, *args: Any, world: int = 2, deadline_s: float = 300.0
+    target: Callable[..., Any],
+    out: Path,
+    *args: Any,
+    world: int = 2,
+    deadline_s: float = 300.0,
+    group: bool = True,
 ) -> list[Any]:
     """``target(rank, *args)`` in ``world`` fresh processes joined in one gloo process group, their results in order.
 
-    Each process (``torch.multiprocessing.spawn``) joins the group on a free local port, calls ``target`` (a function
-    defined at module level, so that it can be sent to the process) and saves what it returns (tensors, numbers,
-    strings, in lists and dicts) to ``out / f"rank{rank}.pt"``; the group is destroyed whatever happens. So a test
-    compares a computation on ``world`` processes (``all_gather_with_grad``, DDP, a global batch norm) with the same
-    computation on the whole batch in one process.
+    Each process (``torch.multiprocessing.spawn``, one thread each) joins the group on a free local port, calls
+    ``target`` (a function defined at module level, so that it can be sent to the process) and saves what it returns
+    (tensors, numbers, strings, in lists and dicts) to ``out / f"rank{rank}.pt"``; the group is destroyed whatever
+    happens. So a test compares a computation on ``world`` processes (``all_gather_with_grad``, DDP, a global batch
+    norm) with the same computation on the whole batch in one process. With ``group=False`` the processes get
+    torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) instead and ``target`` joins
+    the group itself, as the engine's trainer (:func:`trained_state`) does.
 
     Raises:
         TimeoutError: the processes did not all finish within ``deadline_s`` seconds (they are killed).
         ProcessRaisedException: a process raised (its traceback is in the message).
     """
-    context = mp.spawn(_rank_main, args=(target, _free_port(), world, out, args), nprocs=world, join=False)
+    context = mp.spawn(_rank_main, args=(target, _free_port(), world, out, args, group), nprocs=world, join=False)
     deadline = time.monotonic() + deadline_s
     while not context.join(timeout=1.0):
         if time.monotonic() > deadline:
@@ -1544,3 +1573,184 @@ def spawn_ranks(
                 process.kill()
             raise TimeoutError(f"the {world} ranks did not finish in {deadline_s:.0f} s")
     return [torch.load(out / f"rank{rank}.pt") for rank in range(world)]
+
+
+def rank_rows(rank: int, per_rank: int) -> slice:
+    """The rows of process ``rank`` in a global batch split rank-major, ``per_rank`` rows a process."""
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+def random_images(count: int, size: int = 32, *, seed: int = 1) -> torch.Tensor:
+    """Uniform random images ``(count, 3, size, size)`` in [0, 1]; the same ``seed`` gives the same images."""
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def twin_embeddings(count: int, dim: int, *, seed: int = 0, noise: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of two views ``(count, dim)``: normal rows, and the same rows plus ``noise`` times normal noise."""
+    generator = torch.Generator().manual_seed(seed)
+    z_a = torch.randn(count, dim, generator=generator)
+    return z_a, z_a + noise * torch.randn(count, dim, generator=generator)
+
+
+class TaskStep(nn.Module):
+    """A task's forward over the shared backbone and its modules as one module, so that DistributedDataParallel can
+    wrap it (what the trainer's model does), for comparing a step on several processes with one process."""
+
+    def __init__(self, task: PretextTask, backbone: nn.Module, modules: nn.ModuleDict) -> None:
+        super().__init__()
+        self.task, self.backbone, self.task_modules = task, backbone, modules
+
+    @classmethod
+    def seeded(cls, task: PretextTask, seed: int) -> TaskStep:
+        """A fresh backbone (``task.context.make_backbone(3)``) and fresh modules, drawn after seeding with ``seed``."""
+        torch.manual_seed(seed)
+        return cls(task, task.context.make_backbone(3), task.build_modules())
+
+    def forward(self, batch: PretextBatch) -> TaskOutput:
+        return self.task.forward(self.backbone, self.task_modules, nn.ModuleDict(), batch)  # type: ignore[arg-type]
+
+
+def sgd_step(model: nn.Module, batch: PretextBatch, *, lr: float = 0.1, momentum: float = 0.9) -> dict[str, Any]:
+    """One SGD step of a :class:`TaskStep`, bare or in DistributedDataParallel, on ``batch``.
+
+    Returns:
+        ``loss``, the task's weighted total; ``terms``, its loss terms and metrics; ``predictions``; ``grads``, every
+        parameter's gradient, and ``parameters``, every parameter after the step, by name without DDP's ``module.``.
+    """
+    step: Any = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    output: TaskOutput = model(batch)
+    loss = step.task.weighted_total(output.losses)
+    loss.backward()
+    grads = {name: parameter.grad.clone() for name, parameter in step.named_parameters() if parameter.grad is not None}
+    optimizer.step()
+    assert output.predictions is not None
+    return {
+        "loss": loss.detach(),
+        "terms": {name: value.detach() for name, value in {**output.losses, **output.metrics}.items()},
+        "predictions": output.predictions.detach(),
+        "grads": grads,
+        "parameters": {name: parameter.detach().clone() for name, parameter in step.named_parameters()},
+    }
+
+
+def assert_rank_losses_match(
+    ranks: list[dict[str, Any]], terms: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *, atol: float = 1e-5
+) -> None:
+    """Each rank's loss ``terms`` on its rows, gathered (``gather_from_all_ranks``), are the one-process ``terms`` on
+    the whole batch, and its ``grads`` on its rows, divided by ``W``, are the one-process ``grads`` ``(W * B, ...)``
+    on those rows (the gather's backward sums what all ``W`` identical losses send back; DDP divides by ``W``).
+
+    Args:
+        ranks: from :func:`spawn_ranks`, each with ``terms`` and ``grads`` in the order of the arguments.
+    """
+    world = len(ranks)
+    for rank, result in enumerate(ranks):
+        for got, expected in zip(result["terms"], terms, strict=True):
+            torch.testing.assert_close(got, expected.detach(), atol=atol, rtol=1e-5)
+        for got, expected in zip(result["grads"], grads, strict=True):
+            rows = rank_rows(rank, len(expected) // world)
+            torch.testing.assert_close(got / world, expected[rows], atol=atol, rtol=1e-5)
+
+
+def rank_sgd_step(
+    task: PretextTask, images: torch.Tensor, rank: int, world: int, *, seed: int, step: int, init_seed: int = 5
+) -> dict[str, Any]:
+    """On process ``rank`` of :func:`spawn_ranks`: :func:`sgd_step` of the task on its share of the global batch
+    ``images`` ``(W * B, 3, S, S)``, as the trainer takes it with ``--sync-bn``: the pseudo-labels of rows
+    ``rank * B ...`` (drawn for the global batch, at ``seed`` and ``step``), a :class:`TaskStep` seeded with
+    ``init_seed`` with its batch norms over the global batch, in DistributedDataParallel.
+
+    Returns:
+        ``batch``, the rank's inputs, and ``step``, what :func:`sgd_step` returns; :func:`assert_steps_match`
+        compares them with :func:`sgd_step` on the whole batch in one process.
+    """
+    per_rank = len(images) // world
+    random = BatchRandom(seed, step, task.name, per_rank, global_batch=len(images), offset=rank * per_rank)
+    batch = task.pseudo_labels(images[rank_rows(rank, per_rank)], random)
+    model = nn.parallel.DistributedDataParallel(convert_to_global_batchnorm(TaskStep.seeded(task, init_seed), "cpu"))
+    return {"batch": batch.inputs, "step": sgd_step(model, batch)}
+
+
+def assert_steps_match(
+    ranks: list[dict[str, Any]],
+    task: PretextTask,
+    images: torch.Tensor,
+    *,
+    seed: int,
+    step: int,
+    terms: tuple[str, ...],
+    averaged: tuple[str, ...] = (),
+    init_seed: int = 5,
+    grad_atol: float = 1e-5,
+) -> None:
+    """Each rank's :func:`rank_sgd_step` is the one-process :func:`sgd_step` on the whole batch ``images``: its
+    slice of the views, the loss, the named ``terms``, its rows of the predictions, and the gradients (``grad_atol``)
+    and parameters after the step (1e-5), both relative to the tensor's scale (batch norm sums in another order);
+    and the mean over the ranks of each of the terms ``averaged`` (a monitor of each rank's views among the global
+    batch's, such as an accuracy) is the one-process value.
+    """
+    batch = pretext_batch(task, images, step=step, seed=seed)
+    whole = sgd_step(TaskStep.seeded(task, init_seed), batch)
+    for rank, result in enumerate(ranks):
+        views = rank_rows(rank, len(batch.inputs) // len(ranks))
+        torch.testing.assert_close(result["batch"], batch.inputs[views])  # each rank's slice of the same views
+        got = result["step"]
+        torch.testing.assert_close(got["loss"], whole["loss"], atol=1e-5, rtol=1e-5)
+        for name in terms:
+            torch.testing.assert_close(got["terms"][name], whole["terms"][name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["predictions"], whole["predictions"][views], atol=1e-5, rtol=1e-5)
+        for what, atol in (("grads", grad_atol), ("parameters", 1e-5)):
+            assert_tensors_close(got[what], whole[what], atol=atol, rtol=1e-5, scaled=True, what=what)
+    for name in averaged:
+        mean = sum(result["step"]["terms"][name] for result in ranks) / len(ranks)
+        torch.testing.assert_close(mean, whole["terms"][name])
+
+
+def trained_state(
+    task_class: type[PretextTask],
+    out: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    settings: Mapping[str, Any],
+    **options: Any,
+) -> dict[str, torch.Tensor]:
+    """Every tensor a checkpoint keeps after ``steps`` steps of the engine's trainer (:meth:`TaskUnderTest.trainer`,
+    no probe, sync-bn and other trainer ``options`` as given), and ``world``: how many processes trained.
+
+    Called in each process of :func:`spawn_ranks` ``(..., group=False)`` with the global batch's share, and once in
+    the test's process with the whole batch: the states should match.
+    """
+    trainer = prepare(task_class, settings=dict(settings)).trainer(
+        out, steps=steps, batch_size=batch_size, log_every=1, probe=False, **options
+    )
+    trainer.train()
+    state = {key: value.detach().cpu().clone() for key, value in trainer.model.state_tensors().items()}
+    return state | {"world": torch.tensor(trainer.world.size)}
+
+
+def _prefixed(detail: str) -> Callable[[str], str]:
+    return lambda message: f"{detail}: {message}"
+
+
+def assert_tensors_close(
+    got: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    *,
+    atol: float,
+    rtol: float,
+    scaled: bool = False,
+    what: str = "",
+) -> None:
+    """The same names; floating-point tensors close (``atol`` times ``max(1, |expected|)`` with ``scaled``, for
+    sums over processes in another order), the others (counters, indices) equal. Messages name ``what`` and the
+    tensor."""
+    assert got.keys() == expected.keys(), f"{what}: {sorted(set(got) ^ set(expected))}"
+    for name, value in expected.items():
+        detail = f"{what} {name}".strip()
+        if not value.is_floating_point():
+            assert torch.equal(got[name], value), detail
+            continue
+        tolerance = atol * max(1.0, float(value.abs().max())) if scaled and value.numel() else atol
+        torch.testing.assert_close(got[name], value, atol=tolerance, rtol=rtol, msg=_prefixed(detail))

@@ -59,26 +59,18 @@ from ssl_engine.api import (
     TaskContext,
     TaskOutput,
     TaskSetting,
-    ViewAugmentation,
     accuracy,
     augmentation_notes,
     default_drawing,
     gather_from_all_ranks,
     is_distributed,
     normalize,
+    view_augmentation,
+    view_settings,
 )
 from sslx_barlowtwins.loss import BarlowTwinsLoss, off_diagonal, standardize_over_batch
 
 VIEWS = 2
-PAPER_BLUR = (1.0, 0.1)  # chance of a blur on the first and on the second view (BYOL's, which the paper uses)
-BLUR_FROM = 64  # blur=auto blurs images of at least this side
-
-
-def blur_probabilities(mode: str, image_size: int) -> tuple[float, float] | None:
-    """The per-view blur probabilities of ``blur`` = ``auto``/``on``/``off`` at ``image_size`` (``None``: none)."""
-    if mode == "on" or (mode == "auto" and image_size >= BLUR_FROM):
-        return PAPER_BLUR
-    return None
 
 
 def view_matching(z_a: torch.Tensor, z_b: torch.Tensor, count: int) -> torch.Tensor:
@@ -145,42 +137,7 @@ class BarlowTwinsTask(PretextTask):
             minimum=0.0,
             min_open=True,
         ),
-        TaskSetting(
-            "strength",
-            float,
-            0.5,
-            "colour distortion strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (BYOL's 0.4, 0.4, "
-            "0.2, 0.1 but saturation 0.4 at s = 0.5)",
-            minimum=0.0,
-            maximum=2.5,
-        ),
-        TaskSetting(
-            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
-        ),
-        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
-        TaskSetting(
-            "min_scale",
-            float,
-            0.08,
-            "smallest crop, a fraction of the image area (paper: 0.08)",
-            minimum=0.01,
-            maximum=1,
-        ),
-        TaskSetting(
-            "blur",
-            str,
-            "auto",
-            "Gaussian blur on every first view and 10% of the second (paper); auto: only from 64 px up",
-            choices=("auto", "on", "off"),
-        ),
-        TaskSetting(
-            "solarize",
-            float,
-            0.2,
-            "chance the second view is solarized (paper: 0.2; never the first)",
-            minimum=0,
-            maximum=1,
-        ),
+        *view_settings(strength="BYOL's 0.4, 0.4, 0.2, 0.1 but saturation 0.4 at s = 0.5"),
     )
 
     @classmethod
@@ -193,15 +150,7 @@ class BarlowTwinsTask(PretextTask):
         config = self.hparams
         if config["lambda"] <= 0 or config["scale"] <= 0:  # declared, but a task built by hand is checked too
             raise SettingError(f"task {self.name!r}: lambda and scale must be > 0")
-        self.augmentation = ViewAugmentation(
-            strength=config["strength"],
-            jitter_probability=config["jitter_probability"],
-            gray_probability=config["gray_probability"],
-            min_scale=config["min_scale"],
-            views=VIEWS,
-            blur_probabilities=blur_probabilities(config["blur"], context.image_size),
-            solarize_probabilities=(0.0, config["solarize"]) if config["solarize"] > 0 else None,
-        )
+        self.augmentation = view_augmentation(config, context.image_size)  # BYOL's blur, from 64 px up with auto
         self.loss = BarlowTwinsLoss()
         # Eq. 1 per embedding dimension: SGD-sized gradients at any width (see the module's notes).
         per_dimension = config["scale"] / config["projector_dim"]

@@ -61,7 +61,6 @@ from ssl_engine.api import (
     TaskContext,
     TaskOutput,
     TaskSetting,
-    ViewAugmentation,
     augmentation_notes,
     copy_weights,
     cosine_momentum,
@@ -70,19 +69,12 @@ from ssl_engine.api import (
     freeze,
     mlp_head,
     normalize,
+    view_augmentation,
+    view_settings,
 )
 from sslx_byol.loss import BYOLLoss
 
 VIEWS = 2
-PAPER_BLUR = (1.0, 0.1)  # chance of a blur on the first and on the second view (Grill et al. 2020, Table 6)
-BLUR_FROM = 64  # blur=auto blurs images of at least this side
-
-
-def blur_probabilities(mode: str, image_size: int) -> tuple[float, float] | None:
-    """The per-view blur probabilities of ``blur`` = ``auto``/``on``/``off`` at ``image_size`` (``None``: none)."""
-    if mode == "on" or (mode == "auto" and image_size >= BLUR_FROM):
-        return PAPER_BLUR
-    return None
 
 
 class BYOLTask(PretextTask):
@@ -118,55 +110,13 @@ class BYOLTask(PretextTask):
         TaskSetting(
             "predictor_hidden", int, 512, "hidden units of the predictor MLP (paper: 4096 for 2048 features)", minimum=1
         ),
-        TaskSetting(
-            "strength",
-            float,
-            0.5,
-            "colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (paper: 0.4, 0.4, 0.2, 0.1)",
-            minimum=0.0,
-            maximum=2.5,
-        ),
-        TaskSetting(
-            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
-        ),
-        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
-        TaskSetting(
-            "min_scale",
-            float,
-            0.08,
-            "smallest crop, a fraction of the image area (paper: 0.08)",
-            minimum=0.01,
-            maximum=1,
-        ),
-        TaskSetting(
-            "blur",
-            str,
-            "auto",
-            "Gaussian blur on every first view and 10% of the second (paper); auto: only from 64 px up",
-            choices=("auto", "on", "off"),
-        ),
-        TaskSetting(
-            "solarize",
-            float,
-            0.2,
-            "chance the second view is solarized (paper: 0.2; never the first)",
-            minimum=0,
-            maximum=1,
-        ),
+        *view_settings(),
     )
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
-        config = self.hparams
-        self.augmentation = ViewAugmentation(
-            strength=config["strength"],
-            jitter_probability=config["jitter_probability"],
-            gray_probability=config["gray_probability"],
-            min_scale=config["min_scale"],
-            views=VIEWS,
-            blur_probabilities=blur_probabilities(config["blur"], context.image_size),
-            solarize_probabilities=(0.0, config["solarize"]),
-        )
+        # Blur: Table 6's (1.0, 0.1) from 64 px up with blur=auto; solarization drawn even at 0 (always listed).
+        self.augmentation = view_augmentation(self.hparams, context.image_size, solarize_when_zero=True)
         self.loss = BYOLLoss()
 
     @classmethod

@@ -110,6 +110,7 @@ from ssl_engine.api import (
     freeze,
     normalize,
     picture_sheet,
+    view_settings,
 )
 from sslx_dino.head import DINOHead
 from sslx_dino.loss import dino_loss, teacher_temperature, updated_centre
@@ -241,22 +242,13 @@ class DINOTask(PretextTask):
         TaskSetting("global_max_scale", float, 1.0, "largest global crop (paper: 1.0)", minimum=0.01, maximum=1),
         TaskSetting("local_min_scale", float, 0.05, "smallest local crop (paper: 0.05)", minimum=0.01, maximum=1),
         TaskSetting("local_max_scale", float, 0.4, "largest local crop (paper: 0.4)", minimum=0.01, maximum=1),
-        TaskSetting(
-            "strength",
-            float,
-            0.5,
-            "colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (paper: 0.4, 0.4, 0.2, 0.1)",
-            minimum=0.0,
-            maximum=2.5,
-        ),
-        TaskSetting("blur", bool, False, "blur global views with chance 1 and 0.1, local ones 0.5 (paper: ImageNet)"),
-        TaskSetting(
-            "solarize_probability",
-            float,
-            0.2,
-            "chance the second global view is solarized (paper: 0.2)",
-            minimum=0,
-            maximum=1,
+        *view_settings(
+            jitter=False,
+            min_scale=None,
+            blur_modes=False,
+            blur_help="blur global views with chance 1 and 0.1, local ones 0.5 (paper: ImageNet)",
+            solarize_help="chance the second global view is solarized (paper: 0.2)",
+            solarize_name="solarize_probability",
         ),
         TaskSetting(
             "representation",

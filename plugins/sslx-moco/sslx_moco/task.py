@@ -70,7 +70,6 @@ from ssl_engine.api import (
     TaskContext,
     TaskOutput,
     TaskSetting,
-    ViewAugmentation,
     accuracy,
     augmentation_notes,
     copy_weights,
@@ -81,11 +80,12 @@ from ssl_engine.api import (
     gather_from_all_ranks,
     mlp_head,
     normalize,
+    view_augmentation,
+    view_settings,
 )
 from sslx_moco.loss import queue_logits, symmetric_logits
 
 VIEWS = 2
-BLUR_FROM = 64  # blur=auto blurs images of at least this side
 V2_BLUR = (0.5, 0.5)  # v2: half of the views (Chen et al. 2020, as SimCLR)
 V3_BLUR = (1.0, 0.1)  # v3: BYOL's asymmetric blur (Chen, Xie & He 2021, Appendix)
 
@@ -138,40 +138,14 @@ class MoCoTask(PretextTask):
         ),
         TaskSetting("projection_dim", int, 128, "output size of the projection head (v2: 128; v3: 256)", minimum=1),
         TaskSetting("predictor_hidden", int, 512, "v3: hidden units of the predictor (paper: 4096)", minimum=1),
-        TaskSetting(
-            "strength",
-            float,
-            0.5,
-            "colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (paper: 0.4, 0.4, 0.4, 0.1)",
-            minimum=0.0,
-            maximum=2.5,
-        ),
-        TaskSetting(
-            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
-        ),
-        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
-        TaskSetting(
-            "min_scale",
-            float,
-            0.2,
-            "smallest crop, a fraction of the image area (v2 paper: 0.2; v3: 0.08)",
-            minimum=0.01,
-            maximum=1,
-        ),
-        TaskSetting(
-            "blur",
-            str,
-            "auto",
-            "Gaussian blur (v2: half the views; v3: every first view, 10% of the second); auto: from 64 px up",
-            choices=("auto", "on", "off"),
-        ),
-        TaskSetting(
-            "solarize",
-            float,
-            0.0,
-            "chance the second view is solarized (v3 paper: 0.2)",
-            minimum=0,
-            maximum=1,
+        *view_settings(
+            strength="paper: 0.4, 0.4, 0.4, 0.1",
+            min_scale=0.2,
+            min_scale_paper="v2 paper: 0.2; v3: 0.08",
+            blur_help="Gaussian blur (v2: half the views; v3: every first view, 10% of the second); auto: from 64 px "
+            "up",
+            solarize=0.0,
+            solarize_help="chance the second view is solarized (v3 paper: 0.2)",
         ),
     )
 
@@ -188,16 +162,8 @@ class MoCoTask(PretextTask):
                 f"(--batch-size x processes): every step replaces one global batch of keys; e.g. "
                 f"--set moco.queue_size={fits}"
             )
-        blurs = config["blur"] == "on" or (config["blur"] == "auto" and context.image_size >= BLUR_FROM)
-        self.augmentation = ViewAugmentation(
-            strength=config["strength"],
-            jitter_probability=config["jitter_probability"],
-            gray_probability=config["gray_probability"],
-            min_scale=config["min_scale"],
-            views=VIEWS,
-            blur_probabilities=(V2_BLUR if self.version == 2 else V3_BLUR) if blurs else None,
-            solarize_probabilities=(0.0, config["solarize"]) if config["solarize"] > 0 else None,
-        )
+        blur = V2_BLUR if self.version == 2 else V3_BLUR
+        self.augmentation = view_augmentation(config, context.image_size, blur_probabilities=blur)
 
     def build_modules(self) -> nn.ModuleDict:
         dim, projection = self.context.feature_dim, self.hparams["projection_dim"]

@@ -24,11 +24,12 @@ from ssl_engine.api import (
     TaskContext,
     TaskOutput,
     TaskSetting,
-    ViewAugmentation,
     accuracy,
     augmentation_notes,
     default_drawing,
     normalize,
+    view_augmentation,
+    view_settings,
 )
 from sslx_simclr.loss import NTXentLoss
 
@@ -67,40 +68,18 @@ class SimCLRTask(PretextTask):
             maximum=10.0,
         ),
         TaskSetting("projection_dim", int, 128, "output size of the projection head (paper: 128)", minimum=1),
-        TaskSetting(
-            "strength",
-            float,
-            0.5,
-            "colour distortion strength s: jitter 0.8 s, hue 0.2 s (paper: 0.5 on CIFAR-10, 1 on ImageNet)",
-            minimum=0.0,
-            maximum=2.5,  # torchvision's bound: hue shifts up to half the colour wheel
+        *view_settings(
+            strength="paper: 0.5 on CIFAR-10, 1 on ImageNet",
+            blur_modes=False,
+            blur_help="Gaussian-blur half the views (paper: ImageNet only, not small images)",
+            solarize=None,
         ),
-        TaskSetting(
-            "jitter_probability", float, 0.8, "chance a view is colour-jittered (paper: 0.8)", minimum=0, maximum=1
-        ),
-        TaskSetting("gray_probability", float, 0.2, "chance a view is made gray (paper: 0.2)", minimum=0, maximum=1),
-        TaskSetting(
-            "min_scale",
-            float,
-            0.08,
-            "smallest crop, a fraction of the image area (paper: 0.08)",
-            minimum=0.01,
-            maximum=1,
-        ),
-        TaskSetting("blur", bool, False, "Gaussian-blur half the views (paper: ImageNet only, not small images)"),
     )
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
         config = self.hparams
-        self.augmentation = ViewAugmentation(
-            strength=config["strength"],
-            jitter_probability=config["jitter_probability"],
-            gray_probability=config["gray_probability"],
-            min_scale=config["min_scale"],
-            blur=config["blur"],
-            views=VIEWS,
-        )
+        self.augmentation = view_augmentation(config, context.image_size)  # blur: a flag, half the views
         self.loss = NTXentLoss(config["temperature"], cross_entropy=context.loss_fn)
 
     def build_modules(self) -> nn.ModuleDict:

@@ -15,26 +15,24 @@ What is compared, for ``W = 2`` ranks with ``B`` images each and the ``W * B``-i
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from sslx_vicreg.loss import VICRegLoss
 from sslx_vicreg.task import VICRegTask
-from torch import nn
-from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from ssl_engine.api import BatchRandom, PretextBatch, TaskContext, gather_from_all_ranks, projector_head
-from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.settings import resolve_settings
-from ssl_engine.train.sync_batchnorm import convert_to_global_batchnorm
+from ssl_engine.api import gather_from_all_ranks
+from ssl_engine.testing import (
+    assert_rank_losses_match,
+    assert_steps_match,
+    random_images,
+    rank_rows,
+    rank_sgd_step,
+    spawn_ranks,
+    task_instance,
+    twin_embeddings,
+)
 
 WORLD = 2
 IMAGES_PER_RANK = 4
@@ -46,157 +44,35 @@ SEED, STEP = 3, 11
 pytestmark = pytest.mark.slow
 
 
-def fixed_embeddings() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    z_a = torch.randn(WORLD * IMAGES_PER_RANK, DIM, generator=generator)
-    return z_a, z_a + 0.7 * torch.randn(WORLD * IMAGES_PER_RANK, DIM, generator=generator)
-
-
-def fixed_images() -> torch.Tensor:
-    return torch.rand(WORLD * IMAGES_PER_RANK, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
 def make_task() -> VICRegTask:
     given = {f"{term}_weight": weight for term, weight in WEIGHTS.items()}
-    settings = resolve_settings("vicreg", VICRegTask.settings, {**given, "gamma": GAMMA, "projector_dim": 8})
-    return VICRegTask(
-        TaskContext(
-            settings=settings,
-            image_size=32,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=projector_head,
-            loss_fn=F.cross_entropy,
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
+    return task_instance(VICRegTask, 32, **given, gamma=GAMMA, projector_dim=8)
 
 
-class TrainingStep(nn.Module):
-    """The shared backbone and the task's modules, one step of the task (what the trainer wraps in DDP)."""
-
-    def __init__(self, task: VICRegTask) -> None:
-        super().__init__()
-        torch.manual_seed(5)
-        self.task = task
-        self.backbone = SmallConvNet(3, width=4)
-        self.heads = task.build_modules()
-
-    def forward(self, batch: PretextBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        output = self.task.forward(self.backbone, self.heads, nn.ModuleDict(), batch)  # type: ignore[arg-type]
-        terms = {**output.losses, **output.metrics}
-        assert output.predictions is not None
-        return self.task.weighted_total(output.losses), terms, output.predictions
+def weighted(terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return sum((weight * term for weight, term in zip(WEIGHTS.values(), terms, strict=True)), torch.tensor(0.0))
 
 
-def train_one_step(model: nn.Module, batch: PretextBatch) -> dict[str, object]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss, terms, predictions = model(batch)
-    loss.backward()
-    grads = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
-    optimizer.step()
-    return {
-        "loss": loss.detach(),
-        "terms": {name: value.detach() for name, value in terms.items()},
-        "predictions": predictions.detach(),
-        "grads": grads,
-        "parameters": {name: parameter.detach().clone() for name, parameter in model.named_parameters()},
-    }
-
-
-def without_ddp_prefix(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name.removeprefix("module."): value for name, value in values.items()}
-
-
-def run_rank(rank: int, port: int, out: Path) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120)
-    )
-    try:
-        torch.set_num_threads(1)
-        rows = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
-        z_a, z_b = (z[rows].clone().requires_grad_() for z in fixed_embeddings())
-        terms = VICRegLoss(GAMMA)(gather_from_all_ranks(z_a), gather_from_all_ranks(z_b))
-        sum(weight * term for weight, term in zip(WEIGHTS.values(), terms, strict=True)).backward()
-
-        task = make_task()
-        random = BatchRandom(SEED, STEP, task.name, IMAGES_PER_RANK, global_batch=WORLD * IMAGES_PER_RANK,
-                             offset=rank * IMAGES_PER_RANK)  # fmt: skip
-        batch = task.pseudo_labels(fixed_images()[rows], random)
-        model = DistributedDataParallel(convert_to_global_batchnorm(TrainingStep(task), "cpu"))
-        step = train_one_step(model, batch)
-        torch.save(
-            {
-                "terms": [term.detach() for term in terms],
-                "grads": (z_a.grad, z_b.grad),
-                "batch": batch.inputs,
-                "step": step,
-            },
-            out / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def spawn_ranks(
-    out: Path, deadline_s: float = 300.0, target: Callable[[int, int, Path], None] = run_rank
-) -> list[dict]:
-    context = mp.spawn(target, args=(free_port(), out), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + deadline_s
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"the {WORLD} ranks did not finish in {deadline_s:.0f} s")
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
+def rank_result(rank: int) -> dict[str, object]:
+    rows = rank_rows(rank, IMAGES_PER_RANK)
+    z_a, z_b = (z[rows].clone().requires_grad_() for z in twin_embeddings(WORLD * IMAGES_PER_RANK, DIM))
+    terms = VICRegLoss(GAMMA)(gather_from_all_ranks(z_a), gather_from_all_ranks(z_b))
+    weighted(terms).backward()
+    step = rank_sgd_step(make_task(), random_images(WORLD * IMAGES_PER_RANK), rank, WORLD, seed=SEED, step=STEP)
+    return step | {"terms": [term.detach() for term in terms], "grads": (z_a.grad, z_b.grad)}
 
 
 def test_two_processes_train_as_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    ranks = spawn_ranks(tmp_path)
+    ranks = spawn_ranks(rank_result, tmp_path, world=WORLD)
 
     # The loss on fixed embeddings.
-    z_a, z_b = (z.requires_grad_() for z in fixed_embeddings())
+    z_a, z_b = (z.requires_grad_() for z in twin_embeddings(WORLD * IMAGES_PER_RANK, DIM))
     terms = VICRegLoss(GAMMA)(z_a, z_b)
-    assert float(terms[1]) > 0  # the variance hinge is active, so its global statistics matter
-    loss = sum(weight * term for weight, term in zip(WEIGHTS.values(), terms, strict=True))
-    grads = torch.autograd.grad(loss, (z_a, z_b))
-    for rank, result in enumerate(ranks):
-        rows = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
-        for got, expected in zip(result["terms"], terms, strict=True):
-            torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=1e-5)
-        for got, expected in zip(result["grads"], grads, strict=True):
-            torch.testing.assert_close(got / WORLD, expected[rows], atol=1e-5, rtol=1e-5)
+    assert float(terms[1].detach()) > 0  # the variance hinge is active, so its global statistics matter
+    assert_rank_losses_match(ranks, terms, torch.autograd.grad(weighted(terms), (z_a, z_b)))
 
-    # A whole step of the task.
-    task = make_task()
-    batch = task.pseudo_labels(fixed_images(), BatchRandom(SEED, STEP, task.name, WORLD * IMAGES_PER_RANK))
-    whole = train_one_step(TrainingStep(task), batch)
-    views_per_rank = 2 * IMAGES_PER_RANK
-    for rank, result in enumerate(ranks):
-        views = slice(rank * views_per_rank, (rank + 1) * views_per_rank)
-        torch.testing.assert_close(result["batch"], batch.inputs[views])  # each rank's slice of the same views
-        step = result["step"]
-        torch.testing.assert_close(step["loss"], whole["loss"], atol=1e-5, rtol=1e-5)
-        for name in ("invariance", "variance", "covariance", "std"):
-            torch.testing.assert_close(step["terms"][name], whole["terms"][name], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(step["predictions"], whole["predictions"][views], atol=1e-5, rtol=1e-5)
-        for what in ("grads", "parameters"):
-            got = without_ddp_prefix(step[what])
-            assert got.keys() == whole[what].keys()
-            for name, value in whole[what].items():
-                # float32 sums in another order (batch norm over two processes): 1e-5 of the tensor's scale.
-                scale = max(1.0, float(value.abs().max()))
-                detail = f"{what} {name}"
-                torch.testing.assert_close(
-                    got[name], value, atol=1e-5 * scale, rtol=1e-5, msg=lambda m, d=detail: f"{d}: {m}"
-                )
+    # A whole step of the task; float32 sums in another order (batch norm over two processes): 1e-5 of the scale.
+    images = random_images(WORLD * IMAGES_PER_RANK)
+    names = ("invariance", "variance", "covariance", "std")
     # The monitor over the global batch: the mean of the ranks' accuracies is the one-process accuracy.
-    mean_accuracy = sum(result["step"]["terms"]["accuracy"] for result in ranks) / WORLD
-    torch.testing.assert_close(mean_accuracy, whole["terms"]["accuracy"])
+    assert_steps_match(ranks, make_task(), images, seed=SEED, step=STEP, terms=names, averaged=("accuracy",))
