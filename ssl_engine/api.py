@@ -61,6 +61,8 @@ from ssl_engine.hookspecs import (
     EvaluatorRegister,
     HeadKind,
     HeadRegister,
+    LoggerFactory,
+    LoggerRegister,
     LossFactory,
     LossKind,
     LossRegister,
@@ -68,6 +70,7 @@ from ssl_engine.hookspecs import (
     hookimpl,
 )
 from ssl_engine.images import MEAN, STD, denormalize, normalize, standardize_each, to_float
+from ssl_engine.loggers.base import MetricsLogger, RunOutcome
 from ssl_engine.metrics.psnr import masked_psnr, psnr
 from ssl_engine.momentum import copy_weights, cosine_momentum, ema_update, freeze
 from ssl_engine.randomness import BatchRandom
@@ -100,6 +103,7 @@ __all__ = [
     "BackboneRegister",
     "DatasetRegister",
     "EvaluatorRegister",
+    "LoggerRegister",
     "HeadFactory",
     "HeadKind",
     "LossFactory",
@@ -108,6 +112,9 @@ __all__ = [
     "BackboneFactory",
     "DatasetFactory",
     "Evaluator",
+    "LoggerFactory",
+    "MetricsLogger",
+    "RunOutcome",
     # the task contract
     "PretextTask",
     "TaskContext",

@@ -1,4 +1,4 @@
-"""The core's own plugin: backbones, data sets, heads, losses and evaluators, registered like any other."""
+"""The core's own plugin: backbones, data sets, heads, losses, evaluators and loggers, registered like any other."""
 
 from __future__ import annotations
 
@@ -25,9 +25,13 @@ from ssl_engine.hookspecs import (
     DatasetRegister,
     EvaluatorRegister,
     HeadRegister,
+    LoggerRegister,
     LossRegister,
     hookimpl,
 )
+from ssl_engine.loggers.jsonl import JsonlLogger
+from ssl_engine.loggers.tensorboard import INSTALL_HINT as TENSORBOARD_HINT
+from ssl_engine.loggers.tensorboard import TensorBoardLogger, tensorboard_installed
 from ssl_engine.losses.classification import cross_entropy, label_smoothing_cross_entropy
 from ssl_engine.losses.regression import mean_absolute_error, mean_squared_error
 
@@ -108,3 +112,14 @@ def register_evaluators(register: EvaluatorRegister) -> None:
     register("linear", linear_protocol, help="linear classifier on frozen features; weight decay chosen on val")
     register("finetune", finetune_protocol, help="all parameters trained with a fresh linear head; epoch chosen on val")
     register("knn", knn_protocol, help="weighted cosine kNN on frozen features (k=200, T=0.1); no training")
+
+
+@hookimpl
+def register_loggers(register: LoggerRegister) -> None:
+    register("jsonl", JsonlLogger, default=True, help="RUN_DIR/metrics.jsonl: a JSON line per logged step (always on)")
+    register(
+        "tensorboard",
+        TensorBoardLogger,
+        default=tensorboard_installed(),
+        help=f"TensorBoard event files in RUN_DIR/tensorboard (on by default when installed: {TENSORBOARD_HINT})",
+    )

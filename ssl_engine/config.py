@@ -265,6 +265,15 @@ class PretrainConfig:
             resumable=True,
         ),
     )
+    loggers: str = declared(
+        "auto",
+        FieldRule(
+            "Where metrics go, comma-separated: auto (jsonl, and tensorboard when installed) and any registered "
+            "logger (see `sslx plugins`); RUN_DIR/metrics.jsonl is always written.",
+            resumable=True,
+            metavar="NAME,...",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.tasks, list) or not all(isinstance(task, TaskSpec) for task in self.tasks):

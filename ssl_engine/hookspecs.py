@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ssl_engine.backbones.base import Backbone
     from ssl_engine.data.options import DataOptions
     from ssl_engine.eval.context import EvalContext
+    from ssl_engine.loggers.base import MetricsLogger
     from ssl_engine.task import HeadFactory, LossFunction, PretextTask
 
 PROJECT_NAME = "ssl_engine"
@@ -50,6 +51,8 @@ DatasetFactory = Callable[[str, int, "DataOptions"], "Dataset[tuple[torch.Tensor
 when unlabelled."""
 Evaluator = Callable[["EvalContext"], dict[str, Any]]
 """``evaluate(context) -> {"accuracy": float, ...}``."""
+LoggerFactory = Callable[[], "MetricsLogger"]
+"""``factory() -> MetricsLogger``: a fresh logger for one run (usually the logger class itself)."""
 HeadKind = Literal["classifier", "decoder"]
 LossKind = Literal["classification", "regression"]
 
@@ -115,6 +118,15 @@ class EvaluatorRegister(Protocol):
     """``register(name, evaluate, *, help="")``."""
 
     def __call__(self, name: str, evaluate: Evaluator, /, *, help: str = "") -> None: ...
+
+
+class LoggerRegister(Protocol):
+    """``register(name, factory, *, help="", default=False)``.
+
+    ``default``: the logger is on when ``--loggers`` is ``auto`` (its default); otherwise only when named.
+    """
+
+    def __call__(self, name: str, factory: LoggerFactory, /, *, help: str = "", default: bool = False) -> None: ...
 
 
 @hookspec
@@ -184,6 +196,17 @@ def register_evaluators(register: EvaluatorRegister) -> None:
     """
 
 
+@hookspec
+def register_loggers(register: LoggerRegister) -> None:
+    """Register where a run's metrics can go: files, dashboards, experiment trackers (``--loggers NAME,...``).
+
+    Args:
+        register: call ``register(name, factory, help="...", default=False)`` where ``factory() -> MetricsLogger``
+            makes a fresh :class:`ssl_engine.api.MetricsLogger` for each run (only the main process makes one);
+            see :class:`LoggerRegister`.
+    """
+
+
 __all__ = [
     "PROJECT_NAME",
     "BackboneFactory",
@@ -194,6 +217,8 @@ __all__ = [
     "EvaluatorRegister",
     "HeadKind",
     "HeadRegister",
+    "LoggerFactory",
+    "LoggerRegister",
     "LossFactory",
     "LossKind",
     "LossRegister",

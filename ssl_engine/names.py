@@ -9,7 +9,11 @@ A plugin may declare the tasks it registers in its package metadata, beside its 
     jigsaw = "sslx_jigsaw.plugin"
 
 so ``sslx pretrain --task jigsw`` can say "did you mean 'jigsaw'?" in a fraction of a second, reading metadata
-only. A plugin that declares nothing still works: then the names are only known by importing every plugin (the
+only. A plugin that registers no task (a logger, a backbone) says so in a group of its own::
+
+    [project.entry-points."ssl_engine.no_tasks"]
+    mlflow = "sslx_mlflow.plugin"
+ A plugin that declares nothing still works: then the names are only known by importing every plugin (the
 :class:`~ssl_engine.plugins.PluginHost`), which is what the commands fall back to. The declarations only ever
 refuse a name early; a name they list is still looked up in the registry, which has the last word.
 """
@@ -23,6 +27,7 @@ from importlib import metadata
 
 PLUGIN_GROUP = "ssl_engine"
 TASK_GROUP = "ssl_engine.tasks"
+NO_TASKS_GROUP = "ssl_engine.no_tasks"
 CORE_PLUGIN = "core"
 """The core's own plugin registers backbones, data sets, heads, losses and evaluators, but no task (a test keeps
 it so), so it needs no declaration."""
@@ -54,10 +59,13 @@ def _distribution(entry_point: metadata.EntryPoint) -> str:
 
 def declared_task_names() -> list[str] | None:
     """The sorted task names the enabled plugins declare in their metadata, or ``None`` when some enabled plugin
-    (other than the core) declares none, so only importing the plugins tells every name."""
+    (other than the core) declares neither its tasks nor that it has none, so only importing the plugins tells
+    every name."""
     declared: dict[tuple[str, str], set[str]] = {}
     for entry_point in metadata.entry_points(group=TASK_GROUP):
         declared.setdefault((_distribution(entry_point), entry_point.value), set()).add(entry_point.name)
+    for entry_point in metadata.entry_points(group=NO_TASKS_GROUP):
+        declared.setdefault((_distribution(entry_point), entry_point.value), set())
     names: set[str] = set()
     for plugin in metadata.entry_points(group=PLUGIN_GROUP):
         if not enabled(plugin.name) or plugin.name == CORE_PLUGIN:

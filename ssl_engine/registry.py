@@ -1,7 +1,7 @@
 """The registry that plugins fill through their ``register`` callbacks: one typed :class:`Table` per kind.
 
 A :class:`Registry` holds every kind of thing a plugin can provide (tasks, heads, losses, backbones, data sets,
-evaluators), each in its own table typed by what it holds (``registry.tasks[name].obj`` is a task class,
+evaluators, loggers), each in its own table typed by what it holds (``registry.tasks[name].obj`` is a task class,
 ``registry.backbones[name].obj`` a backbone factory), each entry remembering the plugin and distribution it came
 from, so a name clash or a missing name can always be reported with who is involved. The kinds are the tables a
 :class:`Registry` builds (:data:`KINDS`), each filled by one hook (``register_tasks``, ..., :func:`hook_name`).
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from ssl_engine.names import unknown_name
 
 if TYPE_CHECKING:
-    from ssl_engine.hookspecs import BackboneFactory, DatasetFactory, Evaluator, LossFactory
+    from ssl_engine.hookspecs import BackboneFactory, DatasetFactory, Evaluator, LoggerFactory, LossFactory
     from ssl_engine.task import HeadFactory, PretextTask
 
 T = TypeVar("T")
@@ -229,6 +229,7 @@ class Registry:
         self.backbones: Table[BackboneFactory] = Table("backbone", "register_backbones")
         self.datasets: Table[DatasetFactory] = Table("dataset", "register_datasets")
         self.evaluators: Table[Evaluator] = Table("evaluator", "register_evaluators")
+        self.loggers: Table[LoggerFactory] = Table("logger", "register_loggers")
         tables: tuple[Table[Any], ...] = (
             self.tasks,
             self.heads,
@@ -236,6 +237,7 @@ class Registry:
             self.backbones,
             self.datasets,
             self.evaluators,
+            self.loggers,
         )
         self.tables: dict[str, Table[Any]] = {table.kind: table for table in tables}
 
@@ -270,7 +272,7 @@ _HOOKS: dict[str, str] = {kind: table.hook for kind, table in Registry().tables.
 
 KINDS: tuple[str, ...] = tuple(_HOOKS)
 """Every kind of thing a plugin can register: ``task``, ``head``, ``loss``, ``backbone``, ``dataset``,
-``evaluator``."""
+``evaluator``, ``logger``."""
 
 
 def hook_name(kind: str) -> str:

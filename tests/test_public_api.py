@@ -29,7 +29,7 @@ from ssl_engine.api import (
     TaskRegister,
     hookimpl,
 )
-from ssl_engine.hookspecs import BackboneFactory, hookspec
+from ssl_engine.hookspecs import BackboneFactory, LoggerFactory, hookspec
 from ssl_engine.plugins import PluginHost, PluginLoadError, call_plugin_hook, register_signature
 from ssl_engine.registry import KINDS, Registered, Registry, Table, UnknownNameError, hook_name
 from ssl_engine.scaffold import TEMPLATES, PluginNames
@@ -270,7 +270,7 @@ def test_an_implementation_asking_for_an_argument_the_spec_lacks_is_reported_and
 def test_one_typed_table_per_kind_and_the_by_kind_lookups_wrap_them() -> None:
     host = PluginHost.from_plugins([("toy", Typos())])
     registry: Registry = host.registry
-    assert tuple(registry.tables) == KINDS == ("task", "head", "loss", "backbone", "dataset", "evaluator")
+    assert tuple(registry.tables) == KINDS == ("task", "head", "loss", "backbone", "dataset", "evaluator", "logger")
     for kind, table in registry.tables.items():
         assert isinstance(table, Table) and table.kind == kind and table is registry.table(kind)
         assert hasattr(hookspecs, table.hook) and table.hook == hook_name(kind)
@@ -281,6 +281,8 @@ def test_one_typed_table_per_kind_and_the_by_kind_lookups_wrap_them() -> None:
     assert_type(registry.tasks, Table[type[PretextTask]])
     assert registry.get("backbone", "smallconv") is smallconv and "smallconv" in registry.backbones
     assert registry.datasets["shapes"].meta == {"labelled": True, "color": True, "pretrain_split": "train"}
+    assert_type(registry.loggers["jsonl"], Registered[LoggerFactory])
+    assert registry.loggers["jsonl"].meta == {"default": True}
     with pytest.raises(UnknownNameError, match="unknown backbone 'nope'; available: resnet18"):
         registry.backbones["nope"]
     assert len(list(registry.entries())) == sum(len(table) for table in registry.tables.values())

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ssl_engine.train.metrics_log import MetricsLog
+from ssl_engine.plugins import PluginHost
+from ssl_engine.train.metrics_log import MetricsLog, chosen_loggers
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -26,10 +27,11 @@ def logged_steps(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def test_a_resumed_run_shows_every_step_once_in_tensorboard(tmp_path: Path) -> None:
-    with MetricsLog(tmp_path, start_step=0) as first:
+    loggers = chosen_loggers("tensorboard", PluginHost.from_plugins([]).registry)
+    with MetricsLog(loggers, tmp_path, start_step=0) as first:
         for step in range(2, 14, 2):  # interrupted after step 12; its last checkpoint is step 6's
             first.write(step, {"loss": 1.0})
-    with MetricsLog(tmp_path, start_step=CHECKPOINT_STEP) as resumed:
+    with MetricsLog(loggers, tmp_path, start_step=CHECKPOINT_STEP) as resumed:
         for step in range(CHECKPOINT_STEP + 2, 18, 2):
             resumed.write(step, {"loss": 2.0})
 

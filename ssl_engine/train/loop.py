@@ -41,7 +41,7 @@ from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.run import Run
 from ssl_engine.run_directory import METRICS_FILE, set_aside, truncate_metrics, write_config
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
-from ssl_engine.train.metrics_log import MetricsLog
+from ssl_engine.train.metrics_log import MetricsLog, chosen_loggers
 from ssl_engine.train.online_probe import OnlineProbe, count_classes
 from ssl_engine.train.optim import make_optimizer
 from ssl_engine.train.progress import Progress
@@ -90,6 +90,7 @@ class Trainer:
         self.source = run.source
         self.image_size, self.total, self.lr = run.image_size, run.total_steps, run.lr
         config = self.config
+        self.loggers = chosen_loggers(config.loggers, run.registry)  # an unknown name is refused before training
         self.optimizer = make_optimizer(
             config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
         )
@@ -382,7 +383,10 @@ class Trainer:
         logged: dict[str, float] = {}
         since, images_since = time.perf_counter(), 0
         stop = StopRequest()
-        with MetricsLog(self.out, enabled=main, start_step=self.step) as metrics, stop.installed():
+        metrics_log = MetricsLog(
+            self.loggers, self.out, start_step=self.step, config=self.config.to_dict(), enabled=main
+        )
+        with metrics_log as metrics, stop.installed():
             for images, labels in self.stream.batches(self.step):
                 if self.step >= self.total:
                     break
@@ -410,7 +414,7 @@ class Trainer:
             progress.close()
             unreadable = self.stream.warn_unreadable(self.world, self.device)  # files skipped: named once, at the end
             if unreadable:
-                metrics.write(self.step, unreadable)  # type: ignore[arg-type]
+                metrics.write(self.step, unreadable)
         progress.close()
         self.check_finite(logged)
         self.checkpoint()
