@@ -85,6 +85,9 @@ def test_every_installed_plugin_declares_exactly_the_tasks_it_registers() -> Non
     declared: dict[str, set[str]] = {}
     for entry_point in metadata.entry_points(group=names.TASK_GROUP):
         declared.setdefault(entry_point.value, set()).add(entry_point.name)
+    for entry_point in metadata.entry_points(group=names.NO_TASKS_GROUP):
+        assert entry_point.value not in declared, f"{entry_point.name} declares tasks and none"
+        declared[entry_point.value] = set()
     for plugin in metadata.entry_points(group=names.PLUGIN_GROUP):
         registered = set(host.plugins[plugin.name].registered.get("task", [])) if plugin.name in host.plugins else set()
         if plugin.name == names.CORE_PLUGIN:
@@ -108,10 +111,16 @@ def test_declared_names_fall_back_to_importing_when_a_plugin_declares_none(monke
         metadata.EntryPoint("flip_v2", "sslx_flip.plugin", names.TASK_GROUP),
     ]
     silent = metadata.EntryPoint("third", "third_party.plugin", names.PLUGIN_GROUP)
+    taskless = [
+        metadata.EntryPoint("tracker", "sslx_tracker.plugin", names.PLUGIN_GROUP),
+        metadata.EntryPoint("tracker", "sslx_tracker.plugin", names.NO_TASKS_GROUP),
+    ]
     for variable in ("SSLX_DISABLE_PLUGINS", "SSLX_LOAD_PLUGINS", "SSLX_NO_PLUGINS"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(names.metadata, "entry_points", fake_entry_points(declared))
     assert names.declared_task_names() == ["flip", "flip_v2"]
+    monkeypatch.setattr(names.metadata, "entry_points", fake_entry_points([*declared, *taskless]))
+    assert names.declared_task_names() == ["flip", "flip_v2"]  # a plugin that says it registers no task
     monkeypatch.setattr(names.metadata, "entry_points", fake_entry_points([*declared, silent]))
     assert names.declared_task_names() is None  # "third" may register any task: only importing it tells
     monkeypatch.setenv("SSLX_DISABLE_PLUGINS", "third")

@@ -1,0 +1,13 @@
+"""Entry point of the ``mlflow`` plugin (mlflow itself is imported only when a run uses the logger)."""
+
+from ssl_engine.api import LoggerRegister, hookimpl
+from sslx_mlflow.logger import MLflowLogger
+
+
+@hookimpl
+def register_loggers(register: LoggerRegister) -> None:
+    register(
+        "mlflow",
+        MLflowLogger,
+        help="config and metrics to MLflow: $MLFLOW_TRACKING_URI, else a file store in RUN_DIR/mlruns",
+    )
