@@ -20,10 +20,11 @@ PLUGIN = ("mlflow", sslx_mlflow.plugin)
 
 @pytest.fixture(autouse=True)
 def local_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default store (RUN_DIR/mlruns), whatever the environment of the machine says."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    """The default store (RUN_DIR/mlruns), whatever the environment of the machine says; MLflow 3's switch for
+    file stores is left to the plugin (and undone after the test)."""
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.setenv(variable, "")  # remembered as it was, restored after the test
+        monkeypatch.delenv(variable)
 
 
 def mlflow_run(run_dir: Path) -> tuple[Any, Any]:
