@@ -41,6 +41,7 @@ from ssl_engine.run_directory import (
 )
 from ssl_engine.settings import SettingError
 from ssl_engine.task import ImageSizeError, Representation
+from ssl_engine.train.metrics_log import chosen_loggers
 from ssl_engine.train.model import (
     PretrainModel,
     RunSetupError,
@@ -153,6 +154,7 @@ def build_run(
     task_classes(config, registry)  # names and mix checked before anything is created
     image_size = resolve_image_size(config, registry)
     registry.get("backbone", config.backbone)
+    chosen_loggers(config.loggers, registry)  # an unknown --loggers name is refused before the run directory exists
     device = pick_device(config.device)
     world = init_from_env(device.type)
     device = pick_device(config.device, world)

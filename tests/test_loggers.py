@@ -138,10 +138,11 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path: Path) -> None
 def test_an_unknown_logger_exits_2_with_the_closest_name(tmp_path: Path) -> None:
     with cli_plugins(PLUGIN):
         result = run_cli(
-            "pretrain", "--task", REFERENCE_TASK, *FAST, "--loggers", "jsonl,tensorbord", "--out", tmp_path
+            "pretrain", "--task", REFERENCE_TASK, *FAST, "--loggers", "jsonl,tensorbord", "--out", tmp_path / "run"
         )
     assert result.exit_code == 2
     assert "unknown logger 'tensorbord' (did you mean 'tensorboard'?); available: auto, flaky, jsonl" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
 @pytest.mark.slow
