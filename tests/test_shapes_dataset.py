@@ -276,3 +276,16 @@ def test_invalid_inputs() -> None:
         render_image("train", -1, 32)
     with pytest.raises(ValueError):
         ShapesDataset("train", 32, size=-1)
+
+
+def test_rendered_images_are_kept_for_a_second_pass_and_stay_unchanged() -> None:
+    from ssl_engine.data.shapes import rendered_images
+
+    first = ShapesDataset("test", 24)
+    image, label = first[7]
+    assert bool(rendered_images("test", 24).done[7])
+    image.zero_()  # a caller's change to what it was given
+    again, label_again = ShapesDataset("test", 24)[7]
+    expected, expected_label = render_image("test", 7, 24)
+    assert torch.equal(again, expected) and label_again == label == expected_label
+    assert not bool(rendered_images("test", 24).done[8])  # only what was asked for is rendered

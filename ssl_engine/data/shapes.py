@@ -579,8 +579,40 @@ def render_image(split: str, index: int, image_size: int) -> tuple[torch.Tensor,
     return torch.from_numpy(pixels), label
 
 
+MEMO_MAX_SIZE = 96  # images kept once rendered up to this side (the small-set regime: 10,000 at 96 px are 276 MB)
+
+
+class RenderedImages:
+    """The images of one split and size rendered so far, kept for the process: a second pass over the split (the
+    closing probe extracts features for the trained and the random-init backbone in turn) renders nothing again.
+
+    ``images`` ``(N, 3, S, S)`` uint8 and ``labels`` ``(N,)`` int64 are allocated on the first access; ``done``
+    says which rows hold an image.
+    """
+
+    def __init__(self, split: str, image_size: int) -> None:
+        count = SPLIT_SIZES[split]
+        self.split, self.image_size = split, image_size
+        self.images = torch.empty(count, 3, image_size, image_size, dtype=torch.uint8)
+        self.labels = torch.empty(count, dtype=torch.int64)
+        self.done = torch.zeros(count, dtype=torch.bool)
+
+    def get(self, index: int) -> tuple[torch.Tensor, int]:
+        if not self.done[index]:
+            image, label = render_image(self.split, index, self.image_size)
+            self.images[index], self.labels[index], self.done[index] = image, label, True
+        return self.images[index].clone(), int(self.labels[index])
+
+
+@functools.cache
+def rendered_images(split: str, image_size: int) -> RenderedImages:
+    """The process's :class:`RenderedImages` of ``split`` at ``image_size`` (at most :data:`MEMO_MAX_SIZE`)."""
+    return RenderedImages(split, image_size)
+
+
 class ShapesDataset(Dataset[tuple[torch.Tensor, int]]):
-    """The shapes data set: deterministic procedurally rendered images, rendered on access.
+    """The shapes data set: deterministic procedurally rendered images, rendered on access (and, up to
+    :data:`MEMO_MAX_SIZE` px, kept for the process once rendered: :class:`RenderedImages`).
 
     Args:
         split: "train", "val" or "test".
@@ -610,4 +642,6 @@ class ShapesDataset(Dataset[tuple[torch.Tensor, int]]):
             index += self.size
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} images")
+        if self.image_size <= MEMO_MAX_SIZE and index < SPLIT_SIZES[self.split]:
+            return rendered_images(self.split, self.image_size).get(index)
         return render_image(self.split, index, self.image_size)
