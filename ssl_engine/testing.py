@@ -116,6 +116,8 @@ import contextlib
 import os
 import random as python_random
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -194,13 +196,17 @@ __all__ = [
     "run_cli",
     "TaskStep",
     "assert_rank_losses_match",
+    "assert_refused_before_training",
+    "assert_show_draws",
     "assert_steps_match",
     "assert_tensors_close",
     "random_images",
+    "mixed_run",
     "rank_rows",
     "rank_sgd_step",
     "sgd_step",
     "spawn_ranks",
+    "sslx_process",
     "stop_after",
     "task_instance",
     "trained_state",
@@ -1754,3 +1760,45 @@ def assert_tensors_close(
             continue
         tolerance = atol * max(1.0, float(value.abs().max())) if scaled and value.numel() else atol
         torch.testing.assert_close(got[name], value, atol=tolerance, rtol=rtol, msg=_prefixed(detail))
+
+
+def sslx_process(*arguments: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``sslx ARGUMENTS`` in a fresh process (``python -m ssl_engine.cli``, one thread) in folder ``cwd``: the real
+    command line with the installed plugins, its exit code, stdout and stderr."""
+    command = [sys.executable, "-m", "ssl_engine.cli", *map(str, arguments)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+def assert_show_draws(task: str, folder: Path, *, rows: int = 3, columns: int = 3) -> None:
+    """``sslx show --task TASK --count ROWS`` in a fresh process writes a picture of at least ``columns`` x ``rows``
+    cells of 64 px (each image and its views)."""
+    out = folder / f"{task}.png"
+    result = sslx_process("show", "--task", task, "--count", rows, "--out", out, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as picture:
+        width, height = picture.size
+    assert width >= columns * 64 and height >= rows * 64, picture.size
+
+
+def assert_refused_before_training(task: str, folder: Path, *options: str, message: str) -> None:
+    """``sslx pretrain --task TASK OPTIONS`` in a fresh process exits 2 with ``message`` in its stderr, before
+    making the run directory."""
+    run = folder / "refused"
+    result = sslx_process("pretrain", "--task", task, *options, "--steps", "2", "--out", run, cwd=folder)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not run.exists()  # refused before the run directory was made
+
+
+def mixed_run(task: str, folder: Path, *, other: str = "rotation=0.5") -> tuple[dict[str, torch.Tensor], str]:
+    """``sslx pretrain --task TASK --task OTHER`` (2 steps of 8 images, no probe) in a fresh process.
+
+    Returns:
+        The tensors of its last checkpoint and the text of its ``metrics.jsonl``.
+    """
+    run = folder / "mix"
+    result = sslx_process("pretrain", "--task", task, "--task", other, "--steps", "2", "--batch-size", "8",
+                          "--log-every", "1", "--no-probe", "--out", run, cwd=folder)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return run_checkpoint(run).tensors, (run / "metrics.jsonl").read_text()

@@ -4,25 +4,19 @@ settings, the conformance kit, and the real command line (show, refused settings
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from sslx_barlowtwins.loss import BarlowTwinsLoss, cross_correlation, off_diagonal
 from sslx_barlowtwins.task import BarlowTwinsTask
 from torch.nn import functional as F
 
 from ssl_engine.api import BatchRandom, SettingError, TaskContext, projector_head
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import check_pretext_task
+from ssl_engine.testing import assert_refused_before_training, assert_show_draws, check_pretext_task, mixed_run
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 LAMBDA = 0.0051
 
 
@@ -205,19 +199,9 @@ def test_conformance_kit() -> None:
 
 
 # --- the real command line ---------------------------------------------------------------------------------
-def sslx(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ssl_engine.cli", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=ENV)
-
-
 @pytest.mark.slow
 def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
-    out = tmp_path / "barlowtwins.png"
-    result = sslx("show", "--task", "barlowtwins", "--count", "3", "--out", str(out), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    with Image.open(out) as picture:
-        width, height = picture.size
-    assert width >= 3 * 64 and height >= 3 * 64  # the original and its two views, three rows
+    assert_show_draws("barlowtwins", tmp_path)  # the original and its two views, three rows
 
 
 @pytest.mark.slow
@@ -233,22 +217,13 @@ def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
 def test_bad_settings_exit_2_naming_the_task_before_training(
     tmp_path: Path, option: tuple[str, str], message: str
 ) -> None:
-    result = sslx("pretrain", "--task", "barlowtwins", *option, "--steps", "2", "--out", str(tmp_path / "r"),
-                  cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert not (tmp_path / "r").exists()  # refused before the run directory was made
+    assert_refused_before_training("barlowtwins", tmp_path, *option, message=message)
 
 
 @pytest.mark.slow
 def test_barlowtwins_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
-    run = tmp_path / "mix"
-    result = sslx("pretrain", "--task", "barlowtwins", "--task", "rotation=0.5", "--steps", "2", "--batch-size", "8",
-                  "--log-every", "1", "--no-probe", "--out", str(run), cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    tensors = read_checkpoint(checkpoint_paths(run)[-1]).tensors
+    tensors, metrics = mixed_run("barlowtwins", tmp_path)
     assert any(key.startswith("task/barlowtwins/head.") for key in tensors)
     assert any(key.startswith("task/rotation/") for key in tensors)
-    metrics = (run / "metrics.jsonl").read_text()
     assert "barlowtwins/invariance" in metrics and "barlowtwins/redundancy" in metrics
     assert "rotation/rotation" in metrics

@@ -4,14 +4,10 @@ the asymmetric views, the conformance kit, and the real command line."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from sslx_byol.loss import BYOLLoss, normalized_mse
 from sslx_byol.task import BYOLTask
 from torch.nn import functional as F
@@ -20,9 +16,7 @@ from ssl_engine.api import BatchRandom, SettingError, TaskContext, mlp_head
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import check_pretext_task, prepare
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from ssl_engine.testing import assert_refused_before_training, assert_show_draws, check_pretext_task, mixed_run, prepare
 
 
 def make_task(image_size: int = 32, **settings: object) -> BYOLTask:
@@ -202,18 +196,9 @@ def test_the_target_is_in_the_checkpoint_under_its_prefix(tmp_path: Path) -> Non
 
 
 # --- the real command line ---------------------------------------------------------------------------------
-def sslx(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ssl_engine.cli", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=ENV)
-
-
 @pytest.mark.slow
 def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
-    result = sslx("show", "--task", "byol", "--count", "3", "--out", str(tmp_path / "byol.png"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    with Image.open(tmp_path / "byol.png") as picture:
-        width, height = picture.size
-    assert width >= 3 * 64 and height >= 3 * 64  # the original and its two views, three rows
+    assert_show_draws("byol", tmp_path)  # the original and its two views, three rows
 
 
 @pytest.mark.slow
@@ -222,21 +207,12 @@ def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
     [("byol.base_momentum=1.01", "byol.base_momentum"), ("byol.base_momentum=-1", "byol.base_momentum")],
 )
 def test_bad_settings_exit_2_naming_the_task_before_training(tmp_path: Path, setting: str, message: str) -> None:
-    result = sslx("pretrain", "--task", "byol", "--set", setting, "--steps", "2", "--out", str(tmp_path / "r"),
-                  cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert not (tmp_path / "r").exists()  # refused before the run directory was made
+    assert_refused_before_training("byol", tmp_path, "--set", setting, message=message)
 
 
 @pytest.mark.slow
 def test_byol_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
-    run = tmp_path / "mix"
-    result = sslx("pretrain", "--task", "byol", "--task", "rotation=0.5", "--steps", "2", "--batch-size", "8",
-                  "--log-every", "1", "--no-probe", "--out", str(run), cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    tensors = read_checkpoint(checkpoint_paths(run)[-1]).tensors
+    tensors, metrics = mixed_run("byol", tmp_path)
     assert any(key.startswith("task/byol/target_backbone.") for key in tensors)
     assert any(key.startswith("task/rotation/") for key in tensors)
-    metrics = (run / "metrics.jsonl").read_text()
     assert "byol/byol" in metrics and "rotation/rotation" in metrics

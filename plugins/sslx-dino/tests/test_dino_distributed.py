@@ -15,19 +15,13 @@ What is compared, for ``W = 2`` ranks holding half of every global batch each:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 from sslx_dino import plugin
 from sslx_dino.loss import dino_loss, updated_centre
@@ -35,9 +29,9 @@ from sslx_dino.task import DINOTask
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ssl_engine.api import BatchRandom, PretextBatch, TaskOutput, is_distributed
+from ssl_engine.api import BatchRandom, is_distributed
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
-from ssl_engine.testing import prepare
+from ssl_engine.testing import TaskStep, assert_tensors_close, prepare, rank_rows, spawn_ranks
 
 WORLD = 2
 IMAGES_PER_RANK = 3
@@ -60,17 +54,6 @@ SETTINGS = {"global_size": 16, "local_size": 8, "local_crops": 2, "out_dim": 32,
             "freeze_last_layer": 1, "teacher_temperature_warmup": 2}  # fmt: skip
 
 
-class TaskStep(nn.Module):
-    """The task's forward as one module, so DistributedDataParallel can wrap it (the engine's PretextStep)."""
-
-    def __init__(self, backbone: nn.Module, modules: nn.ModuleDict, task: DINOTask) -> None:
-        super().__init__()
-        self.backbone, self.task_modules, self.task = backbone, modules, task
-
-    def forward(self, batch: PretextBatch) -> TaskOutput:
-        return self.task.forward(self.backbone, self.task_modules, nn.ModuleDict(), batch)  # type: ignore[arg-type]
-
-
 def train_steps(rank: int, world: int) -> dict[str, torch.Tensor]:
     """``STEPS`` steps of the task on this rank's share of every global batch; its final state and losses."""
     subject = prepare(DINOTask, plugin=plugin, batch=GLOBAL_BATCH, image_size=16, settings=SETTINGS)
@@ -78,7 +61,7 @@ def train_steps(rank: int, world: int) -> dict[str, torch.Tensor]:
     task = runtime.task
     assert isinstance(task, DINOTask)
     model.eval()
-    step = TaskStep(model.backbone, runtime.modules, task)
+    step = TaskStep(task, model.backbone, runtime.modules)
     wrapped: nn.Module = DistributedDataParallel(step) if world > 1 else step
     optimizer = torch.optim.SGD([p for p in step.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
     local = GLOBAL_BATCH // world
@@ -100,51 +83,27 @@ def train_steps(rank: int, world: int) -> dict[str, torch.Tensor]:
     return state | {"losses": torch.stack(losses)}
 
 
-def run_rank(rank: int, port: int, out: Path) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120)
-    )
-    try:
-        torch.set_num_threads(1)
-        student, teacher, centre = fixed_logits()
-        rows = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
-        mine = student[rows].clone().requires_grad_()
-        loss, _ = dino_loss(mine, teacher[rows], centre, STUDENT_TEMPERATURE, TEACHER_TEMPERATURE)
-        loss.backward()
-        new_centre = updated_centre(centre, teacher[rows].flatten(0, 1), CENTRE_MOMENTUM)
-        result = {"loss": loss.detach(), "grad": mine.grad, "centre": new_centre, "distributed": is_distributed()}
-        torch.save(result | {"training": train_steps(rank, WORLD)}, out / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def spawn_ranks(out: Path, deadline_s: float = 600.0, target: Callable[[int, int, Path], None] = run_rank) -> list:
-    context = mp.spawn(target, args=(free_port(), out), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + deadline_s
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"the {WORLD} ranks did not finish in {deadline_s:.0f} s")
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
+def rank_result(rank: int) -> dict[str, object]:
+    student, teacher, centre = fixed_logits()
+    rows = rank_rows(rank, IMAGES_PER_RANK)
+    mine = student[rows].clone().requires_grad_()
+    loss, _ = dino_loss(mine, teacher[rows], centre, STUDENT_TEMPERATURE, TEACHER_TEMPERATURE)
+    loss.backward()
+    new_centre = updated_centre(centre, teacher[rows].flatten(0, 1), CENTRE_MOMENTUM)
+    result = {"loss": loss.detach(), "grad": mine.grad, "centre": new_centre, "distributed": is_distributed()}
+    return result | {"training": train_steps(rank, WORLD)}
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path: Path) -> None:
-    ranks = spawn_ranks(tmp_path)
+    ranks = spawn_ranks(rank_result, tmp_path, world=WORLD, deadline_s=600.0)
     student, teacher, centre = fixed_logits()
     student.requires_grad_()
     whole, _ = dino_loss(student, teacher, centre, STUDENT_TEMPERATURE, TEACHER_TEMPERATURE)
     (grad,) = torch.autograd.grad(whole, student)
     expected_centre = updated_centre(centre, teacher.flatten(0, 1), CENTRE_MOMENTUM)
     for rank, result in enumerate(ranks):
-        rows = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
+        rows = rank_rows(rank, IMAGES_PER_RANK)
         assert result["distributed"]
         alone, _ = dino_loss(student[rows], teacher[rows], centre, STUDENT_TEMPERATURE, TEACHER_TEMPERATURE)
         torch.testing.assert_close(result["loss"], alone.detach(), atol=1e-6, rtol=1e-5)
@@ -159,12 +118,7 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path: Path) -> 
     mean_losses = sum(result["training"]["losses"] for result in ranks) / WORLD  # (STEPS,)
     torch.testing.assert_close(mean_losses, single["losses"], atol=1e-5, rtol=1e-4)
     for result in ranks:
-        training = result["training"]
-        assert training.keys() == single.keys()
-        for key in single:
-            if key == "losses":
-                continue
-            torch.testing.assert_close(training[key], single[key], atol=1e-5, rtol=1e-4, msg=key)
+        assert_tensors_close({**result["training"], "losses": single["losses"]}, single, atol=1e-5, rtol=1e-4)
     centre_key = "task/dino/centre"
     assert single[centre_key].abs().sum() > 0 and torch.equal(
         ranks[0]["training"][centre_key], ranks[1]["training"][centre_key]

@@ -4,14 +4,10 @@ queue, the checkpoint keys, refused settings, the conformance kit, and the real 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from sslx_moco.loss import queue_logits, symmetric_logits
 from sslx_moco.task import MoCoTask
 from torch.nn import functional as F
@@ -20,9 +16,7 @@ from ssl_engine.api import BatchRandom, SettingError, TaskContext, TaskOutput, m
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import check_pretext_task, prepare
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from ssl_engine.testing import assert_refused_before_training, assert_show_draws, check_pretext_task, mixed_run, prepare
 
 
 def make_task(global_batch: int = 0, image_size: int = 32, **settings: object) -> MoCoTask:
@@ -253,18 +247,9 @@ def test_the_key_encoder_and_queue_are_in_the_checkpoint_under_their_prefix(tmp_
 
 
 # --- the real command line ---------------------------------------------------------------------------------
-def sslx(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ssl_engine.cli", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=ENV)
-
-
 @pytest.mark.slow
 def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
-    result = sslx("show", "--task", "moco", "--count", "3", "--out", str(tmp_path / "moco.png"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    with Image.open(tmp_path / "moco.png") as picture:
-        width, height = picture.size
-    assert width >= 3 * 64 and height >= 3 * 64  # the original and its two views, three rows
+    assert_show_draws("moco", tmp_path)  # the original and its two views, three rows
 
 
 @pytest.mark.slow
@@ -279,21 +264,13 @@ def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
 def test_bad_settings_exit_2_naming_the_task_before_training(
     tmp_path: Path, options: tuple[str, ...], message: str
 ) -> None:
-    result = sslx("pretrain", "--task", "moco", *options, "--steps", "2", "--out", str(tmp_path / "r"), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert not (tmp_path / "r").exists()  # refused before the run directory was made
+    assert_refused_before_training("moco", tmp_path, *options, message=message)
 
 
 @pytest.mark.slow
 def test_moco_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
-    run = tmp_path / "mix"
-    result = sslx("pretrain", "--task", "moco", "--task", "rotation=0.5", "--steps", "2", "--batch-size", "8",
-                  "--log-every", "1", "--no-probe", "--out", str(run), cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    tensors = read_checkpoint(checkpoint_paths(run)[-1]).tensors
+    tensors, metrics = mixed_run("moco", tmp_path)
     assert int(tensors["task/moco/queue_next"]) == 16  # two steps of 8 keys
     assert any(key.startswith("task/moco/key_backbone.") for key in tensors)
     assert any(key.startswith("task/rotation/") for key in tensors)
-    metrics = (run / "metrics.jsonl").read_text()
     assert "moco/contrastive" in metrics and "rotation/rotation" in metrics
