@@ -41,6 +41,7 @@ from ssl_engine.run_directory import (
 )
 from ssl_engine.settings import SettingError
 from ssl_engine.task import ImageSizeError, Representation
+from ssl_engine.train.memory_format import uses_channels_last
 from ssl_engine.train.metrics_log import chosen_loggers
 from ssl_engine.train.model import (
     PretrainModel,
@@ -174,7 +175,7 @@ def build_run(
     if config.sync_bn and world.distributed:
         convert_to_global_batchnorm(model, device.type)
     model = model.to(device)
-    if device.type == "cuda":
+    if uses_channels_last(device):
         model.to(memory_format=torch.channels_last)
     resolved = pinned_settings(config, registry)
     dataset = source.split(source.pretrain_split, image_size)  # opened (and checked), not read

@@ -41,6 +41,7 @@ from ssl_engine.plugin_failure import PluginCodeError
 from ssl_engine.run import Run
 from ssl_engine.run_directory import METRICS_FILE, set_aside, truncate_metrics, write_config
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
+from ssl_engine.train.memory_format import uses_channels_last
 from ssl_engine.train.metrics_log import MetricsLog, chosen_loggers
 from ssl_engine.train.online_probe import OnlineProbe, count_classes
 from ssl_engine.train.optim import make_optimizer
@@ -271,11 +272,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * scale
         images = to_float(images_uint8.to(self.device, non_blocking=True))  # (B, 3, S, S) in [0, 1]
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
         batch = len(images)
         where = StepSlice(config.seed, step, batch * self.world.size, batch * self.world.rank)
         images = self.stream.base_augment(images, where.random("base-augment", batch, self.device))
+        if uses_channels_last(self.device):  # after the augmentation, whose crops give the default layout
+            images = images.contiguous(memory_format=torch.channels_last)
         self.model.train()
         with self.autocast():
             result: StepResult = self.step_module(images, where)
