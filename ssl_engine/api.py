@@ -47,6 +47,7 @@ from ssl_engine.drawing import (
     picture_sheet,
     tile_grid,
     to_picture,
+    two_view_drawing,
 )
 from ssl_engine.heads.linear import linear_head
 from ssl_engine.heads.mlp import mlp_head
@@ -146,6 +147,7 @@ __all__ = [
     "tile_grid",
     "to_picture",
     "augmentation_notes",
+    "two_view_drawing",
     # building blocks
     "linear_head",
     "mlp_head",

@@ -36,6 +36,13 @@ class DrawableBatch(Protocol):
     def resolutions(self) -> list[torch.Tensor]: ...
 
 
+class AugmentedBatch(DrawableBatch, Protocol):
+    """A drawable batch whose ``extras`` record what the augmentation did to each view."""
+
+    @property
+    def extras(self) -> Mapping[str, torch.Tensor]: ...
+
+
 CELL = 64
 """Side in px of a view in a sheet (views are enlarged or shrunk to it)."""
 MARGIN = 4
@@ -346,3 +353,32 @@ def default_drawing(
         names = ["input"] if views == 1 else [f"view {v + 1}" for v in range(views)]
         header = ["original", *names, *(["predicted"] * views if image_predictions else [])]
     return picture_sheet(rows, title, header=header, caption=caption)
+
+
+TWO_VIEW_ROWS = "Rows are images 1, 2, ...; each view is a random crop, with what else was done to it under it. "
+
+
+def two_view_drawing(
+    images: torch.Tensor, batch: AugmentedBatch, predictions: torch.Tensor | None, title: str, caption: str
+) -> Image.Image:
+    """The picture of a two-view (joint-embedding) task (SimCLR, Barlow Twins, VICReg): each image and its two
+    views, labelled ``image n view k`` (the view each must be matched with), what was done to each view under it,
+    and ``caption`` after the rows' explanation; after a run, the view the model picked (a wrong one in red).
+
+    Args:
+        images: originals ``(N, 3, S, S)`` in [0, 1].
+        batch: the task's pretext batch: views ``(2N, 3, S, S)``, rows ``2b`` and ``2b + 1`` for image ``b``, the
+            augmentation's record in ``extras``.
+        predictions: the task's ``TaskOutput.predictions`` (logits ``(2N, 2N)``), if any.
+        title: drawn on top.
+        caption: what the labels mean for this task.
+    """
+    return default_drawing(
+        images,
+        batch,
+        predictions,
+        title,
+        labels=lambda row: f"image {row // 2 + 1} view {row % 2 + 1}",
+        caption=TWO_VIEW_ROWS + caption,
+        notes=augmentation_notes(batch.extras),
+    )

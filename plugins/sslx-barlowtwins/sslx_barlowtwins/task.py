@@ -60,11 +60,10 @@ from ssl_engine.api import (
     TaskOutput,
     TaskSetting,
     accuracy,
-    augmentation_notes,
-    default_drawing,
     gather_from_all_ranks,
     is_distributed,
     normalize,
+    two_view_drawing,
     view_augmentation,
     view_settings,
 )
@@ -215,16 +214,7 @@ class BarlowTwinsTask(PretextTask):
         a run: the one the model picked, in red when wrong)."""
         predictions = output.predictions if output is not None else None
         caption = (
-            "Rows are images 1, 2, ...; each view is a random crop, with what else was done to it under it. "
             "Under each view: its pair, the other view of its image, whose embedding it should match; after a "
             "run, the view nearest to it in embedding."
         )
-        return default_drawing(
-            images,
-            batch,
-            predictions,
-            f"{self.name}: {self.summary}",
-            labels=lambda row: f"image {row // 2 + 1} view {row % 2 + 1}",
-            caption=caption,
-            notes=augmentation_notes(batch.extras),
-        )
+        return two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}", caption)

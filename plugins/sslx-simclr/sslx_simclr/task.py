@@ -25,9 +25,8 @@ from ssl_engine.api import (
     TaskOutput,
     TaskSetting,
     accuracy,
-    augmentation_notes,
-    default_drawing,
     normalize,
+    two_view_drawing,
     view_augmentation,
     view_settings,
 )
@@ -126,16 +125,5 @@ class SimCLRTask(PretextTask):
         """``sslx show``: each image and its two views; under each view the view it must be matched with (after
         a run: the one the model picked, in red when wrong)."""
         predictions = output.predictions if output is not None else None
-        caption = (
-            "Rows are images 1, 2, ...; each view is a random crop, with what else was done to it under it. "
-            "Under each view: the view it is to be matched with (the other view of its image) among all 2N views."
-        )
-        return default_drawing(
-            images,
-            batch,
-            predictions,
-            f"{self.name}: {self.summary}",
-            labels=lambda row: f"image {row // 2 + 1} view {row % 2 + 1}",
-            caption=caption,
-            notes=augmentation_notes(batch.extras),
-        )
+        caption = "Under each view: the view it is to be matched with (the other view of its image) among all 2N views."
+        return two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}", caption)
