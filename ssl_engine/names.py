@@ -13,7 +13,8 @@ only. A plugin that registers no task (a logger, a backbone) says so in a group 
 
     [project.entry-points."ssl_engine.no_tasks"]
     mlflow = "sslx_mlflow.plugin"
- A plugin that declares nothing still works: then the names are only known by importing every plugin (the
+
+A plugin that declares nothing still works: then the names are only known by importing every plugin (the
 :class:`~ssl_engine.plugins.PluginHost`), which is what the commands fall back to. The declarations only ever
 refuse a name early; a name they list is still looked up in the registry, which has the last word.
 """
