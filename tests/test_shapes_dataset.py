@@ -281,6 +281,7 @@ def test_invalid_inputs() -> None:
 def test_rendered_images_are_kept_for_a_second_pass_and_stay_unchanged() -> None:
     from ssl_engine.data.shapes import rendered_images
 
+    rendered_images.cache_clear()  # what earlier tests of this process rendered
     first = ShapesDataset("test", 24)
     image, label = first[7]
     assert bool(rendered_images("test", 24).done[7])
