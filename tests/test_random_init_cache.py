@@ -123,3 +123,27 @@ def test_a_damaged_entry_is_computed_again_and_replaced(tmp_path: Path, monkeypa
     assert second["random_init_cache"]["hit"] is False and "random init: extracting features" in said  # type: ignore[index]
     assert second["random_init"] == first["random_init"]
     assert json.loads(entry.read_text())["result"] == first["random_init"]  # rewritten whole
+
+
+def test_the_key_changes_when_the_data_changes_but_not_its_name_or_sizes(tmp_path: Path) -> None:
+    """A folder whose files are replaced by others (same names, same counts) gets another key."""
+    from tests.conftest import write_two_classes
+
+    folder = write_two_classes(tmp_path / "data", 6, size=16)
+    with cli_plugins() as host:
+        config = PretrainConfig([TaskSpec(REFERENCE_TASK)], backbone=KIT_BACKBONE, data=str(folder), seed=0)
+        representation = Representation(build_model(config, host.registry, 16, seed=0).backbone)
+
+        def key() -> dict[str, object]:
+            source = resolve_data(str(folder), host.registry, DataOptions())
+            sizes = {split: len(source.split(split, 16)) for split in ("train", "val", "test")}  # type: ignore[arg-type]
+            return random_init_key(representation, source, sizes, 16, protocol="linear", seed=0,
+                                   device=torch.device("cpu"))  # fmt: skip
+
+        before = key()
+        assert key() == before
+        for path in sorted(folder.rglob("*.png")):
+            path.write_bytes(sorted(folder.rglob("*.png"))[0].read_bytes())  # every file now the same picture
+        after = key()
+    assert after["splits"] == before["splits"] and after["data"] == before["data"]
+    assert after["samples"] != before["samples"] and after != before

@@ -10,7 +10,8 @@ The key (:func:`random_init_key`) holds:
 - the network: the representation's class and input function, and a SHA-256 digest of its initial weights and
   buffers, which covers the backbone, the seed, and any module a task adds to its representation;
 - the data: its name (the resolved path for a folder or shards), the share held out as val, the number of images
-  in each evaluated split, and the image size;
+  in each evaluated split, the image size, and a digest of the first and last image of each evaluated split (so a
+  change of the data's content is noticed too);
 - the evaluation: protocol, its options, label fraction and seed, and the device type (results on CUDA and CPU
   differ in the last digits);
 - the versions of sslx and torch (a new release may compute features or fit classifiers differently).
@@ -18,8 +19,8 @@ The key (:func:`random_init_key`) holds:
 An entry stores its key beside the result and is used only when the key matches exactly. A file that cannot be
 read, or whose contents are not such an entry, is ignored with a warning and computed again (then replaced).
 Writes are atomic (temporary file, fsync, rename): an interrupted write leaves the previous entry or none.
-Limitation: a folder whose images change while the number of images per split stays the same is not noticed;
-delete the entry (or the folder) to recompute.
+Limitation: a folder whose images in between change while the first and last of each split and the counts stay
+the same is not noticed; delete the entry (or the folder) to recompute.
 """
 
 from __future__ import annotations
@@ -122,7 +123,26 @@ def random_init_key(
         "representation": f"{type(representation).__module__}.{type(representation).__qualname__}",
         "input": _callable_name(getattr(representation, "prepare", None)),
         "weights": weights_digest(representation),
+        "samples": data_sample_digest(source, split_sizes, image_size),
     }
+
+
+def data_sample_digest(source: DataSource, split_sizes: dict[str, int], image_size: int) -> str:
+    """SHA-256 of the first and last image (and label) of each evaluated split, as evaluation sees them: a change
+    of the data's content (the embedded data drawn differently by a newer checkout, a folder whose first or last
+    files were replaced) makes another key even where the name, the sizes and the version stay the same."""
+    digest = hashlib.sha256()
+    for split in sorted(split_sizes):
+        try:
+            dataset = source.split(split, image_size)
+            count = len(dataset)  # type: ignore[arg-type]
+            for index in sorted({0, count - 1}) if count else ():
+                image, label = dataset[index]
+                digest.update(f"{split}:{index}:{int(label)}:".encode())
+                digest.update(image.contiguous().numpy().tobytes())
+        except Exception as error:  # a split that can't be read here fails the evaluation itself, with its message
+            digest.update(f"{split}:unreadable:{type(error).__name__}".encode())
+    return digest.hexdigest()
 
 
 def _slug(text: str) -> str:
