@@ -10,12 +10,12 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ssl_engine.config import ConfigError, TaskSpec
+from ssl_engine.config import DEVICE_NAMES, ConfigError, TaskSpec
 from ssl_engine.names import known_task_names, unknown_name
 
 if TYPE_CHECKING:
@@ -143,6 +143,13 @@ def refuse_unknown_tasks(tasks: Iterable[str]) -> None:
 
 def quiet(*args: Any, **kwargs: Any) -> None:
     """``click.echo`` for ranks other than 0: says nothing."""
+
+
+def device_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--device`` option of the commands other than ``pretrain`` (whose options come from the config): the
+    config field's choices (``auto``, ``cpu``, ``cuda``, ``mps``), ``auto`` by default, ``help`` saying what runs
+    there."""
+    return click.option("--device", type=click.Choice(DEVICE_NAMES), default="auto", show_default=True, help=help)
 
 
 def check_device(device: str, option: str = "--device") -> None:

@@ -10,6 +10,7 @@ import click
 
 from ssl_engine.cli_common import (
     check_device,
+    device_option,
     fail,
     host_or_exit,
     interrupted,
@@ -40,13 +41,7 @@ from ssl_engine.cli_common import (
     metavar="KEY=VALUE",
     help="Protocol option, e.g. k=20 or temperature=0.07 (knn), epochs=10 or lr=0.005 (finetune).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-    help="Where to compute features and train classifiers.",
-)
+@device_option("Where to compute features and train classifiers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(
     run_dir: Path,
@@ -130,13 +125,7 @@ def export(run_dir: Path, out: Path, task: str | None) -> None:
 @click.option("--image-size", type=click.IntRange(8, 1024), help="Common image size [default: the tasks' largest].")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(2), help="Images per step.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every row.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-    help="Where to train and evaluate.",
-)
+@device_option("Where to train and evaluate.")
 @click.option("--set", "protocol_options", multiple=True, metavar="KEY=VALUE", help="Protocol option, e.g. k=20.")
 @click.option(
     "--out",

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ssl_engine.checkpoint import CheckpointError
+from ssl_engine.cli_common import device_option
 from ssl_engine.data.catalog import DataSource, resolve_data
 from ssl_engine.data.crops import center_box
 from ssl_engine.data.file_backed import FileBackedImages
@@ -210,13 +211,7 @@ def _write(out: Path, features: np.ndarray, names: list[str], labels: np.ndarray
 @click.option("--download", is_flag=True, help="Allow downloading the data set.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 256), help="Decoding processes.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-    help="Where to compute the features.",
-)
+@device_option("Where to compute the features.")
 def embed(run_dir: Path, data: str | None, out: Path, split: str, task: str | None, data_dir: Path | None,
           download: bool, batch_size: int, workers: int, device: str) -> None:  # fmt: skip
     """Write a run's features of every image of a folder (or data set split), with names and labels.
