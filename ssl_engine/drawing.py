@@ -356,10 +356,18 @@ def default_drawing(
 
 
 TWO_VIEW_ROWS = "Rows are images 1, 2, ...; each view is a random crop, with what else was done to it under it. "
+MATCHED_EMBEDDING = (
+    "Under each view: its pair, the other view of its image, whose embedding it should match; after a run, the view "
+    "nearest to it in embedding."
+)
 
 
 def two_view_drawing(
-    images: torch.Tensor, batch: AugmentedBatch, predictions: torch.Tensor | None, title: str, caption: str
+    images: torch.Tensor,
+    batch: AugmentedBatch,
+    predictions: torch.Tensor | None,
+    title: str,
+    caption: str = MATCHED_EMBEDDING,
 ) -> Image.Image:
     """The picture of a two-view (joint-embedding) task (SimCLR, Barlow Twins, VICReg): each image and its two
     views, labelled ``image n view k`` (the view each must be matched with), what was done to each view under it,
@@ -371,7 +379,8 @@ def two_view_drawing(
             augmentation's record in ``extras``.
         predictions: the task's ``TaskOutput.predictions`` (logits ``(2N, 2N)``), if any.
         title: drawn on top.
-        caption: what the labels mean for this task.
+        caption: what the labels mean for this task; by default, that each view's pair is the view whose embedding it
+            should match (Barlow Twins, VICReg).
     """
     return default_drawing(
         images,

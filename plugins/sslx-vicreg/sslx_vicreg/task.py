@@ -200,8 +200,4 @@ class VICRegTask(PretextTask):
         """``sslx show``: each image and its two views; under each view the view it must be matched with (after
         a run: the one the model picked, in red when wrong)."""
         predictions = output.predictions if output is not None else None
-        caption = (
-            "Under each view: its pair, the other view of its image, whose embedding it should match; after a "
-            "run, the view nearest to it in embedding."
-        )
-        return two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}", caption)
+        return two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}")
