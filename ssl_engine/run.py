@@ -30,8 +30,9 @@ from ssl_engine.data.catalog import DataSource, resolve_data
 from ssl_engine.data.options import DataOptions
 from ssl_engine.distributed import World, barrier, broadcast_from_main, init_from_env, pick_device
 from ssl_engine.exported_backbone import load_exported_backbone
+from ssl_engine.hookspecs import LoggerFactory
 from ssl_engine.plugins import get_host
-from ssl_engine.registry import Registry, UnknownNameError
+from ssl_engine.registry import Registered, Registry, UnknownNameError
 from ssl_engine.run_directory import (
     DAMAGED_DIR,
     RunDirectoryError,
@@ -82,6 +83,7 @@ class Run:
         checkpoint: what the model was restored from (``None``: fresh initialisation).
         damaged: checkpoints a resume had to skip; the trainer sets them aside in ``RUN_DIR/damaged/``.
         precision: the autocast dtype and loss scaling on ``device`` (``--precision``, resolved).
+        loggers: where the trainer sends metrics (``--loggers``, resolved: ``jsonl`` first); none for a loaded run.
     """
 
     config: PretrainConfig
@@ -99,6 +101,7 @@ class Run:
     checkpoint: LoadedCheckpoint | None = None
     damaged: tuple[Path, ...] = ()
     precision: Precision = Precision("32", "cpu")
+    loggers: tuple[Registered[LoggerFactory], ...] = ()
 
     @property
     def step(self) -> int:
@@ -155,7 +158,7 @@ def build_run(
     task_classes(config, registry)  # names and mix checked before anything is created
     image_size = resolve_image_size(config, registry)
     registry.get("backbone", config.backbone)
-    chosen_loggers(config.loggers, registry)  # an unknown --loggers name is refused before the run directory exists
+    loggers = tuple(chosen_loggers(config.loggers, registry))  # an unknown name: refused before the run dir exists
     device = pick_device(config.device)
     world = init_from_env(device.type)
     device = pick_device(config.device, world)
@@ -212,6 +215,7 @@ def build_run(
         checkpoint=checkpoint,
         damaged=damaged,
         precision=precision,
+        loggers=loggers,
     )
 
 

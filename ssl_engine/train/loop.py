@@ -42,7 +42,7 @@ from ssl_engine.run import Run
 from ssl_engine.run_directory import METRICS_FILE, set_aside, truncate_metrics, write_config
 from ssl_engine.train.interrupt import StopRequest, TrainingInterrupted
 from ssl_engine.train.memory_format import uses_channels_last
-from ssl_engine.train.metrics_log import MetricsLog, chosen_loggers
+from ssl_engine.train.metrics_log import MetricsLog
 from ssl_engine.train.online_probe import OnlineProbe, count_classes
 from ssl_engine.train.optim import make_optimizer
 from ssl_engine.train.progress import Progress
@@ -91,7 +91,7 @@ class Trainer:
         self.source = run.source
         self.image_size, self.total, self.lr = run.image_size, run.total_steps, run.lr
         config = self.config
-        self.loggers = chosen_loggers(config.loggers, run.registry)  # an unknown name is refused before training
+        self.loggers = list(run.loggers)  # resolved (and an unknown name refused) by build_run
         self.optimizer = make_optimizer(
             config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
         )
