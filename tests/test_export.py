@@ -20,35 +20,54 @@ from ssl_engine.testing import KIT_DATA, REFERENCE_TASK
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("reference_cli")]  # end to end, on the kit's task
 
 
-@pytest.mark.parametrize("image_size", [16, 72])  # the small-image stem, and torchvision's own stem
-def test_exported_resnet18_loads_into_torchvision_and_matches(invoke, tmp_path: Path, image_size: int) -> None:  # type: ignore[no-untyped-def]
-    run, out = tmp_path / "R", tmp_path / "backbone.safetensors"
-    trained = invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--backbone", "resnet18", "--image-size",
-                     str(image_size), "--steps", "1", "--batch-size", "4", "--no-probe", "--out", run)  # fmt: skip
+def pretrained(invoke, run: Path, *options: str) -> None:  # type: ignore[no-untyped-def]
+    """One step of the kit's task into ``run`` (``options``: another backbone, image size)."""
+    trained = invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, *options, "--steps", "1",
+                     "--batch-size", "4", "--no-probe", "--out", run)  # fmt: skip
     assert trained.exit_code == 0, trained.output
+
+
+def exported_resnet18(invoke, tmp_path: Path, image_size: int) -> tuple[Path, Path, str]:  # type: ignore[no-untyped-def]
+    """A ResNet-18 run at ``image_size`` and its export: the run directory, the file and what export printed."""
+    run, out = tmp_path / "R", tmp_path / "backbone.safetensors"
+    pretrained(invoke, run, "--backbone", "resnet18", "--image-size", str(image_size))
     exported = invoke("export", run, "--out", out)
     assert exported.exit_code == 0, exported.output
-    assert "torchvision's layout" in exported.output
-    model = torchvision.models.resnet18()
-    if image_size <= 64:
-        assert "model.maxpool = torch.nn.Identity()" in exported.output
-        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = torch.nn.Identity()  # type: ignore[assignment]
-    else:
-        assert "maxpool" not in exported.output
-    missing, unexpected = model.load_state_dict(load_file(str(out)), strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
-    model.fc = torch.nn.Identity()  # type: ignore[assignment]
+    return run, out, exported.output
+
+
+def with_small_stem(model: torch.nn.Module) -> None:
+    """The two changes the export message gives for a run at 64 px or less."""
+    model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = torch.nn.Identity()
+
+
+def assert_same_features(run: Path, model: torch.nn.Module, image_size: int) -> None:
     images = torch.rand(3, 3, image_size, image_size)
     ours = load_representation(run).eval()(images)
     theirs = model.eval()(normalize(images))
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
+@pytest.mark.parametrize("image_size", [16, 72])  # the small-image stem, and torchvision's own stem
+def test_exported_resnet18_loads_into_torchvision_and_matches(invoke, tmp_path: Path, image_size: int) -> None:  # type: ignore[no-untyped-def]
+    run, out, printed = exported_resnet18(invoke, tmp_path, image_size)
+    assert "torchvision's layout" in printed
+    model = torchvision.models.resnet18()
+    if image_size <= 64:
+        assert "model.maxpool = torch.nn.Identity()" in printed
+        with_small_stem(model)
+    else:
+        assert "maxpool" not in printed
+    missing, unexpected = model.load_state_dict(load_file(str(out)), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    model.fc = torch.nn.Identity()  # type: ignore[assignment]
+    assert_same_features(run, model, image_size)
+
+
 def test_non_torchvision_representation_is_exported_in_sslx_layout(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run, out = tmp_path / "R", tmp_path / "rep.safetensors"
-    assert invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--steps", "1", "--batch-size", "4",
-                  "--no-probe", "--out", run).exit_code == 0  # fmt: skip
+    pretrained(invoke, run)
     exported = invoke("export", run, "--out", out)
     assert exported.exit_code == 0 and "not a torchvision model" in exported.output
     with safe_open(str(out), framework="pt") as handle:
@@ -60,29 +79,19 @@ def test_non_torchvision_representation_is_exported_in_sslx_layout(invoke, tmp_p
 @pytest.mark.parametrize("image_size", [16, 72])
 def test_exported_resnet18_loads_strictly_into_timm_as_said(invoke, tmp_path: Path, image_size: int) -> None:  # type: ignore[no-untyped-def]
     timm = pytest.importorskip("timm")
-    run, out = tmp_path / "R", tmp_path / "backbone.safetensors"
-    trained = invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--backbone", "resnet18", "--image-size",
-                     str(image_size), "--steps", "1", "--batch-size", "4", "--no-probe", "--out", run)  # fmt: skip
-    assert trained.exit_code == 0, trained.output
-    exported = invoke("export", run, "--out", out)
-    assert exported.exit_code == 0, exported.output
-    assert "timm.create_model('resnet18', num_classes=0)" in exported.output
+    run, out, printed = exported_resnet18(invoke, tmp_path, image_size)
+    assert "timm.create_model('resnet18', num_classes=0)" in printed
     model = timm.create_model("resnet18", num_classes=0, pretrained=False)
     if image_size <= 64:
-        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = torch.nn.Identity()
+        with_small_stem(model)
     model.load_state_dict(load_file(str(out)))  # strict
-    images = torch.rand(3, 3, image_size, image_size)
-    ours = load_representation(run).eval()(images)
-    theirs = model.eval()(normalize(images))
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert_same_features(run, model, image_size)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_export_into_a_read_only_directory_is_one_line_and_keeps_the_earlier_file(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run, folder = tmp_path / "R", tmp_path / "exports"
-    assert invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--steps", "1", "--batch-size", "4",
-                  "--no-probe", "--out", run).exit_code == 0  # fmt: skip
+    pretrained(invoke, run)
     folder.mkdir()
     earlier = folder / "rep.safetensors"
     earlier.write_bytes(b"an earlier export")
@@ -99,8 +108,7 @@ def test_export_into_a_read_only_directory_is_one_line_and_keeps_the_earlier_fil
 
 def test_export_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(invoke, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     run, out = tmp_path / "R", tmp_path / "rep.safetensors"
-    assert invoke("pretrain", "--task", REFERENCE_TASK, "--data", KIT_DATA, "--steps", "1", "--batch-size", "4",
-                  "--no-probe", "--out", run).exit_code == 0  # fmt: skip
+    pretrained(invoke, run)
     out.write_bytes(b"an earlier export")
     real_fsync = os.fsync
 
