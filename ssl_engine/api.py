@@ -7,9 +7,11 @@ plugin's package imports only this module; its tests may also import :mod:`ssl_e
 kit. ``tests/test_public_api.py`` enforces both for the plugins in this repository and the ``sslx new-plugin``
 templates. CONTRIBUTING.md ("The plugin API") lists what each group is for.
 
-Example::
+Plugins import it as a module, so every core name reads as the core's::
 
-    from ssl_engine.api import PretextBatch, PretextTask, TaskOutput, TaskRegister, accuracy, hookimpl, normalize
+    from ssl_engine import api
+
+    class FlipTask(api.PretextTask): ...
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def test_hyphens_become_underscores_in_the_package(invoke: Callable[..., Result]
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["entry-points"]["ssl_engine"] == {"upside-down": "sslx_upside_down.plugin"}
     task = (root / "sslx_upside_down" / "task.py").read_text()
-    assert "class UpsideDownTask(PretextTask):" in task and 'name = "upside-down"' in task
+    assert "class UpsideDownTask(api.PretextTask):" in task and 'name = "upside-down"' in task
     for path in root.rglob("*.py"):
         compile(path.read_text(), str(path), "exec")
     assert (root / "tests" / "test_upside_down.py").is_file()

@@ -50,23 +50,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    SettingError,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    accuracy,
-    gather_from_all_ranks,
-    is_distributed,
-    normalize,
-    two_view_drawing,
-    view_augmentation,
-    view_settings,
-)
+from ssl_engine import api
 from sslx_barlowtwins.loss import BarlowTwinsLoss, off_diagonal, standardize_over_batch
 
 VIEWS = 2
@@ -83,14 +67,14 @@ def view_matching(z_a: torch.Tensor, z_b: torch.Tensor, count: int) -> torch.Ten
         ``(2B, 2N)``: row ``2b + v`` is view ``v`` of local image ``b``, column ``2n + v'`` view ``v'`` of global
         image ``n``; ``-inf`` at each view's own column, so ``argmax`` is its nearest other view.
     """
-    first = torch.distributed.get_rank() * count if is_distributed() else 0
+    first = torch.distributed.get_rank() * count if api.is_distributed() else 0
     views = F.normalize(torch.stack([z_a, z_b], dim=1).flatten(0, 1), dim=1)  # (2N, P), sample-major
     own = 2 * first + torch.arange(2 * count, device=views.device)  # (2B,)
     logits = views[own] @ views.T  # (2B, 2N)
     return logits.scatter(1, own[:, None], float("-inf"))
 
 
-class BarlowTwinsTask(PretextTask):
+class BarlowTwinsTask(api.PretextTask):
     """Make the cross-correlation of the two views' embeddings the identity matrix.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
@@ -112,7 +96,7 @@ class BarlowTwinsTask(PretextTask):
     default_image_size = 32
     default_head = "projector"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "lambda",
             float,
             0.0051,
@@ -120,7 +104,7 @@ class BarlowTwinsTask(PretextTask):
             minimum=0.0,
             min_open=True,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "projector_dim",
             int,
             1024,
@@ -128,7 +112,7 @@ class BarlowTwinsTask(PretextTask):
             minimum=1,
             maximum=65536,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "scale",
             float,
             1.0,
@@ -136,7 +120,7 @@ class BarlowTwinsTask(PretextTask):
             minimum=0.0,
             min_open=True,
         ),
-        *view_settings(strength="BYOL's 0.4, 0.4, 0.2, 0.1 but saturation 0.4 at s = 0.5"),
+        *api.view_settings(strength="BYOL's 0.4, 0.4, 0.2, 0.1 but saturation 0.4 at s = 0.5"),
     )
 
     @classmethod
@@ -144,12 +128,12 @@ class BarlowTwinsTask(PretextTask):
         """Barlow Twins computes its own loss: ``--loss`` is refused rather than ignored."""
         return None, cls.default_loss
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         config = self.hparams
         if config["lambda"] <= 0 or config["scale"] <= 0:  # declared, but a task built by hand is checked too
-            raise SettingError(f"task {self.name!r}: lambda and scale must be > 0")
-        self.augmentation = view_augmentation(config, context.image_size)  # BYOL's blur, from 64 px up with auto
+            raise api.SettingError(f"task {self.name!r}: lambda and scale must be > 0")
+        self.augmentation = api.view_augmentation(config, context.image_size)  # BYOL's blur, from 64 px up with auto
         self.loss = BarlowTwinsLoss()
         # Eq. 1 per embedding dimension: SGD-sized gradients at any width (see the module's notes).
         per_dimension = config["scale"] / config["projector_dim"]
@@ -158,7 +142,7 @@ class BarlowTwinsTask(PretextTask):
     def build_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projector_dim"])})
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two augmented views of every image and the global row of each view's twin.
 
         Args:
@@ -172,11 +156,11 @@ class BarlowTwinsTask(PretextTask):
         with torch.autocast(images.device.type, enabled=False):
             views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
         rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
-        return PretextBatch(normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
+        return api.PretextBatch(api.normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Embed each view, gather the global batch, and score its cross-correlation.
 
         Args:
@@ -194,8 +178,8 @@ class BarlowTwinsTask(PretextTask):
         z_a = modules["head"](backbone.pooled(views[:, 0]))  # (B, P)
         z_b = modules["head"](backbone.pooled(views[:, 1]))  # (B, P)
         with torch.autocast(z_a.device.type, enabled=False):
-            z_a = gather_from_all_ranks(z_a.float())  # (N, P): the global batch, rank-major
-            z_b = gather_from_all_ranks(z_b.float())
+            z_a = api.gather_from_all_ranks(z_a.float())  # (N, P): the global batch, rank-major
+            z_b = api.gather_from_all_ranks(z_b.float())
             invariance, redundancy, correlation = self.loss(z_a, z_b)
             # Matched as the loss sees them, standardised: the raw embeddings may share a large mean direction.
             logits = view_matching(
@@ -203,14 +187,14 @@ class BarlowTwinsTask(PretextTask):
             )
         size = len(correlation)
         metrics = {
-            "accuracy": accuracy(logits, batch.targets),
+            "accuracy": api.accuracy(logits, batch.targets),
             "on_diagonal": correlation.detach().diagonal().mean(),
             "off_diagonal": (off_diagonal(correlation.detach()).square().sum() / max(1, size * (size - 1))).sqrt(),
         }
-        return TaskOutput({"invariance": invariance, "redundancy": redundancy}, metrics, logits)
+        return api.TaskOutput({"invariance": invariance, "redundancy": redundancy}, metrics, logits)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image and its two views; under each view the view it must be matched with (after
         a run: the one the model picked, in red when wrong)."""
         predictions = output.predictions if output is not None else None
-        return two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}")
+        return api.two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}")

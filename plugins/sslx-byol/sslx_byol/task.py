@@ -53,31 +53,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    augmentation_notes,
-    copy_weights,
-    cosine_momentum,
-    default_drawing,
-    ema_update,
-    freeze,
-    mlp_head,
-    normalize,
-    view_augmentation,
-    view_settings,
-)
+from ssl_engine import api
 from sslx_byol.loss import BYOLLoss
 
 VIEWS = 2
 
 
-class BYOLTask(PretextTask):
+class BYOLTask(api.PretextTask):
     """Predict the momentum target network's projection of the other view.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)`` int64, the image's row in
@@ -97,7 +79,7 @@ class BYOLTask(PretextTask):
     default_loss = "mse"
     metric = "cosine"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "base_momentum",
             float,
             0.996,
@@ -106,17 +88,19 @@ class BYOLTask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting("projection_dim", int, 256, "output size of the projector and predictor (paper: 256)", minimum=1),
-        TaskSetting(
+        api.TaskSetting(
+            "projection_dim", int, 256, "output size of the projector and predictor (paper: 256)", minimum=1
+        ),
+        api.TaskSetting(
             "predictor_hidden", int, 512, "hidden units of the predictor MLP (paper: 4096 for 2048 features)", minimum=1
         ),
-        *view_settings(),
+        *api.view_settings(),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         # Blur: Table 6's (1.0, 0.1) from 64 px up with blur=auto; solarization drawn even at 0 (always listed).
-        self.augmentation = view_augmentation(self.hparams, context.image_size, solarize_when_zero=True)
+        self.augmentation = api.view_augmentation(self.hparams, context.image_size, solarize_when_zero=True)
         self.loss = BYOLLoss()
 
     @classmethod
@@ -129,18 +113,18 @@ class BYOLTask(PretextTask):
         return nn.ModuleDict(
             {
                 "projector": self.context.make_head(dim, projection),
-                "predictor": mlp_head(projection, projection, hidden=self.hparams["predictor_hidden"]),
-                "target_backbone": freeze(self.context.make_backbone(3)),
-                "target_projector": freeze(self.context.make_head(dim, projection)),
+                "predictor": api.mlp_head(projection, projection, hidden=self.hparams["predictor_hidden"]),
+                "target_backbone": api.freeze(self.context.make_backbone(3)),
+                "target_projector": api.freeze(self.context.make_head(dim, projection)),
             }
         )
 
-    def setup(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
+    def setup(self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
         """The target network starts as the online one (Sec. 3.1)."""
-        copy_weights(modules["target_backbone"], backbone)
-        copy_weights(modules["target_projector"], modules["projector"])
+        api.copy_weights(modules["target_backbone"], backbone)
+        api.copy_weights(modules["target_projector"], modules["projector"])
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two augmented views of every image, the first as the paper's ``t``, the second as its ``t'``.
 
         Args:
@@ -156,18 +140,18 @@ class BYOLTask(PretextTask):
         with torch.autocast(images.device.type, enabled=False):
             views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
         rows = random.offset + torch.arange(len(images), device=images.device)  # (B,)
-        return PretextBatch(normalize(views), rows.repeat_interleave(VIEWS), views=VIEWS, extras=drawn)
+        return api.PretextBatch(api.normalize(views), rows.repeat_interleave(VIEWS), views=VIEWS, extras=drawn)
 
     def target_projections(self, modules: nn.ModuleDict, inputs: torch.Tensor) -> torch.Tensor:
         """The target network's projections ``(N, P)`` of views ``(N, 3, S, S)``, without gradient."""
-        target_backbone: Backbone = modules["target_backbone"]  # type: ignore[assignment]
+        target_backbone: api.Backbone = modules["target_backbone"]  # type: ignore[assignment]
         with torch.no_grad():
             projections: torch.Tensor = modules["target_projector"](target_backbone.pooled(inputs))
         return projections
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Predict each view's target projection of the other view.
 
         Args:
@@ -183,21 +167,26 @@ class BYOLTask(PretextTask):
         predictions = modules["predictor"](modules["projector"](backbone.pooled(batch.inputs)))  # (B*2, P)
         targets = self.target_projections(modules, batch.inputs)  # (B*2, P)
         loss, cosine = self.loss(predictions.view(images, VIEWS, -1), targets.view(images, VIEWS, -1))
-        return TaskOutput({"byol": loss}, {"cosine": cosine})
+        return api.TaskOutput({"byol": loss}, {"cosine": cosine})
 
     def momentum(self) -> float:
         """The target's momentum at the clock's step (Sec. 3.2)."""
-        return cosine_momentum(self.hparams["base_momentum"], self.context.clock.progress)
+        return api.cosine_momentum(self.hparams["base_momentum"], self.context.clock.progress)
 
     def after_step(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput
+        self,
+        backbone: api.Backbone,
+        modules: nn.ModuleDict,
+        aux: nn.ModuleDict,
+        batch: api.PretextBatch,
+        output: api.TaskOutput,
     ) -> None:
         """Move the target network towards the online one just updated: ``target = m target + (1 - m) online``."""
         momentum = self.momentum()
-        ema_update(modules["target_backbone"], backbone, momentum)
-        ema_update(modules["target_projector"], modules["projector"], momentum)
+        api.ema_update(modules["target_backbone"], backbone, momentum)
+        api.ema_update(modules["target_projector"], modules["projector"], momentum)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image and its two views (BYOL has no classes to label: each view's online
         prediction is to match the target network's projection of the other)."""
         caption = (
@@ -205,5 +194,5 @@ class BYOLTask(PretextTask):
             "predicts, from each view, the momentum target network's projection of the other view of the same "
             "image; there are no negatives and no classes."
         )
-        return default_drawing(images, batch, None, f"{self.name}: {self.summary}", labels=lambda _: "",
-                               caption=caption, notes=augmentation_notes(batch.extras))  # fmt: skip
+        return api.default_drawing(images, batch, None, f"{self.name}: {self.summary}", labels=lambda _: "",
+                               caption=caption, notes=api.augmentation_notes(batch.extras))  # fmt: skip

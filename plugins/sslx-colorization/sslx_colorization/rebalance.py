@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ssl_engine.api import ABBins
+from ssl_engine import api
 
 
 class ColourPrior(nn.Module):
@@ -36,7 +36,7 @@ class ColourPrior(nn.Module):
     counts: torch.Tensor
     kernel: torch.Tensor
 
-    def __init__(self, bins: ABBins, mix: float = 0.5, sigma: float = 5.0) -> None:
+    def __init__(self, bins: api.ABBins, mix: float = 0.5, sigma: float = 5.0) -> None:
         super().__init__()
         self.mix = mix
         self.register_buffer("counts", torch.zeros(bins.classes))  # pixels seen per bin

@@ -39,37 +39,13 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.api import (
-    LAB_SCALE,
-    REGRESSION_GAIN,
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    Representation,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    ab_bins,
-    accuracy,
-    annealed_mean,
-    colour_grid,
-    decoder_scale,
-    gray_from_lightness,
-    lightness_input,
-    lightness_input_from_rgb,
-    output_size,
-    rgb_to_lab,
-    scale_ab,
-    to_output_grid,
-    with_colour,
-)
+from ssl_engine import api
 from sslx_colorization.rebalance import ColourPrior
 
 LOSS_MODES = ("regression", "classification")
 
 
-class ColorizationTask(PretextTask):
+class ColorizationTask(api.PretextTask):
     """Predict the ab colour channels of every pixel from the lightness image.
 
     Views: 1 per image, the lightness as a normalised gray RGB image ``(B, 3, S, S)``. Decoder head on the
@@ -90,21 +66,21 @@ class ColorizationTask(PretextTask):
     default_loss = "mse"
     metric = "ab_rmse"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "loss_mode",
             str,
             "regression",
             "l2 regression on ab (lecture), or the paper's rebalanced classification over ab bins",
             choices=LOSS_MODES,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "output_stride",
             int,
             1,
             "input pixels per predicted pixel (lecture: 1, the whole image; paper: 4); divides the backbone's stride",
             choices=(1, 2, 4, 8, 16, 32),
         ),
-        TaskSetting(
+        api.TaskSetting(
             "temperature",
             float,
             0.38,
@@ -112,7 +88,7 @@ class ColorizationTask(PretextTask):
             minimum=0.01,
             maximum=10.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "soft_neighbours",
             int,
             5,
@@ -120,14 +96,14 @@ class ColorizationTask(PretextTask):
             minimum=1,
             maximum=9,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "soft_sigma",
             float,
             5.0,
             "classification: Gaussian width (Lab units) of the soft encoding",
             minimum=0.1,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "rebalance_lambda",
             float,
             0.5,
@@ -135,7 +111,7 @@ class ColorizationTask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "rebalance_sigma",
             float,
             5.0,
@@ -151,11 +127,11 @@ class ColorizationTask(PretextTask):
             return None, cls.default_loss
         return cls.loss_kind, cls.default_loss
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         self.classify = self.hparams["loss_mode"] == "classification"
-        self.scale = decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
-        self.bins = ab_bins()
+        self.scale = api.decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
+        self.bins = api.ab_bins()
 
     def build_modules(self) -> nn.ModuleDict:
         outputs = self.bins.classes if self.classify else 2
@@ -166,7 +142,7 @@ class ColorizationTask(PretextTask):
             modules["prior"] = ColourPrior(self.bins, self.hparams["rebalance_lambda"], self.hparams["rebalance_sigma"])
         return nn.ModuleDict(modules)
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Lightness inputs and colour targets for the whole batch (no randomness: colour is the label).
 
         Args:
@@ -179,21 +155,21 @@ class ColorizationTask(PretextTask):
             ``soft_weights`` ``(B, K, h, w)``, the soft encoding. Both: extras ``ab`` ``(B, 2, h, w)`` in Lab
             units, area-averaged to the output grid.
         """
-        lab = rgb_to_lab(images)  # (B, 3, S, S)
-        inputs = lightness_input(lab)
-        size = output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
-        ab = to_output_grid(lab[:, 1:], size)  # (B, 2, h, w)
+        lab = api.rgb_to_lab(images)  # (B, 3, S, S)
+        inputs = api.lightness_input(lab)
+        size = api.output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
+        ab = api.to_output_grid(lab[:, 1:], size)  # (B, 2, h, w)
         if not self.classify:
-            return PretextBatch(inputs, scale_ab(ab), extras={"ab": ab})
+            return api.PretextBatch(inputs, api.scale_ab(ab), extras={"ab": ab})
         classes, weights = self.bins.on(images.device).soft_encode(
             ab, self.hparams["soft_neighbours"], self.hparams["soft_sigma"]
         )
         extras = {"ab": ab, "soft_classes": classes, "soft_weights": weights}
-        return PretextBatch(inputs, classes[:, 0], extras=extras)
+        return api.PretextBatch(inputs, classes[:, 0], extras=extras)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Decode colours from the lightness features; the ``color`` loss term and ``ab_rmse``.
 
         Args:
@@ -211,13 +187,13 @@ class ColorizationTask(PretextTask):
         true_ab = batch.extras["ab"]
         metrics: dict[str, torch.Tensor] = {}
         if not self.classify:
-            outputs = outputs * REGRESSION_GAIN  # ab / 10; see REGRESSION_GAIN for why the decoder is scaled
+            outputs = outputs * api.REGRESSION_GAIN  # ab / 10; see REGRESSION_GAIN for why the decoder is scaled
             loss = self.context.loss_fn(outputs, batch.targets)
         else:
             loss = self.rebalanced_cross_entropy(outputs, batch, cast(ColourPrior, modules["prior"]))
-            metrics["accuracy"] = accuracy(outputs, batch.targets)
+            metrics["accuracy"] = api.accuracy(outputs, batch.targets)
         metrics["ab_rmse"] = (self.predicted_ab(outputs.detach()) - true_ab).square().mean().sqrt()
-        return TaskOutput({"color": loss}, metrics, outputs)
+        return api.TaskOutput({"color": loss}, metrics, outputs)
 
     def predicted_ab(self, predictions: torch.Tensor) -> torch.Tensor:
         """One colour per output pixel from :attr:`TaskOutput.predictions`: ``(B, 2, h, w)`` in Lab units.
@@ -225,11 +201,13 @@ class ColorizationTask(PretextTask):
         Regression predictions are ab / 10; bin logits are decoded by the annealed mean (``temperature``).
         """
         if not self.classify:
-            return predictions.float() * LAB_SCALE
+            return predictions.float() * api.LAB_SCALE
         centres = self.bins.on(predictions.device).centres
-        return annealed_mean(predictions, centres, self.hparams["temperature"])
+        return api.annealed_mean(predictions, centres, self.hparams["temperature"])
 
-    def rebalanced_cross_entropy(self, logits: torch.Tensor, batch: PretextBatch, prior: ColourPrior) -> torch.Tensor:
+    def rebalanced_cross_entropy(
+        self, logits: torch.Tensor, batch: api.PretextBatch, prior: ColourPrior
+    ) -> torch.Tensor:
         """Eq. 2 of the paper: ``-mean_pixels w(q*) sum_q Z_q log Zhat_q``.
 
         Args:
@@ -248,24 +226,24 @@ class ColorizationTask(PretextTask):
         weights = prior.weights()[batch.targets]  # (B, h, w)
         return (weights * cross_entropy).mean()
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """Original, the lightness the network sees, the target colours (on the output grid), the prediction."""
-        lightness = rgb_to_lab(images)[:, :1]  # (N, 1, S, S)
+        lightness = api.rgb_to_lab(images)[:, :1]  # (N, 1, S, S)
         columns = [
             ("image", images),
-            ("input L", gray_from_lightness(lightness).expand(-1, 3, -1, -1)),
-            ("target", with_colour(lightness, batch.extras["ab"])),
+            ("input L", api.gray_from_lightness(lightness).expand(-1, 3, -1, -1)),
+            ("target", api.with_colour(lightness, batch.extras["ab"])),
         ]
         if output is not None and output.predictions is not None:
-            columns.append(("predicted", with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
+            columns.append(("predicted", api.with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
         stride = self.hparams["output_stride"]
         grid = f" (one colour per {stride}x{stride} block: the decoder's output grid)" if stride > 1 else ""
         caption = (
             f"The network sees only the lightness L (grey) and predicts the colour ab of each pixel{grid}; colours "
             f"are drawn as they are, on the true lightness, so a prediction that regresses to the mean looks grey."
         )
-        return colour_grid(columns, f"{self.name}: {self.summary}", caption=caption)
+        return api.colour_grid(columns, f"{self.name}: {self.summary}", caption=caption)
 
-    def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
+    def representation(self, backbone: api.Backbone, modules: nn.ModuleDict) -> api.Representation:
         """The backbone fed the lightness image (what it was trained on), pooled."""
-        return Representation(backbone, prepare=lightness_input_from_rgb)
+        return api.Representation(backbone, prepare=api.lightness_input_from_rgb)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ssl_engine.api import gather_from_all_ranks
+from ssl_engine import api
 
 
 def dino_loss(
@@ -76,6 +76,6 @@ def updated_centre(centre: torch.Tensor, teacher: torch.Tensor, momentum: float)
     Returns:
         The new centre ``(1, K)``, in the centre's dtype.
     """
-    every = gather_from_all_ranks(teacher.detach().float())  # (W * N, K)
+    every = api.gather_from_all_ranks(teacher.detach().float())  # (W * N, K)
     batch_centre = every.mean(0, keepdim=True)  # (1, K)
     return (momentum * centre.float() + (1 - momentum) * batch_centre).to(centre.dtype)

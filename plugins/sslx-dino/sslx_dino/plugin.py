@@ -1,17 +1,17 @@
 """Entry point of the ``dino`` plugin: the task and its projector head."""
 
-from ssl_engine.api import HeadRegister, TaskRegister, hookimpl
+from ssl_engine import api
 from sslx_dino.head import dino_projector
 from sslx_dino.task import DINOTask
 
 
-@hookimpl
-def register_tasks(register: TaskRegister) -> None:
+@api.hookimpl
+def register_tasks(register: api.TaskRegister) -> None:
     register(DINOTask)
 
 
-@hookimpl
-def register_heads(register: HeadRegister) -> None:
+@api.hookimpl
+def register_heads(register: api.HeadRegister) -> None:
     register(
         "dino",
         dino_projector,

@@ -91,27 +91,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PictureCell,
-    PretextBatch,
-    PretextTask,
-    Representation,
-    SettingError,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    ViewAugmentation,
-    copy_weights,
-    cosine_momentum,
-    denormalize,
-    ema_update,
-    freeze,
-    normalize,
-    picture_sheet,
-    view_settings,
-)
+from ssl_engine import api
 from sslx_dino.head import DINOHead
 from sslx_dino.loss import dino_loss, teacher_temperature, updated_centre
 
@@ -157,16 +137,16 @@ def check_settings(settings: Mapping[str, Any], image_size: int) -> None:
             f"global ones (dino.global_max_scale={settings['global_max_scale']})"
         )
     if problems:
-        raise SettingError("task 'dino': " + "; ".join(problems))
+        raise api.SettingError("task 'dino': " + "; ".join(problems))
 
 
-def teacher_of(modules: nn.ModuleDict) -> tuple[Backbone, nn.Module]:
+def teacher_of(modules: nn.ModuleDict) -> tuple[api.Backbone, nn.Module]:
     """The teacher's backbone and head in the task's modules (``modules["teacher"]``)."""
     teacher = cast(nn.ModuleDict, modules["teacher"])
-    return cast(Backbone, teacher["backbone"]), teacher["head"]
+    return cast(api.Backbone, teacher["backbone"]), teacher["head"]
 
 
-class DINOTask(PretextTask):
+class DINOTask(api.PretextTask):
     """Match the teacher's centred, sharpened distribution over ``K`` prototypes on every other view.
 
     Views: ``2 + local_crops`` per image, in two resolutions: ``inputs`` the global views ``(B * 2, 3, G, G)``
@@ -191,10 +171,12 @@ class DINOTask(PretextTask):
     default_head = "mlp"
     metric = "agreement"
     settings = (
-        TaskSetting("out_dim", int, 1024, "K, outputs (prototypes) of the DINO head (paper: 65536)", minimum=2),
-        TaskSetting("bottleneck_dim", int, 256, "the head's l2-normalised bottleneck (paper: 256)", minimum=1),
-        TaskSetting("norm_last_layer", bool, True, "keep the prototypes' norm at 1 (paper: true; false learns a gain)"),
-        TaskSetting(
+        api.TaskSetting("out_dim", int, 1024, "K, outputs (prototypes) of the DINO head (paper: 65536)", minimum=2),
+        api.TaskSetting("bottleneck_dim", int, 256, "the head's l2-normalised bottleneck (paper: 256)", minimum=1),
+        api.TaskSetting(
+            "norm_last_layer", bool, True, "keep the prototypes' norm at 1 (paper: true; false learns a gain)"
+        ),
+        api.TaskSetting(
             "momentum",
             float,
             0.99,
@@ -202,36 +184,38 @@ class DINOTask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "centre_momentum", float, 0.9, "momentum of the teacher's centre (paper: 0.9)", minimum=0, maximum=1
         ),
-        TaskSetting("student_temperature", float, 0.1, "tau_s (paper: 0.1)", minimum=1e-3, maximum=100.0),
-        TaskSetting(
+        api.TaskSetting("student_temperature", float, 0.1, "tau_s (paper: 0.1)", minimum=1e-3, maximum=100.0),
+        api.TaskSetting(
             "teacher_temperature", float, 0.04, "tau_t after the warm-up (paper: 0.04-0.07)", minimum=1e-3, maximum=100
         ),
-        TaskSetting(
+        api.TaskSetting(
             "warmup_teacher_temperature", float, 0.04, "tau_t at step 0 (paper: 0.04)", minimum=1e-3, maximum=100.0
         ),
-        TaskSetting(
+        api.TaskSetting(
             "teacher_temperature_warmup",
             int,
             180,
             "steps of the linear tau_t warm-up (paper: 30 epochs; 0: none)",
             minimum=0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "freeze_last_layer", int, 60, "steps the prototypes stay fixed at the start (paper: 1 epoch)", minimum=0
         ),
-        TaskSetting("local_crops", int, LOCAL_CROPS, "local views per image (paper: 10)", minimum=0, maximum=64),
-        TaskSetting("global_size", int, 0, "side of the global views in px (0: the image's; paper: 224)", minimum=0),
-        TaskSetting(
+        api.TaskSetting("local_crops", int, LOCAL_CROPS, "local views per image (paper: 10)", minimum=0, maximum=64),
+        api.TaskSetting(
+            "global_size", int, 0, "side of the global views in px (0: the image's; paper: 224)", minimum=0
+        ),
+        api.TaskSetting(
             "local_size",
             int,
             0,
             "side of the local views in px (0: half the global side; paper: 96)",
             minimum=0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "global_min_scale",
             float,
             0.4,
@@ -239,10 +223,10 @@ class DINOTask(PretextTask):
             minimum=0.01,
             maximum=1,
         ),
-        TaskSetting("global_max_scale", float, 1.0, "largest global crop (paper: 1.0)", minimum=0.01, maximum=1),
-        TaskSetting("local_min_scale", float, 0.05, "smallest local crop (paper: 0.05)", minimum=0.01, maximum=1),
-        TaskSetting("local_max_scale", float, 0.4, "largest local crop (paper: 0.4)", minimum=0.01, maximum=1),
-        *view_settings(
+        api.TaskSetting("global_max_scale", float, 1.0, "largest global crop (paper: 1.0)", minimum=0.01, maximum=1),
+        api.TaskSetting("local_min_scale", float, 0.05, "smallest local crop (paper: 0.05)", minimum=0.01, maximum=1),
+        api.TaskSetting("local_max_scale", float, 0.4, "largest local crop (paper: 0.4)", minimum=0.01, maximum=1),
+        *api.view_settings(
             jitter=False,
             min_scale=None,
             blur_modes=False,
@@ -250,7 +234,7 @@ class DINOTask(PretextTask):
             solarize_help="chance the second global view is solarized (paper: 0.2)",
             solarize_name="solarize_probability",
         ),
-        TaskSetting(
+        api.TaskSetting(
             "representation",
             str,
             "teacher",
@@ -264,14 +248,14 @@ class DINOTask(PretextTask):
         """DINO computes its own cross-entropy between distributions: no registered loss applies."""
         return None, cls.default_loss
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         config = self.hparams
         check_settings(config, context.image_size)
         self.global_size, self.local_size = crop_sizes(config, context.image_size)
         self.local_crops: int = config["local_crops"]
         blur = config["blur"]
-        self.global_views = ViewAugmentation(
+        self.global_views = api.ViewAugmentation(
             strength=config["strength"],
             min_scale=config["global_min_scale"],
             max_scale=config["global_max_scale"],
@@ -280,7 +264,7 @@ class DINOTask(PretextTask):
             blur_probabilities=(1.0, 0.1) if blur else None,
             solarize_probabilities=(0.0, config["solarize_probability"]),
         )
-        self.local_views = ViewAugmentation(
+        self.local_views = api.ViewAugmentation(
             strength=config["strength"],
             min_scale=config["local_min_scale"],
             max_scale=config["local_max_scale"],
@@ -298,18 +282,18 @@ class DINOTask(PretextTask):
     def build_modules(self) -> nn.ModuleDict:
         """The student's head (trained), the frozen teacher (backbone and head) and the centre buffer."""
         teacher = nn.ModuleDict({"backbone": self.context.make_backbone(3), "head": self.make_head()})
-        modules = nn.ModuleDict({"head": self.make_head(), "teacher": freeze(teacher)})
+        modules = nn.ModuleDict({"head": self.make_head(), "teacher": api.freeze(teacher)})
         modules.register_buffer("centre", torch.zeros(1, self.hparams["out_dim"]))
         return modules
 
-    def setup(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
+    def setup(self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
         """The teacher starts as the student (Algorithm 1: ``gt.params = gs.params``)."""
         teacher_backbone, teacher_head = teacher_of(modules)
-        copy_weights(teacher_backbone, backbone)
-        copy_weights(teacher_head, modules["head"])
+        api.copy_weights(teacher_backbone, backbone)
+        api.copy_weights(teacher_head, modules["head"])
 
     # --- one step ------------------------------------------------------------------------------------------------
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two global views and ``local_crops`` local views of every image, batched per resolution.
 
         Args:
@@ -330,10 +314,10 @@ class DINOTask(PretextTask):
             if self.local_crops:
                 locals_, drawn = self.local_views(source, random.split("local"))  # (B*N, 3, L, L)
                 extras |= {f"local_{key}": value for key, value in drawn.items()}
-                crops = (normalize(locals_),)
+                crops = (api.normalize(locals_),)
         targets = random.offset + torch.arange(len(images), device=images.device)
-        return PretextBatch(
-            normalize(globals_), targets, views=GLOBAL_VIEWS + self.local_crops, extras=extras, crops=crops
+        return api.PretextBatch(
+            api.normalize(globals_), targets, views=GLOBAL_VIEWS + self.local_crops, extras=extras, crops=crops
         )
 
     def teacher_temperature(self) -> float:
@@ -347,8 +331,8 @@ class DINOTask(PretextTask):
         )
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Student logits on every view, teacher logits on the global views, and the DINO loss.
 
         Args:
@@ -390,34 +374,41 @@ class DINOTask(PretextTask):
             "teacher_entropy": entropy.detach(),
             "teacher_temperature": torch.tensor(temperature, device=loss.device),
         }
-        return TaskOutput({"dino": loss}, metrics, student.detach().flatten(0, 1), extras={"teacher": teacher.detach()})
+        return api.TaskOutput(
+            {"dino": loss}, metrics, student.detach().flatten(0, 1), extras={"teacher": teacher.detach()}
+        )
 
     def after_step(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput
+        self,
+        backbone: api.Backbone,
+        modules: nn.ModuleDict,
+        aux: nn.ModuleDict,
+        batch: api.PretextBatch,
+        output: api.TaskOutput,
     ) -> None:
         """The teacher follows the student (cosine momentum schedule), the centre the step's teacher outputs."""
-        momentum = cosine_momentum(self.hparams["momentum"], self.context.clock.progress)
+        momentum = api.cosine_momentum(self.hparams["momentum"], self.context.clock.progress)
         teacher_backbone, teacher_head = teacher_of(modules)
-        ema_update(teacher_backbone, backbone, momentum)
-        ema_update(teacher_head, modules["head"], momentum)
+        api.ema_update(teacher_backbone, backbone, momentum)
+        api.ema_update(teacher_head, modules["head"], momentum)
         centre = modules.get_buffer("centre")
         centre.copy_(updated_centre(centre, output.extras["teacher"], self.hparams["centre_momentum"]))
 
-    def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
+    def representation(self, backbone: api.Backbone, modules: nn.ModuleDict) -> api.Representation:
         """The teacher's backbone (the paper evaluates the teacher), or the student's with
         ``representation=student``; both on normalised RGB."""
         if self.hparams["representation"] == "teacher":
-            return Representation(teacher_of(modules)[0])
-        return Representation(backbone)
+            return api.Representation(teacher_of(modules)[0])
+        return api.Representation(backbone)
 
     # --- pictures ------------------------------------------------------------------------------------------------
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each original, its global views and its local views, every picture at its own size
         (all magnified by the same factor), with the student's top prototype per view after a run."""
         count = len(images)
         scale = max(1, 64 // max(self.global_size, images.shape[-1]))
         groups = [(images, 1, "image")]
-        groups += [(denormalize(views).clamp(0, 1), len(views) // count, kind)
+        groups += [(api.denormalize(views).clamp(0, 1), len(views) // count, kind)
                    for views, kind in zip(batch.resolutions(), ("global", "local"), strict=False)]  # fmt: skip
         columns = [(tensor, row_views, kind, v) for tensor, row_views, kind in groups for v in range(row_views)]
         predictions = None
@@ -436,7 +427,7 @@ class DINOTask(PretextTask):
                     if predictions is not None:
                         label = f"prototype {int(predictions[row * batch.views + view])}"
                     view += 1
-                cells.append(PictureCell(shown, label))
+                cells.append(api.PictureCell(shown, label))
             rows.append(cells)
         header = [kind if kind == "image" else f"{kind} {v + 1}" for _, _, kind, v in columns]
         title = (
@@ -448,4 +439,4 @@ class DINOTask(PretextTask):
             "solarised. The student matches, on every view, the teacher's centred, sharpened distribution over "
             "the prototypes on the other global views; after a run, each view's top prototype is under it."
         )
-        return picture_sheet(rows, title, header=header, caption=caption)
+        return api.picture_sheet(rows, title, header=header, caption=caption)

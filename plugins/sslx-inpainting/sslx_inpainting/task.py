@@ -24,22 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    adversarial_modules,
-    default_drawing,
-    denormalize,
-    discriminator_terms,
-    generator_terms,
-    masked_psnr,
-    normalize,
-)
+from ssl_engine import api
 from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, hole_side, region_masks
 
 MASKS = ("center", "random_blocks", "random_region")
@@ -47,7 +32,7 @@ MASKS = ("center", "random_blocks", "random_region")
 FILL = 0.0
 
 
-class InpaintingTask(PretextTask):
+class InpaintingTask(api.PretextTask):
     """Reconstruct a removed region of each image from its context.
 
     Views: 1 masked image per image. Modules: ``decoder`` (the ``upconv`` head by default) from the backbone's
@@ -69,14 +54,14 @@ class InpaintingTask(PretextTask):
     default_loss = "mse"
     metric = "psnr"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "mask",
             str,
             "center",
             "region removed: the central square, random blocks, or random irregular regions (paper, Sec. 3.3)",
             choices=MASKS,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "hole_fraction",
             float,
             0.25,
@@ -84,20 +69,24 @@ class InpaintingTask(PretextTask):
             minimum=0.01,
             maximum=0.75,
         ),
-        TaskSetting("blocks", int, 4, "squares per image with mask=random_blocks (may overlap)", minimum=1, maximum=16),
-        TaskSetting(
+        api.TaskSetting(
+            "blocks", int, 4, "squares per image with mask=random_blocks (may overlap)", minimum=1, maximum=16
+        ),
+        api.TaskSetting(
             "context_weight",
             float,
             0.0,
             "weight of the l2 on the visible pixels, relative to the hole's (0: the hole only)",
             minimum=0.0,
         ),
-        TaskSetting("adversarial", bool, False, "add the discriminator and the adversarial loss term (paper, eq. 2)"),
-        TaskSetting("reconstruction_weight", float, 0.999, "lambda_rec (paper: 0.999)", minimum=0.0),
-        TaskSetting("adversarial_weight", float, 0.001, "lambda_adv (paper: 0.001)", minimum=0.0),
+        api.TaskSetting(
+            "adversarial", bool, False, "add the discriminator and the adversarial loss term (paper, eq. 2)"
+        ),
+        api.TaskSetting("reconstruction_weight", float, 0.999, "lambda_rec (paper: 0.999)", minimum=0.0),
+        api.TaskSetting("adversarial_weight", float, 0.001, "lambda_adv (paper: 0.001)", minimum=0.0),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         self.loss_weights = {
             "reconstruction": self.hparams["reconstruction_weight"],
@@ -110,9 +99,9 @@ class InpaintingTask(PretextTask):
         return nn.ModuleDict({"decoder": decoder})
 
     def build_aux_modules(self) -> nn.ModuleDict:
-        return adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
+        return api.adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
 
-    def masks(self, batch: int, image_size: int, random: BatchRandom) -> torch.Tensor:
+    def masks(self, batch: int, image_size: int, random: api.BatchRandom) -> torch.Tensor:
         """The holes of a batch, ``(B, 1, S, S)`` bool, True where pixels are removed (see :mod:`.masks`)."""
         mode, fraction = self.hparams["mask"], self.hparams["hole_fraction"]
         if mode == "center":
@@ -124,7 +113,7 @@ class InpaintingTask(PretextTask):
             return block_masks(image_size, corners, side)
         return region_masks(random.rand(REGION_GRID, REGION_GRID), image_size, fraction)
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Remove a region of every image and fill it with the mean.
 
         Args:
@@ -136,12 +125,12 @@ class InpaintingTask(PretextTask):
             normalised originals; extras ``mask`` ``(B, 1, S, S)`` bool, True on the hole.
         """
         mask = self.masks(images.shape[0], images.shape[-1], random)
-        originals = normalize(images)
-        return PretextBatch(originals.masked_fill(mask, FILL), originals, views=1, extras={"mask": mask})
+        originals = api.normalize(images)
+        return api.PretextBatch(originals.masked_fill(mask, FILL), originals, views=1, extras={"mask": mask})
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Encode the masked images, decode the hole, score it (and, with a discriminator, fool it).
 
         Args:
@@ -167,19 +156,21 @@ class InpaintingTask(PretextTask):
             visible = self.context.loss_fn(predicted[~hole], target[~hole])
             reconstruction = reconstruction + self.hparams["context_weight"] * visible
         filled = torch.where(hole, predicted, batch.inputs.float())  # (B, 3, S, S)
-        losses = {"reconstruction": reconstruction, **generator_terms(aux, filled)}
-        originals = denormalize(target)
+        losses = {"reconstruction": reconstruction, **api.generator_terms(aux, filled)}
+        originals = api.denormalize(target)
         metrics = {
-            "psnr": masked_psnr(denormalize(filled).clamp(0, 1), originals, mask),
-            "mean_fill_psnr": masked_psnr(denormalize(batch.inputs.float()).clamp(0, 1), originals, mask),
+            "psnr": api.masked_psnr(api.denormalize(filled).clamp(0, 1), originals, mask),
+            "mean_fill_psnr": api.masked_psnr(api.denormalize(batch.inputs.float()).clamp(0, 1), originals, mask),
         }
-        return TaskOutput(losses, metrics, filled)
+        return api.TaskOutput(losses, metrics, filled)
 
-    def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
+    def aux_losses(
+        self, aux: nn.ModuleDict, batch: api.PretextBatch, output: api.TaskOutput
+    ) -> dict[str, torch.Tensor]:
         """The discriminator's real-vs-filled-in loss, on detached filled-in images (empty without one)."""
-        return discriminator_terms(aux, batch.targets, output.predictions)
+        return api.discriminator_terms(aux, batch.targets, output.predictions)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image, the network's input with the region removed and, after a run, the image
         with the region as the network painted it back."""
         predictions = output.predictions if output is not None else None
@@ -189,5 +180,5 @@ class InpaintingTask(PretextTask):
         )
         header = ["original", "input: region removed"]
         header += ["painted back"] if predictions is not None else []
-        return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
+        return api.default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
                                caption=caption)  # fmt: skip

@@ -12,7 +12,7 @@ import math
 import torch
 from PIL import Image, ImageDraw
 
-from ssl_engine.api import PictureCell, picture_sheet, tile_grid, to_picture
+from ssl_engine import api
 from sslx_jigsaw.tiles import GRID, TILES, TileGrid
 
 TILE_GAP = 8  # px between tiles in a drawn grid: the cut tiles do not touch
@@ -28,7 +28,7 @@ def permutation_text(cells: list[int]) -> str:
 
 def _original(image: torch.Tensor, grid: TileGrid, offsets: torch.Tensor, scale: int) -> Image.Image:
     """The image's 3x3 cells (1-9) apart, each with its cut tile outlined."""
-    whole = to_picture(image, image.shape[-1] * scale)
+    whole = api.to_picture(image, image.shape[-1] * scale)
     cells = []
     for cell in range(TILES):
         top, left = (scale * (grid.start + grid.cell * place) for place in divmod(cell, GRID))
@@ -37,7 +37,7 @@ def _original(image: torch.Tensor, grid: TileGrid, offsets: torch.Tensor, scale:
         corner = grid.tile * scale - 1
         ImageDraw.Draw(picture).rectangle((column, row, column + corner, row + corner), outline=BOX, width=2)
         cells.append(picture)
-    return tile_grid(cells, GRID, gap=TILE_GAP, numbers=[str(cell + 1) for cell in range(TILES)])
+    return api.tile_grid(cells, GRID, gap=TILE_GAP, numbers=[str(cell + 1) for cell in range(TILES)])
 
 
 def draw_puzzles(
@@ -73,19 +73,19 @@ def draw_puzzles(
     side = grid.tile * scale
     rows = []
     for row in range(len(images)):
-        shown = [to_picture(tiles[row * TILES + position], side) for position in range(TILES)]
+        shown = [api.to_picture(tiles[row * TILES + position], side) for position in range(TILES)]
         order = cells[row].tolist()  # input position -> cell
         in_cells: list[Image.Image | None] = [None] * TILES
         for position, cell in enumerate(order):
             in_cells[cell] = shown[position]
         numbers = [str(cell + 1) for cell in range(TILES)]
         row_cells = [
-            PictureCell(_original(images[row], grid, offsets[row], scale)),
-            PictureCell(
-                tile_grid(in_cells, GRID, gap=TILE_GAP, numbers=numbers), "grey puzzle" if bool(gray[row]) else ""
+            api.PictureCell(_original(images[row], grid, offsets[row], scale)),
+            api.PictureCell(
+                api.tile_grid(in_cells, GRID, gap=TILE_GAP, numbers=numbers), "grey puzzle" if bool(gray[row]) else ""
             ),
-            PictureCell(
-                tile_grid(shown, GRID, gap=TILE_GAP, numbers=[str(cell + 1) for cell in order]),
+            api.PictureCell(
+                api.tile_grid(shown, GRID, gap=TILE_GAP, numbers=[str(cell + 1) for cell in order]),
                 f"permutation {int(targets[row])}:\n{permutation_text(order)}",
             ),
         ]
@@ -97,8 +97,8 @@ def draw_puzzles(
                 put_back[cell] = shown[position]
                 put_numbers[cell] = str(order[position] + 1)
             row_cells.append(
-                PictureCell(
-                    tile_grid(put_back, GRID, gap=TILE_GAP, numbers=put_numbers),
+                api.PictureCell(
+                    api.tile_grid(put_back, GRID, gap=TILE_GAP, numbers=put_numbers),
                     f"said {int(predicted[row])}:\n{permutation_text(guess)}",
                     verdict=int(predicted[row]) == int(targets[row]),
                 )
@@ -107,4 +107,4 @@ def draw_puzzles(
     header = ["the image's cells 1-9", "its tiles, solved", "shuffled: the network's input"]
     if predicted is not None:
         header.append("put back as the model says")
-    return picture_sheet(rows, title, header=header, caption=caption)
+    return api.picture_sheet(rows, title, header=header, caption=caption)

@@ -17,18 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    ImageSizeError,
-    PretextBatch,
-    PretextTask,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    accuracy,
-    standardize_each,
-)
+from ssl_engine import api
 from sslx_jigsaw.drawing import draw_puzzles
 from sslx_jigsaw.permutations import permutation_set
 from sslx_jigsaw.tiles import (
@@ -42,7 +31,7 @@ from sslx_jigsaw.tiles import (
 )
 
 
-class JigsawTask(PretextTask):
+class JigsawTask(api.PretextTask):
     """Predict which of ``P`` permutations shuffled the 3x3 tiles of an image.
 
     Views: 9 tiles per image, rows ``b * 9 ... b * 9 + 8`` of the inputs in *input-position* order; input
@@ -63,7 +52,7 @@ class JigsawTask(PretextTask):
     default_image_size = 64
     default_head = "mlp"  # concatenation then fully connected layers, as the paper's fc7/fc8
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "permutations",
             int,
             100,
@@ -71,7 +60,7 @@ class JigsawTask(PretextTask):
             minimum=2,
             maximum=1000,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "tile_fraction",
             float,
             PAPER_TILE_FRACTION,
@@ -79,7 +68,7 @@ class JigsawTask(PretextTask):
             minimum=0.25,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "gray_probability",
             float,
             0.3,
@@ -89,7 +78,7 @@ class JigsawTask(PretextTask):
         ),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         self.grid = TileGrid.for_images(context.image_size, self.hparams["tile_fraction"])
         if self.grid.tile < MIN_TILE:
@@ -100,7 +89,7 @@ class JigsawTask(PretextTask):
 
     def _refuse(self, image_size: int) -> None:
         fraction = self.hparams["tile_fraction"]
-        raise ImageSizeError(
+        raise api.ImageSizeError(
             f"task {self.name!r} needs images of at least {smallest_image_size(fraction)} px with "
             f"tile_fraction={fraction:.4g} (tiles of {MIN_TILE} px or more); got {image_size} px "
             f"(raise --image-size or jigsaw.tile_fraction)"
@@ -116,7 +105,7 @@ class JigsawTask(PretextTask):
         classes = self.hparams["permutations"]
         return nn.ModuleDict({"head": self.context.make_head(TILES * self.context.feature_dim, classes)})
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Cut, shuffle, gray and standardise the tiles of the whole batch.
 
         Args:
@@ -143,13 +132,13 @@ class JigsawTask(PretextTask):
         shown_offsets = offsets.gather(1, cells[..., None].expand(-1, -1, 2))  # (B, 9, 2), position order
         tiles = extract_tiles(images, grid, cells, shown_offsets)  # (B, 9, 3, t, t), already shuffled
         tiles = to_grayscale(tiles, gray)
-        inputs = standardize_each(tiles.flatten(0, 1))  # (B*9, 3, t, t)
+        inputs = api.standardize_each(tiles.flatten(0, 1))  # (B*9, 3, t, t)
         extras = {"offsets": offsets, "permutations": cells, "gray": gray}
-        return PretextBatch(inputs, targets, views=TILES, extras=extras)
+        return api.PretextBatch(inputs, targets, views=TILES, extras=extras)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Siamese pass: each tile alone through the shared backbone, then the head on the 9 features.
 
         Args:
@@ -166,9 +155,9 @@ class JigsawTask(PretextTask):
         joined = features.reshape(-1, TILES * features.shape[1])  # (B, 9*D), in input-position order
         logits = modules["head"](joined)  # (B, P)
         loss = self.context.loss_fn(logits.float(), batch.targets)
-        return TaskOutput({"jigsaw": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+        return api.TaskOutput({"jigsaw": loss}, {"accuracy": api.accuracy(logits, batch.targets)}, logits)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image cut into its numbered cells, its tiles solved, the tiles shuffled as the
         network gets them (each with its cell's number, so the grid reads as the permutation) and, after a run,
         the tiles put back by the predicted permutation (crossed out in red when it is wrong)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_engine.api import BatchRandom
+from ssl_engine import api
 
 
 def visible_count(tokens: int, ratio: float) -> int:
@@ -13,7 +13,9 @@ def visible_count(tokens: int, ratio: float) -> int:
     return min(tokens - 1, max(1, round(tokens * (1.0 - ratio))))
 
 
-def random_masking(random: BatchRandom, tokens: int, ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(
+    random: api.BatchRandom, tokens: int, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Which patches each image keeps, drawn on the device from the batch's randomness.
 
     As in the paper's code, every image ranks its patches by uniform noise and keeps the lowest ranked; the

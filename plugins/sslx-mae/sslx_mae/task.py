@@ -24,23 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    ImageSizeError,
-    PretextBatch,
-    PretextTask,
-    SettingError,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    TokenBackbone,
-    default_drawing,
-    denormalize,
-    normalize,
-    patchify,
-    unpatchify,
-)
+from ssl_engine import api
 from sslx_mae.decoder import MAEDecoder
 from sslx_mae.masking import random_masking
 
@@ -50,7 +34,7 @@ NORM_EPSILON = 1e-6
 MASKED_GREY = 0.5
 
 
-class ConvolutionalBackboneError(SettingError, ImageSizeError):
+class ConvolutionalBackboneError(api.SettingError, api.ImageSizeError):
     """MAE asked for on a backbone without the token interface (a convnet): the message says which to use.
 
     A :class:`SettingError` for the model builder, which passes it on as the user's error (exit 2), and an
@@ -79,7 +63,7 @@ def normalise_patches(patches: torch.Tensor) -> torch.Tensor:
     return (patches - mean) / (variance + NORM_EPSILON).sqrt()
 
 
-class MAETask(PretextTask):
+class MAETask(api.PretextTask):
     """Reconstruct the masked patches of each image from the visible ones, the encoder seeing only the visible.
 
     Views: 1 image per image (normalised); extras ``keep`` ``(B, K)`` and ``hidden`` ``(B, M)`` (the visible and
@@ -103,7 +87,7 @@ class MAETask(PretextTask):
     default_loss = "mse"
     metric = "masked_mse"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "mask_ratio",
             float,
             0.75,
@@ -111,35 +95,35 @@ class MAETask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "norm_pix_loss",
             bool,
             True,
             "target: each patch's pixels normalised by their mean and variance (paper's best), else the pixels",
         ),
-        TaskSetting("decoder_depth", int, 2, "decoder transformer blocks (paper: 8)", minimum=1, maximum=24),
-        TaskSetting(
+        api.TaskSetting("decoder_depth", int, 2, "decoder transformer blocks (paper: 8)", minimum=1, maximum=24),
+        api.TaskSetting(
             "decoder_width", int, 128, "decoder width, a multiple of 4 and of the heads (paper: 512)", minimum=8
         ),
-        TaskSetting("decoder_heads", int, 4, "decoder attention heads (paper: 16)", minimum=1),
+        api.TaskSetting("decoder_heads", int, 4, "decoder attention heads (paper: 16)", minimum=1),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         ratio = self.hparams["mask_ratio"]
         if not 0.0 < ratio < 1.0:
-            raise SettingError(
+            raise api.SettingError(
                 f"setting mae.mask_ratio must lie strictly between 0 and 1 (a share of the patches masked); got "
                 f"{ratio!r}, e.g. --set mae.mask_ratio=0.75"
             )
         width, heads = self.hparams["decoder_width"], self.hparams["decoder_heads"]
         if width % heads or width % 4:
-            raise SettingError(
+            raise api.SettingError(
                 f"setting mae.decoder_width ({width}) must be a multiple of 4 and of mae.decoder_heads ({heads})"
             )
         self.patch_size = context.feature_stride
         if context.image_size % self.patch_size:
-            raise SettingError(
+            raise api.SettingError(
                 f"task 'mae' needs whole patches: image size {context.image_size} px is not a multiple of the "
                 f"backbone's {self.patch_size} px patches; change --image-size"
             )
@@ -159,11 +143,11 @@ class MAETask(PretextTask):
         try:
             with torch.device("meta"):
                 probe = self.context.make_backbone(self.context.in_channels)
-        except SettingError:
+        except api.SettingError:
             raise
         except Exception:
             return
-        if not isinstance(probe, TokenBackbone):
+        if not isinstance(probe, api.TokenBackbone):
             raise ConvolutionalBackboneError(refusal(f"the backbone ({type(probe).__name__})"))
 
     def build_modules(self) -> nn.ModuleDict:
@@ -179,7 +163,7 @@ class MAETask(PretextTask):
         )
         return nn.ModuleDict({"decoder": decoder})
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Mask a random share of every image's patches.
 
         Args:
@@ -191,25 +175,25 @@ class MAETask(PretextTask):
             targets ``(B, M, p * p * 3)``, the pixels of the masked patches (normalised per patch with
             ``norm_pix_loss``); extras ``keep`` ``(B, K)`` and ``hidden`` ``(B, M)`` int64, ``mask`` ``(B, N)`` bool.
         """
-        inputs = normalize(images)
+        inputs = api.normalize(images)
         keep, hidden, mask = random_masking(random, self.patch_count, self.hparams["mask_ratio"])
         targets = gather_patches(self.patch_targets(inputs), hidden)  # (B, M, p * p * 3)
-        return PretextBatch(inputs, targets, views=1, extras={"keep": keep, "hidden": hidden, "mask": mask})
+        return api.PretextBatch(inputs, targets, views=1, extras={"keep": keep, "hidden": hidden, "mask": mask})
 
     def patch_targets(self, inputs: torch.Tensor) -> torch.Tensor:
         """What is predicted of every patch: ``(B, 3, S, S)`` -> ``(B, N, p * p * 3)`` pixels, normalised per patch
         with ``norm_pix_loss``."""
-        patches = patchify(inputs.float(), self.patch_size)
+        patches = api.patchify(inputs.float(), self.patch_size)
         return normalise_patches(patches) if self.hparams["norm_pix_loss"] else patches
 
-    def encoder(self, backbone: Backbone) -> TokenBackbone:
-        if not isinstance(backbone, TokenBackbone):
+    def encoder(self, backbone: api.Backbone) -> api.TokenBackbone:
+        if not isinstance(backbone, api.TokenBackbone):
             raise TypeError(refusal(f"the backbone ({type(backbone).__name__})"))
         return backbone
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Encode the visible patches, decode every patch, score the masked ones.
 
         Returns:
@@ -231,7 +215,7 @@ class MAETask(PretextTask):
                 "mean_patch_mse": (mean_patch - targets).pow(2).mean(),
             }
             images = self.reconstruct(batch.inputs, predicted.detach(), mask)
-        return TaskOutput({"reconstruction": reconstruction}, metrics, images)
+        return api.TaskOutput({"reconstruction": reconstruction}, metrics, images)
 
     def reconstruct(self, inputs: torch.Tensor, predicted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, S, S)`` (normalised) with the masked patches predicted, the visible ones as given.
@@ -239,24 +223,24 @@ class MAETask(PretextTask):
         With ``norm_pix_loss`` the predictions are per-patch standardised pixels; as in the paper's figures they are
         put back in pixel units with the original patch's mean and standard deviation.
         """
-        patches = patchify(inputs.float(), self.patch_size)  # (B, N, p * p * 3)
+        patches = api.patchify(inputs.float(), self.patch_size)  # (B, N, p * p * 3)
         if self.hparams["norm_pix_loss"]:
             mean = patches.mean(dim=-1, keepdim=True)
             deviation = (patches.var(dim=-1, keepdim=True) + NORM_EPSILON).sqrt()
             predicted = predicted * deviation + mean
         filled = torch.where(mask[..., None], predicted, patches)
-        return unpatchify(filled, self.patch_size, self.grid, inputs.shape[1])
+        return api.unpatchify(filled, self.patch_size, self.grid, inputs.shape[1])
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """Rows of original | masked (visible patches, the masked ones grey) | reconstruction (after a run)."""
         mask = batch.extras["mask"]  # (B, N)
         pixels = mask[..., None].float().expand(-1, -1, self.patch_size * self.patch_size * images.shape[1])
-        hidden = unpatchify(pixels, self.patch_size, self.grid, images.shape[1]).bool()  # (B, 3, S, S)
+        hidden = api.unpatchify(pixels, self.patch_size, self.grid, images.shape[1]).bool()  # (B, 3, S, S)
         masked = images.masked_fill(hidden, MASKED_GREY)
-        shown = PretextBatch(masked, batch.targets, views=1)
+        shown = api.PretextBatch(masked, batch.targets, views=1)
         reconstruction = None
         if output is not None and output.predictions is not None:
-            reconstruction = denormalize(output.predictions.float()).clamp(0, 1)
+            reconstruction = api.denormalize(output.predictions.float()).clamp(0, 1)
         ratio = self.hparams["mask_ratio"]
         title = f"{self.name}: {self.summary}"
         header = ["original", f"input: {ratio:.0%} of patches masked"]
@@ -265,4 +249,4 @@ class MAETask(PretextTask):
             f"Grey: the masked patches ({ratio:.0%}, {self.patch_size} px each); the encoder sees only the others and "
             f"the decoder predicts the masked ones' pixels (after a run: the reconstruction, visible patches as given)."
         )
-        return default_drawing(images, shown, reconstruction, title, header=header, caption=caption)
+        return api.default_drawing(images, shown, reconstruction, title, header=header, caption=caption)

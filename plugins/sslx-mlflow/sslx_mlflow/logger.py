@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ssl_engine.api import MetricsLogger, RunOutcome
+from ssl_engine import api
 
 RUN_FILE = "mlflow.json"
 """In the run directory: ``{"tracking_uri": ..., "run_id": ...}`` of the MLflow run, for ``--resume``."""
@@ -53,7 +53,7 @@ def is_file_store(uri: str) -> bool:
     return urlparse(uri).scheme in ("", "file")
 
 
-class MLflowLogger(MetricsLogger):
+class MLflowLogger(api.MetricsLogger):
     """Logs to MLflow through its client (no global active run is started, so it never clashes with the user's)."""
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ class MLflowLogger(MetricsLogger):
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
 
-    def close(self, outcome: RunOutcome = "finished") -> None:
+    def close(self, outcome: api.RunOutcome = "finished") -> None:
         if self.client is not None and self.run_id:
             self.client.set_terminated(self.run_id, status=STATUS[outcome])
             self.client = None

@@ -1,11 +1,11 @@
 """Entry point of the ``mlflow`` plugin (mlflow itself is imported only when a run uses the logger)."""
 
-from ssl_engine.api import LoggerRegister, hookimpl
+from ssl_engine import api
 from sslx_mlflow.logger import MLflowLogger
 
 
-@hookimpl
-def register_loggers(register: LoggerRegister) -> None:
+@api.hookimpl
+def register_loggers(register: api.LoggerRegister) -> None:
     register(
         "mlflow",
         MLflowLogger,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ssl_engine.api import gather_from_all_ranks
+from ssl_engine import api
 
 
 def queue_logits(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -75,7 +75,7 @@ def symmetric_logits(queries: torch.Tensor, keys: torch.Tensor, temperature: flo
         column of row ``2 b + v`` is the image's row in the global batch.
     """
     per_view = [
-        batch_logits(queries[:, view], gather_from_all_ranks(keys[:, 1 - view].detach()), temperature)
+        batch_logits(queries[:, view], api.gather_from_all_ranks(keys[:, 1 - view].detach()), temperature)
         for view in range(2)
     ]  # 2 x (B, W*B)
     return torch.stack(per_view, dim=1).flatten(0, 1)

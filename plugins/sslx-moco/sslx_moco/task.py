@@ -61,28 +61,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    SettingError,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    accuracy,
-    augmentation_notes,
-    copy_weights,
-    cosine_momentum,
-    default_drawing,
-    ema_update,
-    freeze,
-    gather_from_all_ranks,
-    mlp_head,
-    normalize,
-    view_augmentation,
-    view_settings,
-)
+from ssl_engine import api
 from sslx_moco.loss import queue_logits, symmetric_logits
 
 VIEWS = 2
@@ -90,7 +69,7 @@ V2_BLUR = (0.5, 0.5)  # v2: half of the views (Chen et al. 2020, as SimCLR)
 V3_BLUR = (1.0, 0.1)  # v3: BYOL's asymmetric blur (Chen, Xie & He 2021, Appendix)
 
 
-class MoCoTask(PretextTask):
+class MoCoTask(api.PretextTask):
     """Match each query to its key among negatives (v2: a queue; v3: the keys of the global batch).
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``: the query view and the key view (v3: each is
@@ -109,10 +88,10 @@ class MoCoTask(PretextTask):
     default_image_size = 32
     default_head = "mlp"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "version", int, 2, "2: a queue of negatives (Chen et al. 2020); 3: no queue (2021)", choices=(2, 3)
         ),
-        TaskSetting(
+        api.TaskSetting(
             "momentum",
             float,
             0.99,
@@ -121,14 +100,14 @@ class MoCoTask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "queue_size",
             int,
             4096,
             "v2: negatives kept, a multiple of the global batch (paper: 65536)",
             minimum=1,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "temperature",
             float,
             0.2,
@@ -136,9 +115,9 @@ class MoCoTask(PretextTask):
             minimum=0.01,
             maximum=10.0,
         ),
-        TaskSetting("projection_dim", int, 128, "output size of the projection head (v2: 128; v3: 256)", minimum=1),
-        TaskSetting("predictor_hidden", int, 512, "v3: hidden units of the predictor (paper: 4096)", minimum=1),
-        *view_settings(
+        api.TaskSetting("projection_dim", int, 128, "output size of the projection head (v2: 128; v3: 256)", minimum=1),
+        api.TaskSetting("predictor_hidden", int, 512, "v3: hidden units of the predictor (paper: 4096)", minimum=1),
+        *api.view_settings(
             strength="paper: 0.4, 0.4, 0.4, 0.1",
             min_scale=0.2,
             min_scale_paper="v2 paper: 0.2; v3: 0.08",
@@ -149,7 +128,7 @@ class MoCoTask(PretextTask):
         ),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         config = self.hparams
         self.version: int = config["version"]
@@ -157,25 +136,25 @@ class MoCoTask(PretextTask):
         batch, queue = context.global_batch, config["queue_size"]
         if self.version == 2 and batch > 0 and queue % batch:
             fits = max(batch, round(queue / batch) * batch)
-            raise SettingError(
+            raise api.SettingError(
                 f"setting moco.queue_size={queue} must be a multiple of the global batch of {batch} images "
                 f"(--batch-size x processes): every step replaces one global batch of keys; e.g. "
                 f"--set moco.queue_size={fits}"
             )
         blur = V2_BLUR if self.version == 2 else V3_BLUR
-        self.augmentation = view_augmentation(config, context.image_size, blur_probabilities=blur)
+        self.augmentation = api.view_augmentation(config, context.image_size, blur_probabilities=blur)
 
     def build_modules(self) -> nn.ModuleDict:
         dim, projection = self.context.feature_dim, self.hparams["projection_dim"]
         modules = nn.ModuleDict(
             {
                 "projector": self.context.make_head(dim, projection),
-                "key_backbone": freeze(self.context.make_backbone(3)),
-                "key_projector": freeze(self.context.make_head(dim, projection)),
+                "key_backbone": api.freeze(self.context.make_backbone(3)),
+                "key_projector": api.freeze(self.context.make_head(dim, projection)),
             }
         )
         if self.version == 3:
-            modules["predictor"] = mlp_head(projection, projection, hidden=self.hparams["predictor_hidden"])
+            modules["predictor"] = api.mlp_head(projection, projection, hidden=self.hparams["predictor_hidden"])
         else:
             # He et al. 2020, Algorithm 1: the queue starts as random unit vectors.
             queue = F.normalize(torch.randn(self.hparams["queue_size"], projection), dim=1)
@@ -183,12 +162,12 @@ class MoCoTask(PretextTask):
             modules.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
         return modules
 
-    def setup(self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
+    def setup(self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
         """The key encoder starts as the query encoder (He et al. 2020, Algorithm 1)."""
-        copy_weights(modules["key_backbone"], backbone)
-        copy_weights(modules["key_projector"], modules["projector"])
+        api.copy_weights(modules["key_backbone"], backbone)
+        api.copy_weights(modules["key_projector"], modules["projector"])
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two augmented views of every image and the column of each query's positive.
 
         Args:
@@ -207,18 +186,18 @@ class MoCoTask(PretextTask):
         else:
             rows = random.offset + torch.arange(len(images), device=images.device)  # (B,)
             targets = rows.repeat_interleave(VIEWS)
-        return PretextBatch(normalize(views), targets, views=VIEWS, extras=drawn)
+        return api.PretextBatch(api.normalize(views), targets, views=VIEWS, extras=drawn)
 
     def keys(self, modules: nn.ModuleDict, views: torch.Tensor) -> torch.Tensor:
         """The key encoder's normalised keys ``(N, P)`` float32 of views ``(N, 3, S, S)``, without gradient."""
-        key_backbone: Backbone = modules["key_backbone"]  # type: ignore[assignment]
+        key_backbone: api.Backbone = modules["key_backbone"]  # type: ignore[assignment]
         with torch.no_grad():
             keys: torch.Tensor = modules["key_projector"](key_backbone.pooled(views))
         return F.normalize(keys.float(), dim=1)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """The InfoNCE loss of the queries against their keys and the negatives.
 
         Args:
@@ -245,28 +224,33 @@ class MoCoTask(PretextTask):
             # The paper's 2t (ctr(q1, k2) + ctr(q2, k1)) is 4t times the mean over both views' queries.
             loss = 4 * self.temperature * self.context.loss_fn(logits, batch.targets)
             extras = {}
-        return TaskOutput({"contrastive": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits, extras)
+        return api.TaskOutput({"contrastive": loss}, {"accuracy": api.accuracy(logits, batch.targets)}, logits, extras)
 
     def momentum(self) -> float:
         """The key encoder's momentum at the clock's step: constant (v2) or on the cosine to 1 (v3)."""
         base: float = self.hparams["momentum"]
-        return base if self.version == 2 else cosine_momentum(base, self.context.clock.progress)
+        return base if self.version == 2 else api.cosine_momentum(base, self.context.clock.progress)
 
     def after_step(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput
+        self,
+        backbone: api.Backbone,
+        modules: nn.ModuleDict,
+        aux: nn.ModuleDict,
+        batch: api.PretextBatch,
+        output: api.TaskOutput,
     ) -> None:
         """Move the key encoder towards the query encoder just updated; v2: push the global batch's keys."""
         momentum = self.momentum()
-        ema_update(modules["key_backbone"], backbone, momentum)
-        ema_update(modules["key_projector"], modules["projector"], momentum)
+        api.ema_update(modules["key_backbone"], backbone, momentum)
+        api.ema_update(modules["key_projector"], modules["projector"], momentum)
         if self.version == 2:
-            keys = gather_from_all_ranks(output.extras["keys"])  # (W*B, P): every process's, in global order
+            keys = api.gather_from_all_ranks(output.extras["keys"])  # (W*B, P): every process's, in global order
             queue, next_row = modules.get_buffer("queue"), modules.get_buffer("queue_next")
             rows = (next_row + torch.arange(len(keys), device=queue.device)) % len(queue)
             queue[rows] = keys.to(queue.dtype)  # the oldest keys out
             next_row.copy_((next_row + len(keys)) % len(queue))
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image and its two views, with the key each query is to be matched with (after a
         run: the key the model picked, in red when wrong)."""
         predictions = output.predictions if output is not None else None
@@ -283,8 +267,8 @@ class MoCoTask(PretextTask):
                 "momentum encoder) it is to be matched with among the batch's (after a run, the one picked)."
             )
             labels = self._image_label
-        return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", labels=labels,
-                               caption=caption, notes=augmentation_notes(batch.extras))  # fmt: skip
+        return api.default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", labels=labels,
+                               caption=caption, notes=api.augmentation_notes(batch.extras))  # fmt: skip
 
     @staticmethod
     def _queue_label(index: int) -> str:

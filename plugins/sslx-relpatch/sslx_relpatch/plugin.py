@@ -1,9 +1,9 @@
 """Entry point of the ``relpatch`` plugin."""
 
-from ssl_engine.api import TaskRegister, hookimpl
+from ssl_engine import api
 from sslx_relpatch.task import RelativePatchTask
 
 
-@hookimpl
-def register_tasks(register: TaskRegister) -> None:
+@api.hookimpl
+def register_tasks(register: api.TaskRegister) -> None:
     register(RelativePatchTask)

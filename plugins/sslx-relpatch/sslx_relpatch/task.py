@@ -25,20 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    ImageSizeError,
-    PretextBatch,
-    PretextTask,
-    Representation,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    accuracy,
-    default_drawing,
-    normalize,
-)
+from ssl_engine import api
 from sslx_relpatch.patches import (
     MIN_PATCH,
     NEIGHBOUR_STEPS,
@@ -94,7 +81,7 @@ def normalize_each(images: torch.Tensor) -> torch.Tensor:
     return unit_rms(centre_channels(images))
 
 
-class RelativePatchTask(PretextTask):
+class RelativePatchTask(api.PretextTask):
     """Predict which of the 8 neighbours of a centre patch a second patch is.
 
     Views: 2 per image, rows ``2b`` (centre) and ``2b + 1`` (neighbour) of the inputs, each ``(3, p, p)``.
@@ -121,7 +108,7 @@ class RelativePatchTask(PretextTask):
     default_image_size = 64
     default_head = "mlp"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "gap",
             float,
             PAPER_GAP_FRACTION,
@@ -129,7 +116,7 @@ class RelativePatchTask(PretextTask):
             minimum=0.0,
             maximum=2.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "jitter",
             float,
             PAPER_JITTER_FRACTION,
@@ -137,7 +124,7 @@ class RelativePatchTask(PretextTask):
             minimum=0.0,
             maximum=0.5,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "downsample_probability",
             float,
             PAPER_DOWNSAMPLE_PROBABILITY,
@@ -145,7 +132,7 @@ class RelativePatchTask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "downsample_min",
             float,
             PAPER_DOWNSAMPLE_FRACTION,
@@ -153,7 +140,7 @@ class RelativePatchTask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "color_drop_probability",
             float,
             1.0,
@@ -161,14 +148,14 @@ class RelativePatchTask(PretextTask):
             minimum=0.0,
             maximum=1.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "color_drop_channels",
             str,
             "two",
             "channels dropped from such a patch (paper: two of the three, keeping one)",
             choices=tuple(DROP_COUNTS),
         ),
-        TaskSetting(
+        api.TaskSetting(
             "color_drop_noise",
             float,
             PAPER_NOISE_FRACTION,
@@ -176,7 +163,7 @@ class RelativePatchTask(PretextTask):
             minimum=0.0,
             maximum=10.0,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "normalization",
             str,
             "patch",
@@ -186,7 +173,7 @@ class RelativePatchTask(PretextTask):
         ),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         self.grid = self._grid_for(context.image_size)
         self._tables: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -197,7 +184,7 @@ class RelativePatchTask(PretextTask):
         grid = PatchGrid.for_images(image_size, self.hparams["gap"], self.hparams["jitter"])
         if grid.patch < MIN_PATCH or grid.slack < 0:
             minimum = smallest_image_size(self.hparams["gap"], self.hparams["jitter"])
-            raise ImageSizeError(
+            raise api.ImageSizeError(
                 f"task {self.name!r} needs images of at least {minimum} px with gap={self.hparams['gap']:.4g} and "
                 f"jitter={self.hparams['jitter']:.4g} (a 3x3 grid of patches of {MIN_PATCH} px or more); got "
                 f"{image_size} px (raise --image-size, or lower relpatch.gap / relpatch.jitter)"
@@ -221,7 +208,7 @@ class RelativePatchTask(PretextTask):
     def build_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"head": self.context.make_head(PAIR * self.context.feature_dim, NEIGHBOURS)})
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Cut, degrade and normalise the centre/neighbour pair of every image of the batch.
 
         Args:
@@ -265,7 +252,7 @@ class RelativePatchTask(PretextTask):
         if config["normalization"] == "patch":
             patches = unit_rms(drop_colors(centre_channels(patches), dropped, noise, config["color_drop_noise"]))
         else:
-            patches = normalize(patches.flatten(0, 1)).view_as(patches)
+            patches = api.normalize(patches.flatten(0, 1)).view_as(patches)
             patches = drop_colors(patches, dropped, noise, config["color_drop_noise"])
 
         extras = {
@@ -276,11 +263,11 @@ class RelativePatchTask(PretextTask):
             "sides": sides,
             "dropped": dropped,
         }
-        return PretextBatch(patches.flatten(0, 1), targets, views=PAIR, extras=extras)
+        return api.PretextBatch(patches.flatten(0, 1), targets, views=PAIR, extras=extras)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Two towers with shared weights: each patch alone through the backbone, the head on the pair.
 
         Args:
@@ -296,9 +283,9 @@ class RelativePatchTask(PretextTask):
         pairs = features.reshape(-1, PAIR * features.shape[1])  # (B, 2*D): centre features, then neighbour's
         logits = modules["head"](pairs)  # (B, 8)
         loss = self.context.loss_fn(logits.float(), batch.targets)
-        return TaskOutput({"position": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+        return api.TaskOutput({"position": loss}, {"accuracy": api.accuracy(logits, batch.targets)}, logits)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each original with the centre patch outlined in blue and the neighbour in green (as
         the paper's Figure 2) and the neighbour's position in words, then the two patches as the network sees
         them, each noting its guards (the colour channel kept, a downsampling); after a run, the position the
@@ -338,7 +325,7 @@ class RelativePatchTask(PretextTask):
             f"upsampled (blurred), so sharpness gives nothing away. The gap and jitter between the patches keep "
             f"edges from running on."
         )
-        return default_drawing(
+        return api.default_drawing(
             marked,
             batch,
             predictions,
@@ -350,7 +337,7 @@ class RelativePatchTask(PretextTask):
             size=SHOWN,
         )
 
-    def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
+    def representation(self, backbone: api.Backbone, modules: nn.ModuleDict) -> api.Representation:
         """The backbone on RGB images normalised as the training patches were.
 
         With ``normalization="patch"`` (the default) each image's channel means are removed and the image is
@@ -360,5 +347,5 @@ class RelativePatchTask(PretextTask):
         (see the plugin's README).
         """
         if self.hparams["normalization"] == "patch":
-            return Representation(backbone, normalize_each)
-        return Representation(backbone)
+            return api.Representation(backbone, normalize_each)
+        return api.Representation(backbone)

@@ -12,17 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    TaskOutput,
-    TaskSetting,
-    accuracy,
-    default_drawing,
-    normalize,
-)
+from ssl_engine import api
 
 ROTATIONS = 4
 
@@ -40,7 +30,7 @@ def rotate_all(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(ROTATIONS)], dim=1)
 
 
-class RotationTask(PretextTask):
+class RotationTask(api.PretextTask):
     """Predict the rotation (0, 90, 180, 270 degrees) applied to an image.
 
     Views: 4 per image (or 1 with ``all_rotations=false``); head on pooled features -> 4 logits; cross-entropy.
@@ -53,7 +43,7 @@ class RotationTask(PretextTask):
     min_image_size = 8
     default_image_size = 32
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "all_rotations",
             bool,
             True,
@@ -64,24 +54,24 @@ class RotationTask(PretextTask):
     def build_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, ROTATIONS)})
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         batch = images.shape[0]
-        rotated = rotate_all(normalize(images))  # (B, 4, C, H, W)
+        rotated = rotate_all(api.normalize(images))  # (B, 4, C, H, W)
         if self.hparams["all_rotations"]:
             targets = torch.arange(ROTATIONS, device=images.device).repeat(batch)  # (B*4,)
-            return PretextBatch(rotated.flatten(0, 1), targets, views=ROTATIONS)
+            return api.PretextBatch(rotated.flatten(0, 1), targets, views=ROTATIONS)
         targets = random.randint(0, ROTATIONS)  # (B,)
         chosen = rotated[torch.arange(batch, device=images.device), targets]  # (B, C, H, W)
-        return PretextBatch(chosen, targets, views=1)
+        return api.PretextBatch(chosen, targets, views=1)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         logits = modules["head"](backbone.pooled(batch.inputs))  # (B*views, 4)
         loss = self.context.loss_fn(logits.float(), batch.targets)
-        return TaskOutput({"rotation": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+        return api.TaskOutput({"rotation": loss}, {"accuracy": api.accuracy(logits, batch.targets)}, logits)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image and its rotations, labelled in degrees (after a run: the angle the model
         named, crossed out in red when wrong)."""
         predictions = output.predictions if output is not None else None
@@ -91,6 +81,6 @@ class RotationTask(PretextTask):
         )
         if not self.hparams["all_rotations"]:
             caption = "One random rotation per image (all_rotations=false). " + caption
-        return default_drawing(
+        return api.default_drawing(
             images, batch, predictions, f"{self.name}: {self.summary}", labels=rotation_label, caption=caption
         )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.api import LossFunction, gather_from_all_ranks, is_distributed
+from ssl_engine import api
 
 
 def drop_self_column(
@@ -60,7 +60,7 @@ class NTXentLoss(nn.Module):
         is the contrastive accuracy.
     """
 
-    def __init__(self, temperature: float = 0.5, cross_entropy: LossFunction = F.cross_entropy) -> None:
+    def __init__(self, temperature: float = 0.5, cross_entropy: api.LossFunction = F.cross_entropy) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -69,12 +69,12 @@ class NTXentLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count = len(embeddings)
-        first = torch.distributed.get_rank() * count if is_distributed() else 0
+        first = torch.distributed.get_rank() * count if api.is_distributed() else 0
         self_columns = first + torch.arange(count, device=embeddings.device)  # (M,)
         # Similarities in float32 even under autocast: bfloat16's 8 bits of mantissa blur cosines divided by t.
         with torch.autocast(embeddings.device.type, enabled=False):
             anchors = F.normalize(embeddings.float(), dim=1)  # (M, E)
-            candidates = gather_from_all_ranks(anchors)  # (W*M, E)
+            candidates = api.gather_from_all_ranks(anchors)  # (W*M, E)
             logits = anchors @ candidates.T / self.temperature  # (M, W*M)
             wrong = (targets < 0) | (targets >= len(candidates)) | (targets == self_columns)
             message = (

@@ -16,26 +16,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    accuracy,
-    normalize,
-    two_view_drawing,
-    view_augmentation,
-    view_settings,
-)
+from ssl_engine import api
 from sslx_simclr.loss import NTXentLoss
 
 VIEWS = 2
 
 
-class SimCLRTask(PretextTask):
+class SimCLRTask(api.PretextTask):
     """Tell which of the other views of the batch shows the same image as this one.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
@@ -58,7 +45,7 @@ class SimCLRTask(PretextTask):
     default_image_size = 32
     default_head = "mlp"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "temperature",
             float,
             0.5,
@@ -66,8 +53,8 @@ class SimCLRTask(PretextTask):
             minimum=0.01,
             maximum=10.0,
         ),
-        TaskSetting("projection_dim", int, 128, "output size of the projection head (paper: 128)", minimum=1),
-        *view_settings(
+        api.TaskSetting("projection_dim", int, 128, "output size of the projection head (paper: 128)", minimum=1),
+        *api.view_settings(
             strength="paper: 0.5 on CIFAR-10, 1 on ImageNet",
             blur_modes=False,
             blur_help="Gaussian-blur half the views (paper: ImageNet only, not small images)",
@@ -75,16 +62,16 @@ class SimCLRTask(PretextTask):
         ),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         config = self.hparams
-        self.augmentation = view_augmentation(config, context.image_size)  # blur: a flag, half the views
+        self.augmentation = api.view_augmentation(config, context.image_size)  # blur: a flag, half the views
         self.loss = NTXentLoss(config["temperature"], cross_entropy=context.loss_fn)
 
     def build_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projection_dim"])})
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two augmented views of every image and the global row of each view's positive.
 
         Args:
@@ -100,11 +87,11 @@ class SimCLRTask(PretextTask):
         with torch.autocast(images.device.type, enabled=False):
             views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
         rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
-        return PretextBatch(normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
+        return api.PretextBatch(api.normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Embed both views of every image and score them with NT-Xent.
 
         Args:
@@ -119,11 +106,11 @@ class SimCLRTask(PretextTask):
         """
         projections = modules["head"](backbone.pooled(batch.inputs))  # (B*2, P)
         loss, logits = self.loss(projections, batch.targets)
-        return TaskOutput({"contrastive": loss}, {"accuracy": accuracy(logits, batch.targets)}, logits)
+        return api.TaskOutput({"contrastive": loss}, {"accuracy": api.accuracy(logits, batch.targets)}, logits)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image and its two views; under each view the view it must be matched with (after
         a run: the one the model picked, in red when wrong)."""
         predictions = output.predictions if output is not None else None
         caption = "Under each view: the view it is to be matched with (the other view of its image) among all 2N views."
-        return two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}", caption)
+        return api.two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}", caption)

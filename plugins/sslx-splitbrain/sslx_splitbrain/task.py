@@ -41,32 +41,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    L_OFFSET,
-    LAB_SCALE,
-    REGRESSION_GAIN,
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    Representation,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    ab_bins,
-    accuracy,
-    annealed_mean,
-    colour_grid,
-    decoder_scale,
-    gray_from_lightness,
-    lightness_input,
-    output_size,
-    rgb_to_lab,
-    scale_ab,
-    scale_lightness,
-    to_output_grid,
-    with_colour,
-)
+from ssl_engine import api
 from sslx_splitbrain.lightness_bins import L_BINS, lightness_centres, quantize_lightness
 from sslx_splitbrain.representation import SplitBrainRepresentation
 
@@ -75,7 +50,7 @@ AB_CHANNELS = 2
 SHOWN_LIGHTNESS = 65.0  # the colour half is drawn at one mid lightness, so only its colour shows
 
 
-class SplitBrainTask(PretextTask):
+class SplitBrainTask(api.PretextTask):
     """Predict ab from L with the backbone and L from ab with a second network; features of both, concatenated.
 
     Views: 1 per image, the lightness as a normalised gray RGB image ``(B, 3, S, S)`` for the backbone; the
@@ -97,21 +72,21 @@ class SplitBrainTask(PretextTask):
     default_loss = "cross_entropy"
     metric = "lab_rmse"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "loss_mode",
             str,
             "classification",
             "cross-entropy over ab bins and 50 L bins (paper's cl,cl), or l2 regression on both (reg,reg)",
             choices=LOSS_MODES,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "output_stride",
             int,
             4,
             "input pixels per predicted pixel (the paper: 4); must divide the backbone's stride",
             choices=(1, 2, 4, 8, 16, 32),
         ),
-        TaskSetting(
+        api.TaskSetting(
             "temperature",
             float,
             0.38,
@@ -128,11 +103,11 @@ class SplitBrainTask(PretextTask):
             return "regression", "mse"
         return cls.loss_kind, cls.default_loss
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         self.classify = self.hparams["loss_mode"] == "classification"
-        self.scale = decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
-        self.bins = ab_bins()
+        self.scale = api.decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
+        self.bins = api.ab_bins()
 
     def build_modules(self) -> nn.ModuleDict:
         """The second sub-network and both decoders, all trained by the main optimizer.
@@ -151,7 +126,7 @@ class SplitBrainTask(PretextTask):
             }
         )
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Split the whole batch into lightness and colour, inputs and targets (no randomness).
 
         Args:
@@ -165,21 +140,21 @@ class SplitBrainTask(PretextTask):
             ``color_input`` ``(B, 2, S, S)`` (ab / 10, the second network's input) and ``lab`` ``(B, 3, h, w)``
             (Lab area-averaged to the output grid).
         """
-        lab = rgb_to_lab(images)  # (B, 3, S, S)
-        size = output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
-        small = to_output_grid(lab, size)  # (B, 3, h, w)
-        extras = {"color_input": scale_ab(lab[:, 1:]), "lab": small}
+        lab = api.rgb_to_lab(images)  # (B, 3, S, S)
+        size = api.output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
+        small = api.to_output_grid(lab, size)  # (B, 3, h, w)
+        extras = {"color_input": api.scale_ab(lab[:, 1:]), "lab": small}
         if self.classify:
             targets = self.bins.on(images.device).quantize(small[:, 1:])  # (B, h, w)
             extras["l_target"] = quantize_lightness(small[:, 0])  # (B, h, w)
         else:
-            targets = scale_ab(small[:, 1:])
-            extras["l_target"] = scale_lightness(small[:, :1])
-        return PretextBatch(lightness_input(lab), targets, extras=extras)
+            targets = api.scale_ab(small[:, 1:])
+            extras["l_target"] = api.scale_lightness(small[:, :1])
+        return api.PretextBatch(api.lightness_input(lab), targets, extras=extras)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Both cross-channel predictions and their loss terms.
 
         Args:
@@ -202,17 +177,17 @@ class SplitBrainTask(PretextTask):
                 "ab_to_l": self.context.loss_fn(l_outputs, l_target),
             }
             centres = lightness_centres(device=l_outputs.device)
-            predicted_l = annealed_mean(l_outputs.detach(), centres, self.hparams["temperature"])
-            metrics["ab_accuracy"] = accuracy(ab_outputs, batch.targets)
-            metrics["l_accuracy"] = accuracy(l_outputs, l_target)
+            predicted_l = api.annealed_mean(l_outputs.detach(), centres, self.hparams["temperature"])
+            metrics["ab_accuracy"] = api.accuracy(ab_outputs, batch.targets)
+            metrics["l_accuracy"] = api.accuracy(l_outputs, l_target)
         else:
             # Scaled for a stable l2 under SGD, see REGRESSION_GAIN.
-            ab_outputs, l_outputs = ab_outputs * REGRESSION_GAIN, l_outputs * REGRESSION_GAIN
+            ab_outputs, l_outputs = ab_outputs * api.REGRESSION_GAIN, l_outputs * api.REGRESSION_GAIN
             losses = {
                 "l_to_ab": self.context.loss_fn(ab_outputs, batch.targets),
                 "ab_to_l": self.context.loss_fn(l_outputs, l_target),
             }
-            predicted_l = l_outputs.detach() * LAB_SCALE + L_OFFSET
+            predicted_l = l_outputs.detach() * api.LAB_SCALE + api.L_OFFSET
         predicted_ab = self.predicted_ab(ab_outputs.detach())
         lab = batch.extras["lab"]
         ab_squared = (predicted_ab - lab[:, 1:]).square().mean()
@@ -220,35 +195,35 @@ class SplitBrainTask(PretextTask):
         metrics["ab_rmse"] = ab_squared.sqrt()
         metrics["l_rmse"] = l_squared.sqrt()
         metrics["lab_rmse"] = ((2 * ab_squared + l_squared) / 3).sqrt()  # over the three channels
-        return TaskOutput(losses, metrics, ab_outputs)
+        return api.TaskOutput(losses, metrics, ab_outputs)
 
     def predicted_ab(self, predictions: torch.Tensor) -> torch.Tensor:
         """Colours from the ab decoder's predictions: ``(B, 2, h, w)`` in Lab units (annealed mean of bin logits)."""
         if not self.classify:
-            return predictions.float() * LAB_SCALE
+            return predictions.float() * api.LAB_SCALE
         centres = self.bins.on(predictions.device).centres
-        return annealed_mean(predictions, centres, self.hparams["temperature"])
+        return api.annealed_mean(predictions, centres, self.hparams["temperature"])
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """Original, each sub-network's input (L as gray, ab at one lightness), and F1's colorization."""
-        lab = rgb_to_lab(images)  # (N, 3, S, S)
+        lab = api.rgb_to_lab(images)  # (N, 3, S, S)
         lightness = lab[:, :1]
         columns = [
             ("image", images),
-            ("F1 in: L", gray_from_lightness(lightness).expand(-1, 3, -1, -1)),
-            ("F2 in: ab", with_colour(torch.full_like(lightness, SHOWN_LIGHTNESS), lab[:, 1:])),
-            ("ab target", with_colour(lightness, batch.extras["lab"][:, 1:])),
+            ("F1 in: L", api.gray_from_lightness(lightness).expand(-1, 3, -1, -1)),
+            ("F2 in: ab", api.with_colour(torch.full_like(lightness, SHOWN_LIGHTNESS), lab[:, 1:])),
+            ("ab target", api.with_colour(lightness, batch.extras["lab"][:, 1:])),
         ]
         if output is not None and output.predictions is not None:
-            columns.append(("ab from L", with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
+            columns.append(("ab from L", api.with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
         caption = (
             f"F1 sees the lightness L (grey) and predicts the colour ab; F2 sees ab (drawn at one lightness, "
             f"{SHOWN_LIGHTNESS:g}) and predicts L. Targets are on the decoders' output grid (blocks of "
             f"{self.hparams['output_stride']} px); colours are drawn as they are, so one that regresses to the mean "
             f"looks grey."
         )
-        return colour_grid(columns, f"{self.name}: {self.summary}", caption=caption)
+        return api.colour_grid(columns, f"{self.name}: {self.summary}", caption=caption)
 
-    def representation(self, backbone: Backbone, modules: nn.ModuleDict) -> Representation:
+    def representation(self, backbone: api.Backbone, modules: nn.ModuleDict) -> api.Representation:
         """Both sub-networks on their halves of the Lab image, pooled and concatenated: ``(B, D1 + D2)``."""
-        return SplitBrainRepresentation(backbone, cast(Backbone, modules["color_backbone"]))
+        return SplitBrainRepresentation(backbone, cast(api.Backbone, modules["color_backbone"]))

@@ -25,22 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    adversarial_modules,
-    default_drawing,
-    denormalize,
-    discriminator_terms,
-    generator_terms,
-    normalize,
-    psnr,
-)
+from ssl_engine import api
 from sslx_superres.degrade import bicubic_degrade
 
 # The decoder's last layer starts at this share of its usual initialisation (see shrink_last_layer).
@@ -65,7 +50,7 @@ def shrink_last_layer(decoder: nn.Module, scale: float = INITIAL_RESIDUAL_SCALE)
                 layers[-1].bias.zero_()
 
 
-class SuperResolutionTask(PretextTask):
+class SuperResolutionTask(api.PretextTask):
     """Restore the detail that bicubic down- and up-sampling removed.
 
     Views: 1 blurred image per image. Modules: ``decoder`` (the ``upconv`` head by default) from the backbone's
@@ -87,7 +72,7 @@ class SuperResolutionTask(PretextTask):
     default_loss = "mse"
     metric = "psnr"
     settings = (
-        TaskSetting(
+        api.TaskSetting(
             "factor",
             int,
             8,
@@ -95,12 +80,16 @@ class SuperResolutionTask(PretextTask):
             minimum=2,
             maximum=8,
         ),
-        TaskSetting("adversarial", bool, False, "add the discriminator and the adversarial loss term (paper, eq. 3)"),
-        TaskSetting("pixel_weight", float, 1.0, "weight of the pixel l2 (paper: 1)", minimum=0.0),
-        TaskSetting("adversarial_weight", float, 0.001, "weight of the adversarial term (paper: 1e-3)", minimum=0.0),
+        api.TaskSetting(
+            "adversarial", bool, False, "add the discriminator and the adversarial loss term (paper, eq. 3)"
+        ),
+        api.TaskSetting("pixel_weight", float, 1.0, "weight of the pixel l2 (paper: 1)", minimum=0.0),
+        api.TaskSetting(
+            "adversarial_weight", float, 0.001, "weight of the adversarial term (paper: 1e-3)", minimum=0.0
+        ),
     )
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         self.loss_weights = {"pixel": self.hparams["pixel_weight"], "adversarial": self.hparams["adversarial_weight"]}
 
@@ -111,9 +100,9 @@ class SuperResolutionTask(PretextTask):
         return nn.ModuleDict({"decoder": decoder})
 
     def build_aux_modules(self) -> nn.ModuleDict:
-        return adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
+        return api.adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Blur every image by bicubic down- and up-sampling (deterministic: ``random`` is not used).
 
         Args:
@@ -124,11 +113,13 @@ class SuperResolutionTask(PretextTask):
             inputs ``(B, 3, S, S)``, the normalised bicubic images; targets ``(B, 3, S, S)``, the normalised
             originals.
         """
-        return PretextBatch(normalize(bicubic_degrade(images, self.hparams["factor"])), normalize(images), views=1)
+        return api.PretextBatch(
+            api.normalize(bicubic_degrade(images, self.hparams["factor"])), api.normalize(images), views=1
+        )
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Encode the blurred images, decode the residual, score the sum (and, with a discriminator, fool it).
 
         Args:
@@ -147,19 +138,21 @@ class SuperResolutionTask(PretextTask):
         residual = modules["decoder"](features)[..., :size, :size]  # (B, 3, S, S)
         bicubic, target = batch.inputs.float(), batch.targets.float()
         restored = bicubic + residual.float()  # the only path from input to output besides the encoder's
-        losses = {"pixel": self.context.loss_fn(restored, target), **generator_terms(aux, restored)}
-        original = denormalize(target)
+        losses = {"pixel": self.context.loss_fn(restored, target), **api.generator_terms(aux, restored)}
+        original = api.denormalize(target)
         metrics = {
-            "psnr": psnr(denormalize(restored).clamp(0, 1), original),
-            "bicubic_psnr": psnr(denormalize(bicubic).clamp(0, 1), original),
+            "psnr": api.psnr(api.denormalize(restored).clamp(0, 1), original),
+            "bicubic_psnr": api.psnr(api.denormalize(bicubic).clamp(0, 1), original),
         }
-        return TaskOutput(losses, metrics, restored)
+        return api.TaskOutput(losses, metrics, restored)
 
-    def aux_losses(self, aux: nn.ModuleDict, batch: PretextBatch, output: TaskOutput) -> dict[str, torch.Tensor]:
+    def aux_losses(
+        self, aux: nn.ModuleDict, batch: api.PretextBatch, output: api.TaskOutput
+    ) -> dict[str, torch.Tensor]:
         """The discriminator's real-vs-super-resolved loss, on detached outputs (empty without one)."""
-        return discriminator_terms(aux, batch.targets, output.predictions)
+        return api.discriminator_terms(aux, batch.targets, output.predictions)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image, the network's blurred input and, after a run, the network's restoration."""
         predictions = output.predictions if output is not None else None
         factor = self.hparams["factor"]
@@ -169,5 +162,5 @@ class SuperResolutionTask(PretextTask):
         )
         header = ["original", f"input: {factor}x down and up"]
         header += ["restored"] if predictions is not None else []
-        return default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
+        return api.default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
                                caption=caption)  # fmt: skip

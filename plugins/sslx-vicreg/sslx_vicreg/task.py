@@ -43,23 +43,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_engine.api import (
-    Backbone,
-    BatchRandom,
-    PretextBatch,
-    PretextTask,
-    SettingError,
-    TaskContext,
-    TaskOutput,
-    TaskSetting,
-    accuracy,
-    gather_from_all_ranks,
-    is_distributed,
-    normalize,
-    two_view_drawing,
-    view_augmentation,
-    view_settings,
-)
+from ssl_engine import api
 from sslx_vicreg.loss import VICRegLoss
 
 VIEWS = 2
@@ -77,14 +61,14 @@ def view_matching(z_a: torch.Tensor, z_b: torch.Tensor, count: int) -> torch.Ten
         ``(2B, 2N)``: row ``2b + v`` is view ``v`` of local image ``b``, column ``2n + v'`` view ``v'`` of global
         image ``n``; ``-inf`` at each view's own column, so ``argmax`` is its nearest other view.
     """
-    first = torch.distributed.get_rank() * count if is_distributed() else 0
+    first = torch.distributed.get_rank() * count if api.is_distributed() else 0
     views = F.normalize(torch.stack([z_a, z_b], dim=1).flatten(0, 1), dim=1)  # (2N, P), sample-major
     own = 2 * first + torch.arange(2 * count, device=views.device)  # (2B,)
     logits = views[own] @ views.T  # (2B, 2N)
     return logits.scatter(1, own[:, None], float("-inf"))
 
 
-class VICRegTask(PretextTask):
+class VICRegTask(api.PretextTask):
     """Keep the two views' embeddings close while each dimension varies over the batch and no two covary.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
@@ -106,13 +90,15 @@ class VICRegTask(PretextTask):
     default_image_size = 32
     default_head = "projector"
     settings = (
-        TaskSetting("invariance_weight", float, 25.0, "lambda, weight of the invariance term (paper: 25)", minimum=0),
-        TaskSetting("variance_weight", float, 25.0, "mu, weight of the variance term (paper: 25)", minimum=0),
-        TaskSetting("covariance_weight", float, 1.0, "nu, weight of the covariance term (paper: 1)", minimum=0),
-        TaskSetting(
+        api.TaskSetting(
+            "invariance_weight", float, 25.0, "lambda, weight of the invariance term (paper: 25)", minimum=0
+        ),
+        api.TaskSetting("variance_weight", float, 25.0, "mu, weight of the variance term (paper: 25)", minimum=0),
+        api.TaskSetting("covariance_weight", float, 1.0, "nu, weight of the covariance term (paper: 1)", minimum=0),
+        api.TaskSetting(
             "gamma", float, 1.0, "target std of each dimension, must be > 0 (paper: 1)", minimum=0, min_open=True
         ),
-        TaskSetting(
+        api.TaskSetting(
             "eps",
             float,
             1e-4,
@@ -120,7 +106,7 @@ class VICRegTask(PretextTask):
             minimum=0,
             min_open=True,
         ),
-        TaskSetting(
+        api.TaskSetting(
             "projector_dim",
             int,
             1024,
@@ -128,7 +114,7 @@ class VICRegTask(PretextTask):
             minimum=1,
             maximum=65536,
         ),
-        *view_settings(strength="BYOL's 0.4, 0.4, 0.2, 0.1 but saturation 0.4 at s = 0.5"),
+        *api.view_settings(strength="BYOL's 0.4, 0.4, 0.2, 0.1 but saturation 0.4 at s = 0.5"),
     )
 
     @classmethod
@@ -136,23 +122,23 @@ class VICRegTask(PretextTask):
         """VICReg computes its own loss: ``--loss`` is refused rather than ignored."""
         return None, cls.default_loss
 
-    def __init__(self, context: TaskContext) -> None:
+    def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         config = self.hparams
         weights = {term: float(config[f"{term}_weight"]) for term in TERMS}
         if min(weights.values()) < 0 or max(weights.values()) <= 0:
-            raise SettingError(
+            raise api.SettingError(
                 f"task {self.name!r}: the weights invariance_weight, variance_weight and covariance_weight must be "
                 f">= 0 and not all 0; got {', '.join(f'{w:g}' for w in weights.values())}"
             )
-        self.augmentation = view_augmentation(config, context.image_size)  # BYOL's blur, from 64 px up with auto
+        self.augmentation = api.view_augmentation(config, context.image_size)  # BYOL's blur, from 64 px up with auto
         self.loss = VICRegLoss(config["gamma"], config["eps"])
         self.loss_weights = weights
 
     def build_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projector_dim"])})
 
-    def pseudo_labels(self, images: torch.Tensor, random: BatchRandom) -> PretextBatch:
+    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two augmented views of every image and the global row of each view's twin.
 
         Args:
@@ -166,11 +152,11 @@ class VICRegTask(PretextTask):
         with torch.autocast(images.device.type, enabled=False):
             views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
         rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
-        return PretextBatch(normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
+        return api.PretextBatch(api.normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
 
     def forward(
-        self, backbone: Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: PretextBatch
-    ) -> TaskOutput:
+        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
+    ) -> api.TaskOutput:
         """Embed each view, gather the global batch, and compute the three terms.
 
         Args:
@@ -188,16 +174,16 @@ class VICRegTask(PretextTask):
         z_a = modules["head"](backbone.pooled(views[:, 0]))  # (B, P)
         z_b = modules["head"](backbone.pooled(views[:, 1]))  # (B, P)
         with torch.autocast(z_a.device.type, enabled=False):
-            z_a = gather_from_all_ranks(z_a.float())  # (N, P): the global batch, rank-major
-            z_b = gather_from_all_ranks(z_b.float())
+            z_a = api.gather_from_all_ranks(z_a.float())  # (N, P): the global batch, rank-major
+            z_b = api.gather_from_all_ranks(z_b.float())
             invariance, variance, covariance = self.loss(z_a, z_b)
             logits = view_matching(z_a.detach(), z_b.detach(), len(views))
             std = torch.cat([z_a.detach(), z_b.detach()], dim=1).std(dim=0).mean()
         losses = {"invariance": invariance, "variance": variance, "covariance": covariance}
-        return TaskOutput(losses, {"accuracy": accuracy(logits, batch.targets), "std": std}, logits)
+        return api.TaskOutput(losses, {"accuracy": api.accuracy(logits, batch.targets), "std": std}, logits)
 
-    def draw(self, images: torch.Tensor, batch: PretextBatch, output: TaskOutput | None) -> Image.Image:
+    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image and its two views; under each view the view it must be matched with (after
         a run: the one the model picked, in red when wrong)."""
         predictions = output.predictions if output is not None else None
-        return two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}")
+        return api.two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}")
