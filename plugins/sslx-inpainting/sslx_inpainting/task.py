@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
-from torch import nn
 
 from ssl_engine import api
 from sslx_inpainting.masks import REGION_GRID, block_masks, center_masks, hole_side, region_masks
@@ -32,27 +31,21 @@ MASKS = ("center", "random_blocks", "random_region")
 FILL = 0.0
 
 
-class InpaintingTask(api.PretextTask):
+class InpaintingTask(api.ReconstructionTask):
     """Reconstruct a removed region of each image from its context.
 
     Views: 1 masked image per image. Modules: ``decoder`` (the ``upconv`` head by default) from the backbone's
     map ``(B, D, S/stride, S/stride)`` to the image ``(B, 3, S, S)``; aux (only with ``adversarial=true``):
     ``discriminator``. Loss terms: ``reconstruction`` (l2 on the hole) and ``adversarial``; the aux term
     ``discriminator`` is logged as ``inpainting/discriminator``. Metric: ``psnr`` on the hole, in dB, beside
-    ``mean_fill_psnr``, the same for the mean-filled input (the baseline to beat).
+    ``mean_fill_psnr``, the same for the mean-filled input (the baseline to beat). The decoding, the adversarial
+    branch and the metrics are :class:`ssl_engine.api.ReconstructionTask`'s.
     """
 
     name = "inpainting"
     summary = "fill in a removed region of each image from its context (context encoder)"
     paper = "Pathak, Krähenbühl, Donahue, Darrell & Efros 2016, Context Encoders: Feature Learning by Inpainting"
-    views = 1
-    min_image_size = 16
-    default_image_size = 32
-    head_kind = "decoder"
-    default_head = "upconv"
-    loss_kind = "regression"
-    default_loss = "mse"
-    metric = "psnr"
+    baseline = "mean_fill"
     settings = (
         api.TaskSetting(
             "mask",
@@ -93,14 +86,6 @@ class InpaintingTask(api.PretextTask):
             "adversarial": self.hparams["adversarial_weight"],
         }
 
-    def build_modules(self) -> nn.ModuleDict:
-        context = self.context
-        decoder = context.make_head(context.feature_dim, context.in_channels, context.feature_stride)
-        return nn.ModuleDict({"decoder": decoder})
-
-    def build_aux_modules(self) -> nn.ModuleDict:
-        return api.adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
-
     def masks(self, batch: int, image_size: int, random: api.BatchRandom) -> torch.Tensor:
         """The holes of a batch, ``(B, 1, S, S)`` bool, True where pixels are removed (see :mod:`.masks`)."""
         mode, fraction = self.hparams["mask"], self.hparams["hole_fraction"]
@@ -128,57 +113,37 @@ class InpaintingTask(api.PretextTask):
         originals = api.normalize(images)
         return api.PretextBatch(originals.masked_fill(mask, FILL), originals, views=1, extras={"mask": mask})
 
-    def forward(
-        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
-    ) -> api.TaskOutput:
-        """Encode the masked images, decode the hole, score it (and, with a discriminator, fool it).
+    def reconstruct(
+        self, decoded: torch.Tensor, batch: api.PretextBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Paint the decoded hole into the context; the ``reconstruction`` term is the l2 on the hole.
 
         Args:
-            backbone: the shared encoder.
-            modules: ``{"decoder": (B, D, h, w) -> (B, 3, >= S, >= S)}``.
-            aux: ``{"discriminator": ...}`` with ``adversarial=true``, else empty.
+            decoded: ``(B, 3, S, S)`` float32, the decoder's whole image.
             batch: from :meth:`pseudo_labels`.
 
         Returns:
-            Loss terms ``reconstruction`` (and ``adversarial``), metrics ``psnr`` and ``mean_fill_psnr`` (dB, on
-            the hole), and the filled-in images ``(B, 3, S, S)`` (normalised: the context as given, the hole
-            from the decoder) as predictions.
+            The filled-in images ``(B, 3, S, S)`` (normalised: the context as given, the hole from the decoder) and
+            ``{"reconstruction": ...}``, plus ``context_weight`` times the l2 on the visible pixels when it is set.
         """
-        mask = batch.extras["mask"]
-        size = batch.inputs.shape[-1]
-        features = backbone(batch.inputs)  # (B, D, ceil(S/stride), ceil(S/stride)): the encoder sees no more
-        # A decoder's output is a multiple of the stride; its top-left S x S lines up with the image.
-        decoded = modules["decoder"](features)[..., :size, :size]  # (B, 3, S, S)
-        hole = mask.expand_as(decoded)
-        predicted, target = decoded.float(), batch.targets.float()
-        reconstruction = self.context.loss_fn(predicted[hole], target[hole])
+        hole = batch.extras["mask"].expand_as(decoded)
+        target = batch.targets.float()
+        reconstruction = self.context.loss_fn(decoded[hole], target[hole])
         if self.hparams["context_weight"] > 0:
-            visible = self.context.loss_fn(predicted[~hole], target[~hole])
+            visible = self.context.loss_fn(decoded[~hole], target[~hole])
             reconstruction = reconstruction + self.hparams["context_weight"] * visible
-        filled = torch.where(hole, predicted, batch.inputs.float())  # (B, 3, S, S)
-        losses = {"reconstruction": reconstruction, **api.generator_terms(aux, filled)}
-        originals = api.denormalize(target)
-        metrics = {
-            "psnr": api.masked_psnr(api.denormalize(filled).clamp(0, 1), originals, mask),
-            "mean_fill_psnr": api.masked_psnr(api.denormalize(batch.inputs.float()).clamp(0, 1), originals, mask),
-        }
-        return api.TaskOutput(losses, metrics, filled)
+        filled = torch.where(hole, decoded, batch.inputs.float())  # (B, 3, S, S)
+        return filled, {"reconstruction": reconstruction}
 
-    def aux_losses(
-        self, aux: nn.ModuleDict, batch: api.PretextBatch, output: api.TaskOutput
-    ) -> dict[str, torch.Tensor]:
-        """The discriminator's real-vs-filled-in loss, on detached filled-in images (empty without one)."""
-        return api.discriminator_terms(aux, batch.targets, output.predictions)
+    def scored_region(self, batch: api.PretextBatch) -> torch.Tensor:
+        """The hole, ``(B, 1, S, S)`` bool: what the PSNR metrics score."""
+        return batch.extras["mask"]
 
     def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image, the network's input with the region removed and, after a run, the image
         with the region as the network painted it back."""
-        predictions = output.predictions if output is not None else None
         caption = (
             f"Grey: the region removed ({self.hparams['mask']} mask), filled with the data set's mean colour; the "
             f"network paints it back from the context around it."
         )
-        header = ["original", "input: region removed"]
-        header += ["painted back"] if predictions is not None else []
-        return api.default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
-                               caption=caption)  # fmt: skip
+        return self.draw_reconstruction(images, batch, output, ("input: region removed", "painted back"), caption)

@@ -50,27 +50,21 @@ def shrink_last_layer(decoder: nn.Module, scale: float = INITIAL_RESIDUAL_SCALE)
                 layers[-1].bias.zero_()
 
 
-class SuperResolutionTask(api.PretextTask):
+class SuperResolutionTask(api.ReconstructionTask):
     """Restore the detail that bicubic down- and up-sampling removed.
 
     Views: 1 blurred image per image. Modules: ``decoder`` (the ``upconv`` head by default) from the backbone's
     map ``(B, D, S/stride, S/stride)`` to the residual ``(B, 3, S, S)``; aux (only with ``adversarial=true``):
     ``discriminator``. Loss terms: ``pixel`` (l2, in the normalised space) and ``adversarial``; the aux term
     ``discriminator`` is logged as ``superres/discriminator``. Metric: ``psnr`` of the output in dB on [0, 1]
-    images, beside ``bicubic_psnr``, the same for the bicubic input (the baseline to beat).
+    images, beside ``bicubic_psnr``, the same for the bicubic input (the baseline to beat). The decoding, the
+    adversarial branch and the metrics are :class:`ssl_engine.api.ReconstructionTask`'s.
     """
 
     name = "superres"
     summary = "restore the detail lost by bicubic downsampling (super-resolution, SRGAN-style)"
     paper = "Ledig et al. 2017, Photo-Realistic Single Image Super-Resolution Using a Generative Adversarial Network"
-    views = 1
-    min_image_size = 16
-    default_image_size = 32
-    head_kind = "decoder"
-    default_head = "upconv"
-    loss_kind = "regression"
-    default_loss = "mse"
-    metric = "psnr"
+    baseline = "bicubic"
     settings = (
         api.TaskSetting(
             "factor",
@@ -94,13 +88,10 @@ class SuperResolutionTask(api.PretextTask):
         self.loss_weights = {"pixel": self.hparams["pixel_weight"], "adversarial": self.hparams["adversarial_weight"]}
 
     def build_modules(self) -> nn.ModuleDict:
-        context = self.context
-        decoder = context.make_head(context.feature_dim, context.in_channels, context.feature_stride)
-        shrink_last_layer(decoder)
-        return nn.ModuleDict({"decoder": decoder})
-
-    def build_aux_modules(self) -> nn.ModuleDict:
-        return api.adversarial_modules(self.hparams["adversarial"], self.context.in_channels)
+        """The decoder, its last layer shrunk so the output starts next to the bicubic image."""
+        modules = super().build_modules()
+        shrink_last_layer(modules["decoder"])
+        return modules
 
     def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Blur every image by bicubic down- and up-sampling (deterministic: ``random`` is not used).
@@ -117,50 +108,26 @@ class SuperResolutionTask(api.PretextTask):
             api.normalize(bicubic_degrade(images, self.hparams["factor"])), api.normalize(images), views=1
         )
 
-    def forward(
-        self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
-    ) -> api.TaskOutput:
-        """Encode the blurred images, decode the residual, score the sum (and, with a discriminator, fool it).
+    def reconstruct(
+        self, decoded: torch.Tensor, batch: api.PretextBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Add the decoded residual to the bicubic image; the ``pixel`` term is the l2 to the original.
 
         Args:
-            backbone: the shared encoder.
-            modules: ``{"decoder": (B, D, h, w) -> (B, 3, >= S, >= S)}``.
-            aux: ``{"discriminator": ...}`` with ``adversarial=true``, else empty.
+            decoded: ``(B, 3, S, S)`` float32, the residual.
             batch: from :meth:`pseudo_labels`.
 
         Returns:
-            Loss terms ``pixel`` (and ``adversarial``), metrics ``psnr`` and ``bicubic_psnr`` (dB), and the
-            super-resolved images ``(B, 3, S, S)`` (normalised) as predictions.
+            The super-resolved images ``(B, 3, S, S)`` (normalised) and ``{"pixel": ...}``.
         """
-        size = batch.inputs.shape[-1]
-        features = backbone(batch.inputs)  # (B, D, ceil(S/stride), ceil(S/stride))
-        # A decoder's output is a multiple of the stride; its top-left S x S lines up with the image.
-        residual = modules["decoder"](features)[..., :size, :size]  # (B, 3, S, S)
-        bicubic, target = batch.inputs.float(), batch.targets.float()
-        restored = bicubic + residual.float()  # the only path from input to output besides the encoder's
-        losses = {"pixel": self.context.loss_fn(restored, target), **api.generator_terms(aux, restored)}
-        original = api.denormalize(target)
-        metrics = {
-            "psnr": api.psnr(api.denormalize(restored).clamp(0, 1), original),
-            "bicubic_psnr": api.psnr(api.denormalize(bicubic).clamp(0, 1), original),
-        }
-        return api.TaskOutput(losses, metrics, restored)
-
-    def aux_losses(
-        self, aux: nn.ModuleDict, batch: api.PretextBatch, output: api.TaskOutput
-    ) -> dict[str, torch.Tensor]:
-        """The discriminator's real-vs-super-resolved loss, on detached outputs (empty without one)."""
-        return api.discriminator_terms(aux, batch.targets, output.predictions)
+        restored = batch.inputs.float() + decoded  # the only path from input to output besides the encoder's
+        return restored, {"pixel": self.context.loss_fn(restored, batch.targets.float())}
 
     def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image, the network's blurred input and, after a run, the network's restoration."""
-        predictions = output.predictions if output is not None else None
         factor = self.hparams["factor"]
         caption = (
             f"Input: the image downsampled {factor}x with a bicubic filter and upsampled back, which removes the "
             f"fine detail the network restores."
         )
-        header = ["original", f"input: {factor}x down and up"]
-        header += ["restored"] if predictions is not None else []
-        return api.default_drawing(images, batch, predictions, f"{self.name}: {self.summary}", header=header,
-                               caption=caption)  # fmt: skip
+        return self.draw_reconstruction(images, batch, output, (f"input: {factor}x down and up", "restored"), caption)
