@@ -13,7 +13,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ssl_engine.settings import SettingError
+from ssl_engine.settings import SettingError, TaskSetting
 
 # A decoder's last convolution has no normalisation after it, so under an l2 loss the curvature it sees grows
 # with its fan-in times the mean square of its (positive, post-ReLU) inputs: about 180 for the 128 x 3 x 3 inputs
@@ -22,6 +22,20 @@ from ssl_engine.settings import SettingError
 # divides that curvature by ``gain ** 2`` (a learning rate of lr / 16 for that layer alone) and changes nothing
 # the network can represent. Cross-entropy needs no such care: its curvature shrinks as the softmax saturates.
 REGRESSION_GAIN = 0.25
+
+# The output strides a colour task may ask for: the powers of 2 up to 32, the largest backbone stride.
+OUTPUT_STRIDES = (1, 2, 4, 8, 16, 32)
+
+
+def output_stride_setting(default: int, help: str) -> TaskSetting:
+    """``output_stride``, input pixels per predicted pixel of a colour decoder: one of :data:`OUTPUT_STRIDES`,
+    checked against the backbone's stride when the task is built (:func:`decoder_scale`).
+
+    Args:
+        default: the task's default (Zhang et al. predict at a quarter of the resolution: 4).
+        help: one line, with the paper's value.
+    """
+    return TaskSetting("output_stride", int, default, help, choices=OUTPUT_STRIDES)
 
 
 def decoder_scale(task: str, feature_stride: int, output_stride: int) -> int:

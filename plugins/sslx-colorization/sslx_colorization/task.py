@@ -73,20 +73,11 @@ class ColorizationTask(api.PretextTask):
             "l2 regression on ab (lecture), or the paper's rebalanced classification over ab bins",
             choices=LOSS_MODES,
         ),
-        api.TaskSetting(
-            "output_stride",
-            int,
-            1,
-            "input pixels per predicted pixel (lecture: 1, the whole image; paper: 4); divides the backbone's stride",
-            choices=(1, 2, 4, 8, 16, 32),
+        api.output_stride_setting(
+            1, "input pixels per predicted pixel (lecture: 1, the whole image; paper: 4); divides the backbone's stride"
         ),
-        api.TaskSetting(
-            "temperature",
-            float,
-            0.38,
-            "classification: temperature T of the annealed-mean decoding (1 = mean, -> 0 = mode)",
-            minimum=0.01,
-            maximum=10.0,
+        api.temperature_setting(
+            0.38, "classification: temperature T of the annealed-mean decoding (1 = mean, -> 0 = mode)"
         ),
         api.TaskSetting(
             "soft_neighbours",
@@ -129,17 +120,17 @@ class ColorizationTask(api.PretextTask):
 
     def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
-        self.classify = self.hparams["loss_mode"] == "classification"
-        self.scale = api.decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
-        self.bins = api.ab_bins()
+        self.decoding = api.ColourDecoding.of(self)
 
     def build_modules(self) -> nn.ModuleDict:
-        outputs = self.bins.classes if self.classify else 2
+        decoding = self.decoding
         modules: dict[str, nn.Module] = {
-            "decoder": self.context.make_head(self.context.feature_dim, outputs, scale=self.scale)
+            "decoder": self.context.make_head(self.context.feature_dim, decoding.ab_channels, scale=decoding.scale)
         }
-        if self.classify:
-            modules["prior"] = ColourPrior(self.bins, self.hparams["rebalance_lambda"], self.hparams["rebalance_sigma"])
+        if decoding.classify:
+            modules["prior"] = ColourPrior(
+                decoding.bins, self.hparams["rebalance_lambda"], self.hparams["rebalance_sigma"]
+            )
         return nn.ModuleDict(modules)
 
     def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
@@ -157,11 +148,10 @@ class ColorizationTask(api.PretextTask):
         """
         lab = api.rgb_to_lab(images)  # (B, 3, S, S)
         inputs = api.lightness_input(lab)
-        size = api.output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
-        ab = api.to_output_grid(lab[:, 1:], size)  # (B, 2, h, w)
-        if not self.classify:
+        ab = api.to_output_grid(lab[:, 1:], self.decoding.output_size(images.shape[-1]))  # (B, 2, h, w)
+        if not self.decoding.classify:
             return api.PretextBatch(inputs, api.scale_ab(ab), extras={"ab": ab})
-        classes, weights = self.bins.on(images.device).soft_encode(
+        classes, weights = self.decoding.bins.on(images.device).soft_encode(
             ab, self.hparams["soft_neighbours"], self.hparams["soft_sigma"]
         )
         extras = {"ab": ab, "soft_classes": classes, "soft_weights": weights}
@@ -186,7 +176,7 @@ class ColorizationTask(api.PretextTask):
         outputs = modules["decoder"](backbone(batch.inputs)).float()  # (B, 2 or Q, h, w)
         true_ab = batch.extras["ab"]
         metrics: dict[str, torch.Tensor] = {}
-        if not self.classify:
+        if not self.decoding.classify:
             outputs = outputs * api.REGRESSION_GAIN  # ab / 10; see REGRESSION_GAIN for why the decoder is scaled
             loss = self.context.loss_fn(outputs, batch.targets)
         else:
@@ -200,10 +190,7 @@ class ColorizationTask(api.PretextTask):
 
         Regression predictions are ab / 10; bin logits are decoded by the annealed mean (``temperature``).
         """
-        if not self.classify:
-            return predictions.float() * api.LAB_SCALE
-        centres = self.bins.on(predictions.device).centres
-        return api.annealed_mean(predictions, centres, self.hparams["temperature"])
+        return self.decoding.ab(predictions)
 
     def rebalanced_cross_entropy(
         self, logits: torch.Tensor, batch: api.PretextBatch, prior: ColourPrior

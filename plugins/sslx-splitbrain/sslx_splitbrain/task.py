@@ -79,20 +79,11 @@ class SplitBrainTask(api.PretextTask):
             "cross-entropy over ab bins and 50 L bins (paper's cl,cl), or l2 regression on both (reg,reg)",
             choices=LOSS_MODES,
         ),
-        api.TaskSetting(
-            "output_stride",
-            int,
-            4,
-            "input pixels per predicted pixel (the paper: 4); must divide the backbone's stride",
-            choices=(1, 2, 4, 8, 16, 32),
+        api.output_stride_setting(
+            4, "input pixels per predicted pixel (the paper: 4); must divide the backbone's stride"
         ),
-        api.TaskSetting(
-            "temperature",
-            float,
-            0.38,
-            "classification: temperature T of the annealed mean decoding predictions for the metrics",
-            minimum=0.01,
-            maximum=10.0,
+        api.temperature_setting(
+            0.38, "classification: temperature T of the annealed mean decoding predictions for the metrics"
         ),
     )
 
@@ -105,24 +96,21 @@ class SplitBrainTask(api.PretextTask):
 
     def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
-        self.classify = self.hparams["loss_mode"] == "classification"
-        self.scale = api.decoder_scale(self.name, context.feature_stride, self.hparams["output_stride"])
-        self.bins = api.ab_bins()
+        self.decoding = api.ColourDecoding.of(self)
 
     def build_modules(self) -> nn.ModuleDict:
         """The second sub-network and both decoders, all trained by the main optimizer.
 
         ``color_backbone`` (F2, ab -> features), ``to_ab`` (decoder on F1's map) and ``to_l`` (decoder on F2's).
         """
-        make_head = self.context.make_head
+        make_head, decoding = self.context.make_head, self.decoding
         color_backbone = self.context.make_backbone(AB_CHANNELS)
-        ab_outputs = self.bins.classes if self.classify else AB_CHANNELS
-        l_outputs = L_BINS if self.classify else 1
+        l_outputs = L_BINS if decoding.classify else 1
         return nn.ModuleDict(
             {
                 "color_backbone": color_backbone,
-                "to_ab": make_head(self.context.feature_dim, ab_outputs, scale=self.scale),
-                "to_l": make_head(color_backbone.feature_dim, l_outputs, scale=self.scale),
+                "to_ab": make_head(self.context.feature_dim, decoding.ab_channels, scale=decoding.scale),
+                "to_l": make_head(color_backbone.feature_dim, l_outputs, scale=decoding.scale),
             }
         )
 
@@ -141,11 +129,10 @@ class SplitBrainTask(api.PretextTask):
             (Lab area-averaged to the output grid).
         """
         lab = api.rgb_to_lab(images)  # (B, 3, S, S)
-        size = api.output_size(images.shape[-1], self.context.feature_stride, self.hparams["output_stride"])
-        small = api.to_output_grid(lab, size)  # (B, 3, h, w)
+        small = api.to_output_grid(lab, self.decoding.output_size(images.shape[-1]))  # (B, 3, h, w)
         extras = {"color_input": api.scale_ab(lab[:, 1:]), "lab": small}
-        if self.classify:
-            targets = self.bins.on(images.device).quantize(small[:, 1:])  # (B, h, w)
+        if self.decoding.classify:
+            targets = self.decoding.bins.on(images.device).quantize(small[:, 1:])  # (B, h, w)
             extras["l_target"] = quantize_lightness(small[:, 0])  # (B, h, w)
         else:
             targets = api.scale_ab(small[:, 1:])
@@ -171,13 +158,13 @@ class SplitBrainTask(api.PretextTask):
         l_outputs = modules["to_l"](modules["color_backbone"](batch.extras["color_input"])).float()
         l_target = batch.extras["l_target"]
         metrics: dict[str, torch.Tensor] = {}
-        if self.classify:
+        if self.decoding.classify:
             losses = {
                 "l_to_ab": self.context.loss_fn(ab_outputs, batch.targets),
                 "ab_to_l": self.context.loss_fn(l_outputs, l_target),
             }
             centres = lightness_centres(device=l_outputs.device)
-            predicted_l = api.annealed_mean(l_outputs.detach(), centres, self.hparams["temperature"])
+            predicted_l = api.annealed_mean(l_outputs.detach(), centres, self.decoding.temperature)
             metrics["ab_accuracy"] = api.accuracy(ab_outputs, batch.targets)
             metrics["l_accuracy"] = api.accuracy(l_outputs, l_target)
         else:
@@ -188,7 +175,7 @@ class SplitBrainTask(api.PretextTask):
                 "ab_to_l": self.context.loss_fn(l_outputs, l_target),
             }
             predicted_l = l_outputs.detach() * api.LAB_SCALE + api.L_OFFSET
-        predicted_ab = self.predicted_ab(ab_outputs.detach())
+        predicted_ab = self.decoding.ab(ab_outputs.detach())
         lab = batch.extras["lab"]
         ab_squared = (predicted_ab - lab[:, 1:]).square().mean()
         l_squared = (predicted_l - lab[:, :1]).square().mean()
@@ -196,13 +183,6 @@ class SplitBrainTask(api.PretextTask):
         metrics["l_rmse"] = l_squared.sqrt()
         metrics["lab_rmse"] = ((2 * ab_squared + l_squared) / 3).sqrt()  # over the three channels
         return api.TaskOutput(losses, metrics, ab_outputs)
-
-    def predicted_ab(self, predictions: torch.Tensor) -> torch.Tensor:
-        """Colours from the ab decoder's predictions: ``(B, 2, h, w)`` in Lab units (annealed mean of bin logits)."""
-        if not self.classify:
-            return predictions.float() * api.LAB_SCALE
-        centres = self.bins.on(predictions.device).centres
-        return api.annealed_mean(predictions, centres, self.hparams["temperature"])
 
     def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """Original, each sub-network's input (L as gray, ab at one lightness), and F1's colorization."""
@@ -215,7 +195,7 @@ class SplitBrainTask(api.PretextTask):
             ("ab target", api.with_colour(lightness, batch.extras["lab"][:, 1:])),
         ]
         if output is not None and output.predictions is not None:
-            columns.append(("ab from L", api.with_colour(lightness, self.predicted_ab(output.predictions.detach()))))
+            columns.append(("ab from L", api.with_colour(lightness, self.decoding.ab(output.predictions.detach()))))
         caption = (
             f"F1 sees the lightness L (grey) and predicts the colour ab; F2 sees ab (drawn at one lightness, "
             f"{SHOWN_LIGHTNESS:g}) and predicts L. Targets are on the decoders' output grid (blocks of "
