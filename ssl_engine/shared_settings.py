@@ -4,8 +4,8 @@ lies in, so tasks of a family name, type and bound them the same way (the view p
 
 * :func:`momentum_setting`: the exponential-moving-average momentum of a teacher (BYOL's target network, MoCo's
   key encoder, DINO's teacher), a float in [0, 1];
-* :func:`temperature_setting`: the temperature of a contrastive softmax (SimCLR's NT-Xent, MoCo's InfoNCE), a float
-  in [0.01, 10];
+* :func:`temperature_setting`: the temperature of a contrastive softmax (SimCLR's NT-Xent, MoCo's InfoNCE) or of the
+  annealed mean reading colour bins back (colorization, split-brain), a float in [0.01, 10];
 * :func:`projector_dim_setting`: the width of the three-layer projector of Barlow Twins and VICReg (the core's
   ``projector`` head), an int in [1, 65536].
 
