@@ -12,41 +12,23 @@ from sslx_colorization.task import ColorizationTask
 from torch import nn
 from torch.nn import functional as F
 
+import ssl_engine.testing as kit
 from ssl_engine.api import (
     LAB_SCALE,
     SettingError,
     ab_bins,
-    lab_to_rgb,
     lightness_input_from_rgb,
     rgb_to_lab,
     with_colour,
-)
-from ssl_engine.testing import (
-    KIT_DATA,
-    block_images,
-    check_pretext_task,
-    checkpoint_keys,
-    cli_plugins,
-    pretrain_cli,
-    run_cli,
-    task_instance,
 )
 from ssl_engine.testing import pretext_batch as draw
 
 BINS = ab_bins()
 
 
-def recoloured(images: torch.Tensor) -> torch.Tensor:
-    """The same lightness with other colours (kept inside the sRGB gamut)."""
-    lab = rgb_to_lab(0.25 + 0.5 * images)
-    lab[:, 1:] = -0.5 * lab[:, 1:] + 3.0
-    return lab_to_rgb(lab, clip=False)
-
-
 def test_the_network_input_carries_no_colour() -> None:
-    task = task_instance(ColorizationTask)
-    images = 0.25 + 0.5 * block_images()
-    other = recoloured(block_images())
+    task = kit.task_instance(ColorizationTask)
+    images, other = kit.lightness_twins(kit.block_images())
     assert other.min() >= 0 and other.max() <= 1 and (other - images).abs().max() > 0.05
     first, second = draw(task, images), draw(task, other)
     assert first.inputs.shape == (4, 3, 32, 32) and first.views == 1
@@ -56,27 +38,22 @@ def test_the_network_input_carries_no_colour() -> None:
 
 @pytest.mark.parametrize("output_stride", [1, 4])
 def test_regression_targets_are_the_ab_of_each_output_pixel(output_stride: int) -> None:
-    task = task_instance(ColorizationTask, output_stride=output_stride)
-    images = block_images()
+    task = kit.task_instance(ColorizationTask, output_stride=output_stride)
+    images = kit.block_images()
     batch = draw(task, images)
     side = 32 // output_stride
     assert batch.targets.shape == (4, 2, side, side)
-    ab = rgb_to_lab(images)[:, 1:]
-    expected = torch.empty(4, 2, side, side)
-    for i in range(side):  # plain area average of each output pixel's block
-        for j in range(side):
-            block = ab[:, :, i * output_stride : (i + 1) * output_stride, j * output_stride : (j + 1) * output_stride]
-            expected[:, :, i, j] = block.mean(dim=(2, 3))
+    expected = kit.block_means(rgb_to_lab(images)[:, 1:], output_stride)  # the ab of each output pixel's block
     torch.testing.assert_close(batch.extras["ab"], expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(batch.targets, expected / LAB_SCALE, atol=1e-5, rtol=0)
 
 
 def test_regression_forward_uses_the_registered_loss_and_reports_ab_rmse() -> None:
-    task = task_instance(ColorizationTask)
+    task = kit.task_instance(ColorizationTask)
     modules = task.build_modules()
     assert set(modules) == {"decoder"}
     backbone = task.context.make_backbone(3)
-    batch = draw(task, block_images())
+    batch = draw(task, kit.block_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert output.predictions is not None and output.predictions.shape == (4, 2, 32, 32)
     torch.testing.assert_close(output.losses["color"], F.mse_loss(output.predictions, batch.targets))
@@ -87,23 +64,21 @@ def test_regression_forward_uses_the_registered_loss_and_reports_ab_rmse() -> No
 
 
 def test_classification_targets_are_the_nearest_bins_of_each_output_pixel() -> None:
-    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
-    batch = draw(task, block_images())
+    task = kit.task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
+    batch = draw(task, kit.block_images())
     assert batch.targets.shape == (4, 8, 8) and batch.targets.dtype == torch.int64
-    ab = batch.extras["ab"].permute(0, 2, 3, 1).reshape(-1, 2)  # (B*h*w, 2)
-    distances = (ab[:, None] - BINS.centres[None]).square().sum(-1)  # (N, Q)
-    torch.testing.assert_close(distances.gather(1, batch.targets.reshape(-1, 1))[:, 0], distances.min(1).values)
+    kit.assert_nearest_ab_bins(batch.targets, batch.extras["ab"])
     assert batch.extras["soft_classes"].shape == (4, 5, 8, 8)
     assert (batch.extras["soft_classes"][:, 0] == batch.targets).all()
     torch.testing.assert_close(batch.extras["soft_weights"].sum(1), torch.ones(4, 8, 8))
 
 
 def test_classification_loss_is_the_rebalanced_soft_cross_entropy() -> None:
-    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
+    task = kit.task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
     modules = task.build_modules()
     assert modules["decoder"](torch.zeros(1, 32, 4, 4)).shape == (1, BINS.classes, 8, 8)
     backbone = task.context.make_backbone(3)
-    batch = draw(task, block_images())
+    batch = draw(task, kit.block_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert output.predictions is not None
     # A plain per-pixel reference, with the prior as it stands after taking in this batch.
@@ -125,10 +100,10 @@ def test_classification_loss_is_the_rebalanced_soft_cross_entropy() -> None:
 
 
 def test_the_colour_prior_learns_only_in_training_and_is_checkpointed() -> None:
-    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
+    task = kit.task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
     modules = task.build_modules()
     backbone = task.context.make_backbone(3)
-    batch = draw(task, block_images())
+    batch = draw(task, kit.block_images())
     prior = modules["prior"]
     assert isinstance(prior, ColourPrior) and "prior.counts" in modules.state_dict()
     task.forward(backbone, modules, nn.ModuleDict(), batch)
@@ -140,8 +115,8 @@ def test_the_colour_prior_learns_only_in_training_and_is_checkpointed() -> None:
 
 def test_predictions_decode_by_the_annealed_mean() -> None:
     """A decoder that puts all mass on the true bins gives the bins' centres back as ab."""
-    task = task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
-    batch = draw(task, block_images())
+    task = kit.task_instance(ColorizationTask, loss_mode="classification", output_stride=4)
+    batch = draw(task, kit.block_images())
 
     class Oracle(nn.Module):
         def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -157,36 +132,36 @@ def test_predictions_decode_by_the_annealed_mean() -> None:
 
 
 def test_representation_is_the_backbone_on_the_lightness_image() -> None:
-    task = task_instance(ColorizationTask)
+    task = kit.task_instance(ColorizationTask)
     backbone = task.context.make_backbone(3).eval()
     representation = task.representation(backbone, task.build_modules()).eval()
-    images = 0.25 + 0.5 * block_images()
+    images, other = kit.lightness_twins(kit.block_images())
     features = representation(images)
     assert features.shape == (4, representation.feature_dim) and representation.feature_dim == 32
     torch.testing.assert_close(features, backbone.pooled(lightness_input_from_rgb(images)))
-    torch.testing.assert_close(representation(recoloured(block_images())), features, atol=1e-4, rtol=0)
+    torch.testing.assert_close(representation(other), features, atol=1e-4, rtol=0)
 
 
 def test_output_stride_must_divide_the_backbone_stride() -> None:
-    task_instance(ColorizationTask, output_stride=8)
+    kit.task_instance(ColorizationTask, output_stride=8)
     with pytest.raises(SettingError, match="output_stride"):
-        task_instance(ColorizationTask, output_stride=16)
+        kit.task_instance(ColorizationTask, output_stride=16)
     with pytest.raises(SettingError, match="loss_mode"):
-        task_instance(ColorizationTask, loss_mode="gan")
+        kit.task_instance(ColorizationTask, loss_mode="gan")
 
 
 # --- the real command line ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_pretrains_and_writes_a_checkpoint(tmp_path: Path) -> None:
-    with cli_plugins(("colorization", plugin)):
-        run = pretrain_cli(tmp_path, "colorization", "--data", KIT_DATA)
-    assert any(key.startswith("task/colorization/decoder.") for key in checkpoint_keys(run))
+    with kit.cli_plugins(("colorization", plugin)):
+        run = kit.pretrain_cli(tmp_path, "colorization", "--data", kit.KIT_DATA)
+    assert any(key.startswith("task/colorization/decoder.") for key in kit.checkpoint_keys(run))
 
 
 def test_cli_refuses_grayscale_data(tmp_path: Path) -> None:
     run = tmp_path / "r"
-    with cli_plugins(("colorization", plugin)):
-        result = run_cli("pretrain", "--task", "colorization", "--data", "fashion-mnist", "--out", run)
+    with kit.cli_plugins(("colorization", plugin)):
+        result = kit.run_cli("pretrain", "--task", "colorization", "--data", "fashion-mnist", "--out", run)
     assert result.exit_code == 2, result.output
     assert "colorization" in result.stderr and "needs colour images" in result.stderr
     assert not run.exists()
@@ -194,12 +169,12 @@ def test_cli_refuses_grayscale_data(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("settings", [{}, {"loss_mode": "classification", "output_stride": 4}])
 def test_keeps_the_engine_contract(settings: dict[str, object]) -> None:
-    check_pretext_task(ColorizationTask, settings=settings)
+    kit.check_pretext_task(ColorizationTask, settings=settings)
 
 
 def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
-    task = task_instance(ColorizationTask, output_stride=4)
-    images = block_images()
+    task = kit.task_instance(ColorizationTask, output_stride=4)
+    images = kit.block_images()
     lab = rgb_to_lab(images)
     torch.testing.assert_close(with_colour(lab[:, :1], lab[:, 1:]), images, atol=1e-3, rtol=0)  # L + ab = image
     batch = draw(task, images)
@@ -217,12 +192,14 @@ def test_drawing_shows_input_target_and_prediction_in_true_colours() -> None:
 
 @pytest.mark.slow
 def test_cli_refuses_a_loss_in_classification_mode_and_uses_it_in_regression(tmp_path: Path) -> None:
-    with cli_plugins(("colorization", plugin)):
-        refused = run_cli("pretrain", "--task", "colorization", "--set", "colorization.loss_mode=classification",
+    with kit.cli_plugins(("colorization", plugin)):
+        refused = kit.run_cli("pretrain", "--task", "colorization", "--set", "colorization.loss_mode=classification",
                           "--loss", "colorization=l1", "--out", tmp_path / "run")  # fmt: skip
         assert refused.exit_code == 2, refused.output
         assert "--loss colorization=l1" in refused.stderr and "computes its own loss" in refused.stderr
         assert "colorization.loss_mode=classification" in refused.stderr
         assert not (tmp_path / "run").exists()
-        run = pretrain_cli(tmp_path, "colorization", "--loss", "colorization=l1", "--data", KIT_DATA, "--steps", 1)
+        run = kit.pretrain_cli(
+            tmp_path, "colorization", "--loss", "colorization=l1", "--data", kit.KIT_DATA, "--steps", 1
+        )
     assert 'loss = "l1"' in (run / "config.toml").read_text()

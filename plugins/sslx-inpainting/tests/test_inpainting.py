@@ -3,7 +3,6 @@ the engine's real training step, and real CLI runs (plain, adversarial, resumed)
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -15,25 +14,8 @@ from sslx_inpainting.task import InpaintingTask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_engine.api import (
-    MEAN,
-    SettingError,
-    denormalize,
-    discriminator_loss,
-    generator_loss,
-    masked_psnr,
-    normalize,
-)
-from ssl_engine.testing import (
-    KIT_DATA,
-    assert_resumes_exactly,
-    checkpoint_keys,
-    cli_plugins,
-    prepare,
-    pretrain_cli,
-    run_checkpoint,
-    task_instance,
-)
+from ssl_engine.api import MEAN, SettingError, denormalize, masked_psnr, normalize
+from ssl_engine.testing import assert_adversarial_run_resumes, check_adversarial_branch, checkpoint_keys, task_instance
 from ssl_engine.testing import pretext_batch as draw
 
 torch.set_num_threads(2)
@@ -197,88 +179,14 @@ def test_loss_weights_and_settings_are_validated() -> None:
 
 
 # --- the adversarial branch --------------------------------------------------------------------------------
-def test_without_the_adversarial_setting_there_is_no_discriminator() -> None:
-    task = task_instance(InpaintingTask, 32)
-    assert len(task.build_aux_modules()) == 0
-    backbone, modules = task.context.make_backbone(3), task.build_modules()
-    batch = draw(task, torch.rand(2, 3, 32, 32))
-    output = task.forward(backbone, modules, nn.ModuleDict(), batch)
-    assert "adversarial" not in output.losses
-    assert task.aux_losses(nn.ModuleDict(), batch, output) == {}
-
-
-def test_adversarial_terms_match_the_paper_and_only_the_discriminator_sees_detached_fakes() -> None:
-    task = task_instance(InpaintingTask, 32, adversarial=True)
-    backbone, modules, aux = task.context.make_backbone(3), task.build_modules(), task.build_aux_modules()
-    aux.eval()  # spectral norm's power iteration stays put, so re-evaluating the discriminator gives the same logits
-    batch = draw(task, torch.rand(4, 3, 32, 32))
-    output = task.forward(backbone, modules, aux, batch)
-    assert output.predictions is not None
-    fake_logits = aux["discriminator"](output.predictions)
-    torch.testing.assert_close(output.losses["adversarial"], -F.logsigmoid(fake_logits).mean())
-    output.losses["adversarial"].backward()
-    assert any(float(p.grad.abs().sum()) > 0 for p in modules.parameters() if p.grad is not None)
-    for parameter in [*modules.parameters(), *backbone.parameters(), *aux.parameters()]:
-        parameter.grad = None
-    [term] = task.aux_losses(aux, batch, output).values()
-    real_logits = aux["discriminator"](batch.targets)
-    expected = -F.logsigmoid(real_logits).mean() - F.logsigmoid(-aux["discriminator"](output.predictions)).mean()
-    torch.testing.assert_close(term, expected)
-    torch.testing.assert_close(discriminator_loss(real_logits, fake_logits), expected)
-    torch.testing.assert_close(generator_loss(fake_logits), output.losses["adversarial"])
-    term.backward()
-    assert all(p.grad is None for p in [*modules.parameters(), *backbone.parameters()])  # fakes were detached
-    assert all(p.grad is not None for p in aux.parameters())
-
-
-def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_term(tmp_path: Path) -> None:
-    adversarial = prepare(InpaintingTask, settings={"adversarial": True}, plugin=sslx_inpainting.plugin)
-    trainer = adversarial.trainer(tmp_path / "r")  # the engine's trainer on the kit's 32 images
-    discriminator = trainer.model.aux_modules["inpainting"]["discriminator"]
-    assert "inpainting" in trainer.aux_optimizers
-    before = {name: p.detach().clone() for name, p in discriminator.named_parameters()}
-    images, _ = next(iter(trainer.stream.batches(0)))
-    logged = trainer.train_step(images)
-    after = dict(discriminator.named_parameters())
-    assert all(not torch.equal(before[name], after[name]) for name in before)
-    assert {"inpainting/reconstruction", "inpainting/adversarial", "inpainting/discriminator"} <= set(logged)
-    expected = 0.999 * logged["inpainting/reconstruction"] + 0.001 * logged["inpainting/adversarial"]
-    assert math.isclose(logged["inpainting/loss"], expected, rel_tol=1e-5)
-    assert logged["inpainting/adversarial"] > 0
-
-
-def test_without_adversarial_there_is_no_aux_optimizer_term_or_checkpointed_state(tmp_path: Path) -> None:
-    trainer = prepare(InpaintingTask, plugin=sslx_inpainting.plugin).trainer(tmp_path / "r")
-    assert len(trainer.model.aux_modules["inpainting"]) == 0 and trainer.aux_optimizers == {}
-    images, _ = next(iter(trainer.stream.batches(0)))
-    logged = trainer.train_step(images)
-    assert "inpainting/adversarial" not in logged and "inpainting/discriminator" not in logged
-    keys = checkpoint_keys(trainer.save_checkpoint())
-    assert any(key.startswith("task/inpainting/decoder.") for key in keys)
-    assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys)
+def test_the_adversarial_branch_follows_the_paper_and_trains_only_the_discriminator_on_detached_fakes(
+    tmp_path: Path,
+) -> None:
+    check_adversarial_branch(InpaintingTask, torch.rand(4, 3, 32, 32), tmp_path, plugin=sslx_inpainting.plugin)
 
 
 # --- the real command line ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(tmp_path: Path) -> None:
-    common = ["--set", "inpainting.adversarial=true", "--data", KIT_DATA, "--log-every", 1, "--image-size", 16]
-    with cli_plugins(("inpainting", sslx_inpainting.plugin)):
-        run = pretrain_cli(tmp_path, "inpainting", *common, "--steps", 2, "--checkpoint-every", 1)
-        saved = run_checkpoint(run, 2)
-        assert any(key.startswith("task/inpainting/decoder.") for key in saved.tensors)
-        assert any(key.startswith("aux/inpainting/discriminator.") for key in saved.tensors)
-        assert any(key.startswith("optim/aux/inpainting/") for key in saved.tensors)
-        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [line["step"] for line in lines] == [1, 2]
-        assert all({"inpainting/adversarial", "inpainting/discriminator"} <= set(line) for line in lines)
-        # The discriminator moved between the two checkpoints: it is trained, not just carried.
-        earlier = run_checkpoint(run, 1).module_state("aux/inpainting")
-        assert any(not torch.equal(earlier[key], value) for key, value in saved.module_state("aux/inpainting").items())
-
-        # What a resumed run starts from: the saved discriminator and its optimizer state, exactly.
-        resumed = assert_resumes_exactly(run)
-        assert resumed.aux_optimizers["inpainting"].state_dict()["state"], "the discriminator's optimizer has no state"
-        pretrain_cli(tmp_path, "inpainting", *common, "--steps", 3, "--resume")
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [1, 2, 3]
-    assert run_checkpoint(run).step == 3
+    run = assert_adversarial_run_resumes(tmp_path, "inpainting", sslx_inpainting.plugin)
+    assert any(key.startswith("task/inpainting/decoder.") for key in checkpoint_keys(run))

@@ -13,41 +13,20 @@ from sslx_splitbrain.task import SplitBrainTask
 from torch import nn
 from torch.nn import functional as F
 
+import ssl_engine.testing as kit
 from ssl_engine.api import (
     LAB_SCALE,
     REGRESSION_GAIN,
     ab_bins,
-    lab_to_rgb,
     lightness_input_from_rgb,
     rgb_to_lab,
 )
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.plugins import get_host
-from ssl_engine.testing import (
-    KIT_DATA,
-    REFERENCE_TASK,
-    block_images,
-    check_pretext_task,
-    checkpoint_keys,
-    cli_plugins,
-    pretrain_cli,
-    run_cli,
-    task_instance,
-)
 from ssl_engine.testing import pretext_batch as draw
 from ssl_engine.train.model import PretrainModel, RunSetupError
 
 BINS = ab_bins()
-
-
-def block_mean(values: torch.Tensor, block: int) -> torch.Tensor:
-    """Plain loops: the mean of each ``block x block`` square, ``(B, C, S, S)`` -> ``(B, C, S/block, S/block)``."""
-    side = values.shape[-1] // block
-    out = torch.empty(*values.shape[:2], side, side)
-    for i in range(side):
-        for j in range(side):
-            out[:, :, i, j] = values[:, :, i * block : (i + 1) * block, j * block : (j + 1) * block].mean(dim=(2, 3))
-    return out
 
 
 def test_lightness_bins_are_50_bins_of_size_2() -> None:
@@ -60,39 +39,35 @@ def test_lightness_bins_are_50_bins_of_size_2() -> None:
 
 
 def test_the_split_gives_lightness_to_one_network_and_colour_to_the_other() -> None:
-    task = task_instance(SplitBrainTask)
-    images = block_images()
+    task = kit.task_instance(SplitBrainTask)
+    images = kit.block_images()
     batch = draw(task, images)
     lab = rgb_to_lab(images)
     torch.testing.assert_close(batch.inputs, lightness_input_from_rgb(images))  # F1: gray image of L
     torch.testing.assert_close(batch.extras["color_input"], lab[:, 1:] / LAB_SCALE)  # F2: ab only
     # Recolouring at equal lightness changes only F2's input.
-    other_lab = rgb_to_lab(0.25 + 0.5 * images)
-    other_lab[:, 1:] = -0.5 * other_lab[:, 1:] + 3.0
-    other = draw(task, lab_to_rgb(other_lab, clip=False))
-    torch.testing.assert_close(other.inputs, draw(task, 0.25 + 0.5 * images).inputs, atol=1e-4, rtol=0)
+    twin, other = kit.lightness_twins(images)
+    torch.testing.assert_close(draw(task, other).inputs, draw(task, twin).inputs, atol=1e-4, rtol=0)
 
 
 def test_classification_targets_are_the_bins_of_the_averaged_lab() -> None:
-    task = task_instance(SplitBrainTask)  # output_stride 4 by default, as the paper
-    images = block_images()
+    task = kit.task_instance(SplitBrainTask)  # output_stride 4 by default, as the paper
+    images = kit.block_images()
     batch = draw(task, images)
-    small = block_mean(rgb_to_lab(images), 4)  # (B, 3, 8, 8)
+    small = kit.block_means(rgb_to_lab(images), 4)  # (B, 3, 8, 8)
     torch.testing.assert_close(batch.extras["lab"], small, atol=1e-4, rtol=0)
     assert batch.targets.shape == (4, 8, 8) and batch.targets.dtype == torch.int64
-    ab = small[:, 1:].permute(0, 2, 3, 1).reshape(-1, 2)
-    distances = (ab[:, None] - BINS.centres[None]).square().sum(-1)
-    torch.testing.assert_close(distances.gather(1, batch.targets.reshape(-1, 1))[:, 0], distances.min(1).values)
+    kit.assert_nearest_ab_bins(batch.targets, small[:, 1:])
     assert (batch.extras["l_target"] == (small[:, 0] // 2).long().clamp(0, 49)).all()
 
 
 def test_forward_gives_both_named_terms_and_trains_both_networks() -> None:
-    task = task_instance(SplitBrainTask)
+    task = kit.task_instance(SplitBrainTask)
     modules = task.build_modules()
     assert set(modules) == {"color_backbone", "to_ab", "to_l"}
     assert modules["color_backbone"].features[0][0].in_channels == 2  # F2 sees ab only
     backbone = task.context.make_backbone(3)
-    batch = draw(task, block_images())
+    batch = draw(task, kit.block_images())
     output = task.forward(backbone, modules, nn.ModuleDict(), batch)
     assert set(output.losses) == {"l_to_ab", "ab_to_l"}
     assert output.predictions is not None and output.predictions.shape == (4, BINS.classes, 8, 8)
@@ -106,20 +81,20 @@ def test_forward_gives_both_named_terms_and_trains_both_networks() -> None:
 
 
 def test_each_network_gets_only_its_own_loss() -> None:
-    task = task_instance(SplitBrainTask)
+    task = kit.task_instance(SplitBrainTask)
     modules = task.build_modules()
     backbone = task.context.make_backbone(3)
-    output = task.forward(backbone, modules, nn.ModuleDict(), draw(task, block_images()))
+    output = task.forward(backbone, modules, nn.ModuleDict(), draw(task, kit.block_images()))
     output.losses["ab_to_l"].backward()
     assert all(p.grad is None for p in backbone.parameters())  # F1 never sees the L prediction's loss
     assert all(p.grad is not None for p in modules["color_backbone"].parameters())
 
 
 def test_regression_mode_is_l2_on_both_halves() -> None:
-    task = task_instance(SplitBrainTask, loss_mode="regression", output_stride=1)
+    task = kit.task_instance(SplitBrainTask, loss_mode="regression", output_stride=1)
     modules = task.build_modules()
-    batch = draw(task, block_images())
-    lab = rgb_to_lab(block_images())
+    batch = draw(task, kit.block_images())
+    lab = rgb_to_lab(kit.block_images())
     torch.testing.assert_close(batch.targets, lab[:, 1:] / LAB_SCALE)
     torch.testing.assert_close(batch.extras["l_target"], (lab[:, :1] - 50) / LAB_SCALE)
     output = task.forward(task.context.make_backbone(3), modules, nn.ModuleDict(), batch)
@@ -140,7 +115,7 @@ def build_engine_model(loss_mode: str, loss: str | None) -> PretrainModel:
 def test_regression_mode_uses_the_regression_loss_chosen_with_loss() -> None:
     model = build_engine_model("regression", "l1")
     [runtime] = model.runtimes
-    batch = draw(runtime.task, block_images())
+    batch = draw(runtime.task, kit.block_images())
     output = runtime.task.forward(model.backbone, runtime.modules, runtime.aux, batch)
     assert output.predictions is not None
     torch.testing.assert_close(output.losses["l_to_ab"], F.l1_loss(output.predictions, batch.targets))
@@ -155,13 +130,13 @@ def test_loss_must_fit_the_loss_mode() -> None:
 
 
 def test_representation_concatenates_both_sub_networks() -> None:
-    task = task_instance(SplitBrainTask)
+    task = kit.task_instance(SplitBrainTask)
     modules = task.build_modules().eval()
     backbone = task.context.make_backbone(3).eval()
     representation = task.representation(backbone, modules).eval()
     assert isinstance(representation, SplitBrainRepresentation)
     assert representation.feature_dim == 32 + 32
-    images = block_images()
+    images = kit.block_images()
     features = representation(images)
     assert features.shape == (4, 64)
     torch.testing.assert_close(features[:, :32], backbone.pooled(lightness_input_from_rgb(images)))
@@ -173,8 +148,8 @@ def test_representation_concatenates_both_sub_networks() -> None:
 # --- the real command line ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_pretrains_and_writes_both_networks(tmp_path: Path) -> None:
-    with cli_plugins(("splitbrain", plugin)):
-        keys = checkpoint_keys(pretrain_cli(tmp_path, "splitbrain", "--data", KIT_DATA))
+    with kit.cli_plugins(("splitbrain", plugin)):
+        keys = kit.checkpoint_keys(kit.pretrain_cli(tmp_path, "splitbrain", "--data", kit.KIT_DATA))
     for part in ("color_backbone.", "to_ab.", "to_l."):
         assert any(key.startswith(f"task/splitbrain/{part}") for key in keys), part
     assert any(key.startswith("model/") for key in keys)
@@ -182,21 +157,21 @@ def test_cli_pretrains_and_writes_both_networks(tmp_path: Path) -> None:
 
 def test_cli_refuses_to_mix_it_with_other_tasks(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with cli_plugins(("splitbrain", plugin)):
-        result = run_cli("pretrain", "--task", "splitbrain", "--task", REFERENCE_TASK, "--out", run)
+    with kit.cli_plugins(("splitbrain", plugin)):
+        result = kit.run_cli("pretrain", "--task", "splitbrain", "--task", kit.REFERENCE_TASK, "--out", run)
     assert result.exit_code == 2, result.output
-    assert "'splitbrain' cannot share the backbone" in result.stderr and REFERENCE_TASK in result.stderr
+    assert "'splitbrain' cannot share the backbone" in result.stderr and kit.REFERENCE_TASK in result.stderr
     assert not run.exists()
 
 
 def test_keeps_the_engine_contract() -> None:
-    check_pretext_task(SplitBrainTask)
-    check_pretext_task(SplitBrainTask, settings={"loss_mode": "regression"})
+    kit.check_pretext_task(SplitBrainTask)
+    kit.check_pretext_task(SplitBrainTask, settings={"loss_mode": "regression"})
 
 
 def test_drawing_has_a_column_per_half_and_the_prediction() -> None:
-    task = task_instance(SplitBrainTask)
-    images = block_images()
+    task = kit.task_instance(SplitBrainTask)
+    images = kit.block_images()
     batch = draw(task, images)
     before = task.draw(images, batch, None)
     output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)

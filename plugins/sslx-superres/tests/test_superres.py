@@ -3,7 +3,6 @@ adversarial branch in the engine's real training step, and real CLI runs (plain,
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,16 +18,7 @@ from torch.nn import functional as F
 
 from ssl_engine.api import MEAN, Backbone, SettingError, UpConvDecoder, normalize, psnr
 from ssl_engine.data.shapes import ShapesDataset
-from ssl_engine.testing import (
-    KIT_DATA,
-    assert_resumes_exactly,
-    checkpoint_keys,
-    cli_plugins,
-    prepare,
-    pretrain_cli,
-    run_checkpoint,
-    task_instance,
-)
+from ssl_engine.testing import assert_adversarial_run_resumes, check_adversarial_branch, checkpoint_keys, task_instance
 from ssl_engine.testing import pretext_batch as draw
 
 torch.set_num_threads(2)
@@ -145,65 +135,12 @@ def test_settings_and_loss_weights() -> None:
 
 
 # --- the adversarial branch --------------------------------------------------------------------------------
-def test_without_the_adversarial_setting_there_is_no_discriminator() -> None:
-    task = task_instance(SuperResolutionTask, 32)
-    assert len(task.build_aux_modules()) == 0
-    batch = draw(task, shapes(2, 32))
-    output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)
-    assert "adversarial" not in output.losses and task.aux_losses(nn.ModuleDict(), batch, output) == {}
-
-
-def test_adversarial_terms_and_detached_fakes() -> None:
-    task = task_instance(SuperResolutionTask, 32, adversarial=True)
-    backbone, modules, aux = task.context.make_backbone(3), task.build_modules(), task.build_aux_modules()
-    aux.eval()  # spectral norm's power iteration stays put, so re-evaluating the discriminator gives the same logits
-    batch = draw(task, shapes(4, 32))
-    output = task.forward(backbone, modules, aux, batch)
-    assert output.predictions is not None
-    discriminator = aux["discriminator"]
-    torch.testing.assert_close(output.losses["adversarial"], -F.logsigmoid(discriminator(output.predictions)).mean())
-    [term] = task.aux_losses(aux, batch, output).values()
-    expected = (
-        -F.logsigmoid(discriminator(batch.targets)).mean() - F.logsigmoid(-discriminator(output.predictions)).mean()
-    )
-    torch.testing.assert_close(term, expected)
-    term.backward()
-    assert all(p.grad is None for p in [*modules.parameters(), *backbone.parameters()])
-    assert all(p.grad is not None for p in discriminator.parameters())
-
-
-def test_a_training_step_updates_the_discriminator_and_weights_the_adversarial_term(tmp_path: Path) -> None:
-    adversarial = prepare(SuperResolutionTask, settings={"adversarial": True}, plugin=sslx_superres.plugin)
-    trainer = adversarial.trainer(tmp_path / "r")  # the engine's trainer on the kit's 32 images
-    discriminator = trainer.model.aux_modules["superres"]["discriminator"]
-    before = {name: p.detach().clone() for name, p in discriminator.named_parameters()}
-    images, _ = next(iter(trainer.stream.batches(0)))
-    logged = trainer.train_step(images)
-    assert all(not torch.equal(before[name], value) for name, value in discriminator.named_parameters())
-    assert {"superres/pixel", "superres/adversarial", "superres/discriminator", "superres/psnr"} <= set(logged)
-    expected = logged["superres/pixel"] + 0.001 * logged["superres/adversarial"]
-    assert math.isclose(logged["superres/loss"], expected, rel_tol=1e-5) and logged["superres/adversarial"] > 0
-
-
-def test_without_adversarial_there_is_no_aux_optimizer_or_checkpointed_state(tmp_path: Path) -> None:
-    trainer = prepare(SuperResolutionTask, plugin=sslx_superres.plugin).trainer(tmp_path / "r")
-    assert len(trainer.model.aux_modules["superres"]) == 0 and trainer.aux_optimizers == {}
-    keys = checkpoint_keys(trainer.save_checkpoint())
-    assert any(key.startswith("task/superres/decoder.") for key in keys)
-    assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys)
+def test_the_adversarial_branch_adds_the_discriminator_its_terms_and_its_optimizer(tmp_path: Path) -> None:
+    check_adversarial_branch(SuperResolutionTask, shapes(4, 32), tmp_path, plugin=sslx_superres.plugin)
 
 
 # --- the real command line ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_adversarial_run_logs_both_terms_and_resumes_with_the_discriminator(tmp_path: Path) -> None:
-    common = ["--set", "superres.adversarial=true", "--data", KIT_DATA, "--log-every", 1, "--image-size", 16]
-    with cli_plugins(("superres", sslx_superres.plugin)):
-        run = pretrain_cli(tmp_path, "superres", *common, "--steps", 2, "--checkpoint-every", 1)
-        saved = run_checkpoint(run, 2)
-        assert any(key.startswith("task/superres/decoder.") for key in saved.tensors)
-        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert all({"superres/adversarial", "superres/discriminator"} <= set(line) for line in lines)
-        resumed = assert_resumes_exactly(run)  # the discriminator and its optimizer's momentum as saved
-        assert saved.module_state("aux/superres") and resumed.aux_optimizers["superres"].state_dict()["state"]
-        pretrain_cli(tmp_path, "superres", *common, "--steps", 3, "--resume")
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    run = assert_adversarial_run_resumes(tmp_path, "superres", sslx_superres.plugin)
+    assert any(key.startswith("task/superres/decoder.") for key in checkpoint_keys(run))
