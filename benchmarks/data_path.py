@@ -4,7 +4,8 @@ Nothing here is committed data: every folder is generated into a path given on t
 
     python benchmarks/data_path.py make-folder /tmp/photos --count 50000        # 300-500 px JPEGs, mixed aspect
     python benchmarks/data_path.py first-step /tmp/photos [--old-checkout DIR]  # command -> first training step
-    python benchmarks/data_path.py throughput /tmp/photos [--shards DIR]        # ours vs torchvision ImageFolder
+    python benchmarks/data_path.py throughput /tmp/photos [--shards DIR]        # ours vs torchvision ImageFolder,
+                                                                               # device decode vs worker decode
     python benchmarks/data_path.py memory /tmp/photos                          # peak RSS as the folder grows
     python benchmarks/data_path.py fashion-folder /tmp/fm --train-count 6000 --test-count 1000  # PNG folders + IDX
     python benchmarks/data_path.py regimes /tmp/fm --data-dir /tmp/fm-idx --out /tmp/regimes  # probe: folder vs memory
@@ -24,11 +25,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,6 +188,37 @@ def _ours(folder: Path, workers: int, batch_size: int, image_size: int, shards: 
     return BatchStream.for_dataset(dataset, batch_size, 0, workers=workers).batches(0)
 
 
+def _device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_decode_label() -> str:
+    """The device-decode contender's row: nvJPEG on a GPU, else decode_jpeg on the CPU of the main process."""
+    if _device_name() == "cuda":
+        return "sslx folder, device decode (nvJPEG on cuda)"
+    return "sslx folder, device decode (no GPU: decode_jpeg on the main process's CPU)"
+
+
+def _ours_device_decode(
+    folder: Path, workers: int, batch_size: int, image_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``--decode device``: workers read the files, the main process decodes the batch's JPEGs on the device and
+    crops there. CUDA work is waited for at each batch, so the rate counts batches ready on the device."""
+    import torch
+
+    from ssl_engine.data.device_decode import DeviceDecodedStream
+    from ssl_engine.data.folder import image_folder
+
+    device = torch.device(_device_name())
+    dataset = image_folder(folder, "train", image_size)
+    for batch in DeviceDecodedStream(dataset, batch_size, 0, device=device, workers=workers).batches(0):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield batch
+
+
 def _torchvision(folder: Path, workers: int, batch_size: int, image_size: int):  # type: ignore[no-untyped-def]
     import torch
     from torchvision import datasets, transforms
@@ -206,14 +243,20 @@ def _rate(batches, count: int, batch_size: int) -> float:  # type: ignore[no-unt
 
 def throughput(folder: Path, workers: int, batch_size: int, image_size: int, batches: int, repeats: int,
                shards: str | None) -> dict[str, object]:  # fmt: skip
-    """Images per second of decode + crop + batch (no model), interleaved repeats; median of per-repeat ratios."""
-    rows: dict[str, list[float]] = {"sslx folder": [], "torchvision ImageFolder": []}
+    """Images per second of decode + crop + batch (no model), interleaved repeats; median of per-repeat ratios.
+
+    ``sslx folder`` is the worker path (``--decode workers``: batches on the host); the device-decode row is
+    ``--decode device`` on CUDA when there is a GPU (batches on the GPU), else on the CPU of the main process."""
+    device_decode = _device_decode_label()
+    rows: dict[str, list[float]] = {"sslx folder": [], "torchvision ImageFolder": [], device_decode: []}
     if shards:
         rows["sslx shards"] = []
     for repeat in range(repeats):
         for name in rows:
             if name == "torchvision ImageFolder":
                 stream = _torchvision(folder, workers, batch_size, image_size)
+            elif name == device_decode:
+                stream = _ours_device_decode(folder, workers, batch_size, image_size)
             else:
                 stream = _ours(folder, workers, batch_size, image_size, shards if name == "sslx shards" else None)
             rows[name].append(_rate(stream, batches, batch_size))
@@ -223,6 +266,9 @@ def throughput(folder: Path, workers: int, batch_size: int, image_size: int, bat
     report: dict[str, object] = {name: statistics.median(values) for name, values in rows.items()}
     report["ratio folder/torchvision (median of repeats)"] = statistics.median(
         a / b for a, b in zip(rows["sslx folder"], base, strict=True)
+    )
+    report["ratio device decode/worker decode (median of repeats)"] = statistics.median(
+        a / b for a, b in zip(rows[device_decode], rows["sslx folder"], strict=True)
     )
     if shards:
         report["ratio shards/folder (median of repeats)"] = statistics.median(

@@ -46,6 +46,7 @@ MAX_NAME_LENGTH = 200
 MAX_CONFIG_BYTES = 1 << 20
 OPTIMIZER_NAMES = ("sgd", "adamw", "lars")
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+DECODE_PLACES = ("auto", "workers", "device")
 
 
 class ConfigError(ValueError):
@@ -230,6 +231,17 @@ class PretrainConfig:
         ),
     )
     workers: int = declared(2, FieldRule("Data-loading processes.", minimum=0, maximum=256, resumable=True))
+    decode: str = declared(
+        "auto",
+        FieldRule(
+            "Where the training images of a folder or shards are decoded and cropped: workers (PIL, in the --workers "
+            "processes) or device (JPEGs decoded in batches on the training device by torchvision's decode_jpeg, "
+            "nvJPEG on CUDA; other formats still in the workers); auto is device on CUDA, workers elsewhere (where "
+            "device is slower). Data held in memory is not affected.",
+            choices=DECODE_PLACES,
+            resumable=True,
+        ),
+    )
     log_every: int = declared(10, FieldRule("Steps between metric lines.", minimum=1, resumable=True))
     checkpoint_every: int = declared(
         500, FieldRule("Steps between checkpoints (one is always written at the end).", minimum=1, resumable=True)

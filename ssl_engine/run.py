@@ -27,6 +27,7 @@ from ssl_engine.checkpoint import CheckpointError, CheckpointScan, LoadedCheckpo
 from ssl_engine.config import CONFIG_FILE, PretrainConfig
 from ssl_engine.data.batches import BatchStream
 from ssl_engine.data.catalog import DataSource, resolve_data
+from ssl_engine.data.device_decode import decodes_on_device, training_stream
 from ssl_engine.data.options import DataOptions
 from ssl_engine.distributed import World, barrier, broadcast_from_main, init_from_env, pick_device
 from ssl_engine.exported_backbone import load_exported_backbone
@@ -182,6 +183,7 @@ def build_run(
         model.to(memory_format=torch.channels_last)
     resolved = pinned_settings(config, registry)
     dataset = source.split(source.pretrain_split, image_size)  # opened (and checked), not read
+    on_device = decodes_on_device(config.decode, device, dataset)  # --decode checked before the run dir is made
     out = out if out is not None else default_run_dir(config, world)
     if resume:
         check_resume_changes(pinned_settings(saved_config(out), registry), resolved, force)
@@ -189,9 +191,9 @@ def build_run(
     barrier(world)  # every rank has checked the directory before rank 0 writes into it
     checkpoint, damaged = resumed_checkpoint(model, out, restart) if resume else (None, ())
     base_lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
-    stream = BatchStream.for_dataset(
-        dataset, config.batch_size, config.seed, workers=config.workers, device=device, rank=world.rank,
-        world=world.size,
+    stream = training_stream(
+        dataset, config.batch_size, config.seed, decode_on_device=on_device, workers=config.workers,
+        device=device, rank=world.rank, world=world.size,
     )  # fmt: skip
     budget = total_steps(config, stream.steps_per_epoch)
     schedule = config.schedule_steps if config.schedule_steps is not None else budget
