@@ -27,6 +27,19 @@ def with_user_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~current_umask())
 
 
+def replace_atomically(temporary: Path, path: Path) -> None:
+    """fsync ``temporary``, rename it over ``path`` and fsync the directory, so ``path`` is old or new, never torn
+    (the rename itself survives a crash too). For files a library writes by name, e.g. safetensors' ``save_file``."""
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path``; the temporary
     file is removed if writing fails (the old ``path`` is then untouched). Errors are ``OSError`` (a read-only

@@ -52,7 +52,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ssl_engine.atomic_files import with_user_permissions
+from ssl_engine.atomic_files import replace_atomically, with_user_permissions
 from ssl_engine.config import ConfigError, PretrainConfig
 
 FORMAT = "sslx.checkpoint"
@@ -154,18 +154,6 @@ def checkpoint_checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[s
     return f"crc32:{crc:08x}"
 
 
-def _replace_atomically(temporary: Path, path: Path) -> None:
-    """fsync ``temporary``, rename it over ``path`` and fsync the directory, so ``path`` is old or new, never torn."""
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def write_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Write a checkpoint: tensors (moved to the CPU) and metadata plus ``format``, ``version`` and ``checksum``.
 
@@ -180,7 +168,7 @@ def write_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
         save_file(cpu, str(temporary), metadata=header)
         _sort_metadata_in_place(temporary)
         with_user_permissions(temporary)
-        _replace_atomically(temporary, path)
+        replace_atomically(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -211,7 +199,7 @@ def write_latest(run_dir: Path, checkpoint: Path) -> None:
     temporary = run_dir / ".latest.tmp"
     try:
         temporary.write_text(checkpoint.name + "\n")
-        _replace_atomically(temporary, path)
+        replace_atomically(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

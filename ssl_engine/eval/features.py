@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_engine.atomic_files import with_user_permissions
+from ssl_engine.atomic_files import replace_atomically, with_user_permissions
 from ssl_engine.images import to_float
 from ssl_engine.task import Representation
 
@@ -81,14 +81,7 @@ def save_cached_features(path: Path, features: torch.Tensor, labels: torch.Tenso
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(temporary))
         with_user_permissions(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_atomically(temporary, path)
     except (OSError, SafetensorError) as error:
         warnings.warn(f"could not cache features at {path}: {error}", FeatureCacheWarning, stacklevel=2)
     finally:
