@@ -129,6 +129,13 @@ def fail(error: Exception | str) -> NoReturn:
     sys.exit(2)
 
 
+def cannot_write(what: str, error: OSError) -> NoReturn:
+    """An I/O error while a command writes its output (a read-only folder, a full disk): one line naming ``what``
+    it was writing and the OS's reason, exit code 1."""
+    click.echo(f"Error: cannot write {what}: {error.strerror or error}", err=True)
+    sys.exit(1)
+
+
 def refuse_unknown_tasks(tasks: Iterable[str]) -> None:
     """Refuse an unknown task name (exit 2, naming the closest) before torch and the plugins load, when the
     installed plugins declare their task names (:mod:`ssl_engine.names`); otherwise the registry refuses it once

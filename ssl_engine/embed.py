@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ssl_engine.checkpoint import CheckpointError
-from ssl_engine.cli_common import device_option
+from ssl_engine.cli_common import cannot_write, device_option
 from ssl_engine.data.catalog import DataSource, resolve_data
 from ssl_engine.data.crops import center_box
 from ssl_engine.data.file_backed import FileBackedImages
@@ -230,8 +230,7 @@ def embed(run_dir: Path, data: str | None, out: Path, split: str, task: str | No
         click.echo(f"Error: {error}", err=True)
         sys.exit(2)
     except OSError as error:
-        click.echo(f"Error: cannot write --out {out}: {error.strerror or error}", err=True)
-        sys.exit(1)
+        cannot_write(f"--out {out}", error)
     if report.unreadable:
         first = ", ".join(report.unreadable[:5]) + (
             f" and {len(report.unreadable) - 5} more" if len(report.unreadable) > 5 else ""

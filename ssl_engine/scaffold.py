@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import sys
 import uuid
 from dataclasses import dataclass
 from importlib import metadata, resources
@@ -32,6 +31,7 @@ from string import Template
 import click
 
 from ssl_engine import __version__
+from ssl_engine.cli_common import cannot_write, fail
 from ssl_engine.hookspecs import PROJECT_NAME
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
@@ -169,11 +169,9 @@ def new_plugin(name: str, directory: Path) -> None:
     try:
         target = scaffold(name, directory)
     except ScaffoldError as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(2)
+        fail(error)
     except OSError as error:
-        click.echo(f"Error: cannot write the plugin in {directory}: {error}", err=True)
-        sys.exit(1)
+        cannot_write(f"the plugin in {directory}", error)
     names = PluginNames.from_name(name)
     clash = installed_plugin(name)
     if clash is not None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import torch
 
+from ssl_engine.cli_common import cannot_write, fail
 from ssl_engine.data.folder import ImageFiles, describe_folder, image_folder
 from ssl_engine.data.options import DataError
 from ssl_engine.data.shards import CLASSES_FILE
@@ -107,11 +107,9 @@ def shard(folder: Path, out: Path, shard_size: int, seed: int) -> None:
     try:
         written = write_shards(folder, out, shard_size, seed)
     except DataError as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(2)
+        fail(error)
     except OSError as error:
-        click.echo(f"Error: cannot write shards into {out}: {error.strerror or error}", err=True)
-        sys.exit(1)
+        cannot_write(f"shards into {out}", error)
     for split in written:
         click.echo(f"{split.split}: {split.samples} samples -> --data {_quoted(split.pattern)}")
 
