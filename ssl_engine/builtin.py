@@ -83,26 +83,18 @@ def register_datasets(register: DatasetRegister) -> None:
 
 @hookimpl
 def register_heads(register: HeadRegister) -> None:
-    register("linear", linear_head, kind="classifier", help="one linear layer on pooled features")
-    register("mlp", mlp_head, kind="classifier", help="Linear-BN-ReLU-Linear on pooled features")
-    register(
-        "projector",
-        projector_head,
-        kind="classifier",
-        help="(Linear-BN-ReLU) x 2, Linear on pooled features (Barlow Twins, VICReg)",
-    )
+    # kind="classifier" (pooled features) unless said
+    register("linear", linear_head, help="one linear layer on pooled features")
+    register("mlp", mlp_head, help="Linear-BN-ReLU-Linear on pooled features")
+    register("projector", projector_head, help="(Linear-BN-ReLU) x 2, Linear on pooled features (Barlow Twins, VICReg)")
     register("upconv", UpConvDecoder, kind="decoder", help="up-convolutional decoder on the spatial map")
 
 
 @hookimpl
 def register_losses(register: LossRegister) -> None:
-    register("cross_entropy", cross_entropy, kind="classification", help="cross-entropy")
-    register(
-        "label_smoothing",
-        label_smoothing_cross_entropy,
-        kind="classification",
-        help="cross-entropy, smoothing 0.1",
-    )
+    # kind="classification" (logits and integer targets) unless said
+    register("cross_entropy", cross_entropy, help="cross-entropy")
+    register("label_smoothing", label_smoothing_cross_entropy, help="cross-entropy, smoothing 0.1")
     register("mse", mean_squared_error, kind="regression", help="l2 (mean squared error)")
     register("l1", mean_absolute_error, kind="regression", help="l1 (mean absolute error)")
 
