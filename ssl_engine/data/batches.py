@@ -89,14 +89,13 @@ class BatchStream:
         batch_size: int,
         seed: int,
         *,
-        workers: int = 2,
         device: torch.device | None = None,
         **kwargs: int,
     ) -> BatchStream:
         """A stream that holds the data set in memory when it fits in :data:`IN_MEMORY_LIMIT_BYTES`: decoded once
         into one uint8 tensor, kept on ``device`` (on a GPU, batches are then gathered there, with no copy from
         the host per step). Larger data sets are decoded by ``workers`` DataLoader processes into pinned memory
-        (on CUDA) for asynchronous copies."""
+        (on CUDA) for asynchronous copies. ``kwargs`` (``rank``, ``world``, ``workers``) go to the constructor."""
         count = len(dataset)  # type: ignore[arg-type]
         if isinstance(dataset, FileBackedImages):
             in_memory = False  # every step takes new random crops of the files
@@ -107,7 +106,7 @@ class BatchStream:
         if images is not None and labels is not None and device is not None:
             images, labels = images.to(device), labels.to(device)
         pin = device is not None and device.type == "cuda"
-        return cls(dataset, batch_size, seed, workers=workers, images=images, labels=labels, pin_memory=pin, **kwargs)
+        return cls(dataset, batch_size, seed, images=images, labels=labels, pin_memory=pin, **kwargs)
 
     def index_batches(self, start_step: int = 0) -> Iterator[list[int]]:
         """This process's sample indices of every step from ``start_step`` on, epoch after epoch."""
