@@ -331,6 +331,18 @@ def regimes(
     return report
 
 
+def folder_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, image_size: int
+) -> argparse.ArgumentParser:
+    """A subcommand that reads an image folder in batches: the folder, and the batch shape (``--image-size``, default
+    ``image_size``; ``--batch-size``, default 64) it reads it in."""
+    command = commands.add_parser(name)
+    command.add_argument("folder", type=Path)
+    command.add_argument("--image-size", type=int, default=image_size)
+    command.add_argument("--batch-size", type=int, default=64)
+    return command
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -342,24 +354,15 @@ def main() -> None:
     fashion.add_argument("out", type=Path)
     fashion.add_argument("--train-count", type=int, help="Only the first N train images (and IDX files of them).")
     fashion.add_argument("--test-count", type=int, help="Only the first N test images.")
-    first = commands.add_parser("first-step")
-    first.add_argument("folder", type=Path)
+    first = folder_command(commands, "first-step", image_size=64)
     first.add_argument("--old-checkout", type=Path, help="A checkout of the code before (git worktree add DIR REV).")
-    first.add_argument("--image-size", type=int, default=64)
-    first.add_argument("--batch-size", type=int, default=64)
-    speed = commands.add_parser("throughput")
-    speed.add_argument("folder", type=Path)
+    speed = folder_command(commands, "throughput", image_size=224)
     speed.add_argument("--shards", help="A shard pattern written from the same folder (sslx shard).")
     speed.add_argument("--workers", type=int, default=2)
-    speed.add_argument("--batch-size", type=int, default=64)
-    speed.add_argument("--image-size", type=int, default=224)
     speed.add_argument("--batches", type=int, default=20)
     speed.add_argument("--repeats", type=int, default=3)
-    mem = commands.add_parser("memory")
-    mem.add_argument("folder", type=Path)
+    mem = folder_command(commands, "memory", image_size=64)
     mem.add_argument("--sizes", default="5000,20000,50000")
-    mem.add_argument("--image-size", type=int, default=64)
-    mem.add_argument("--batch-size", type=int, default=64)
     mem.add_argument("--steps", type=int, default=20)
     agree = commands.add_parser("regimes")
     agree.add_argument("folder", type=Path)

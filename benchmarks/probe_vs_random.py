@@ -22,6 +22,8 @@ from pathlib import Path
 
 # Pretext metrics the plugins log, in order of preference.
 METRICS = ("accuracy", "psnr", "ab_rmse", "lab_rmse")
+# `sslx pretrain` as a user runs it, in this interpreter's environment.
+SSLX_PRETRAIN = [sys.executable, "-m", "ssl_engine.cli", "pretrain"]
 
 
 def pretext_metric(task: str, last: dict[str, float]) -> str:
@@ -44,19 +46,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         for seed in args.seeds.split(","):
             run = out / f"{task}-seed{seed}"
-            command = [
-                sys.executable,
-                "-m",
-                "ssl_engine.cli",
-                "pretrain",
-                "--task",
-                task,
-                "--seed",
-                seed,
-                "--out",
-                str(run),
-                *shlex.split(args.extra),
-            ]
+            command = [*SSLX_PRETRAIN, "--task", task, "--seed", seed, "--out", str(run), *shlex.split(args.extra)]
             started = time.perf_counter()
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds = time.perf_counter() - started

@@ -23,14 +23,13 @@ import time
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 
-from ssl_engine.backbones.base import Backbone
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.images import MEAN, denormalize, to_float
 from ssl_engine.randomness import BatchRandom
-from ssl_engine.run import load_run
-from ssl_engine.task import PretextTask
+from ssl_engine.run import Run, load_run
+from ssl_engine.task import PretextBatch
+from ssl_engine.train.model import TaskRuntime
 
 BATCH = 250
 SEED = 12345  # the holes of the benchmark, fixed so every run is scored on the same ones
@@ -62,31 +61,36 @@ def train_mean_colour(image_size: int, count: int) -> torch.Tensor:
     return (total / pixels).float()
 
 
-def score_inpainting(
-    task: PretextTask,
-    backbone: Backbone,
-    modules: nn.ModuleDict,
-    aux: nn.ModuleDict,
-    image_size: int,
-    args: argparse.Namespace,
-) -> dict[str, float]:
-    mean_colour = train_mean_colour(image_size, args.train_images)
+def reconstructions(
+    run: Run, runtime: TaskRuntime, count: int
+) -> Iterator[tuple[torch.Tensor, PretextBatch, torch.Tensor]]:
+    """A reconstruction task's work on the first ``count`` test images, batch by batch: the images
+    ``(B, 3, S, S)`` in [0, 1], their pretext batch (drawn with the benchmark's :data:`SEED`) and the network's
+    reconstruction ``(B, 3, S, S)`` back in [0, 1]."""
+    task = runtime.task
+    for index, images in enumerate(batches("test", run.image_size, count)):
+        batch = task.pseudo_labels(images, BatchRandom(SEED, index, task.name, len(images)))
+        output = task.forward(run.model.backbone, runtime.modules, runtime.aux, batch)
+        assert output.predictions is not None  # the reconstructed images
+        yield images, batch, to_unit_range(output.predictions)
+
+
+def score_inpainting(run: Run, runtime: TaskRuntime, args: argparse.Namespace) -> dict[str, float]:
+    mean_colour = train_mean_colour(run.image_size, args.train_images)
     fills = {"model": 0.0, "train mean colour": 0.0, "normalisation mean": 0.0}
     hole_values = 0
-    for index, images in enumerate(batches("test", image_size, args.test_images)):
-        batch = task.pseudo_labels(images, BatchRandom(SEED, index, task.name, len(images)))
-        output = task.forward(backbone, modules, aux, batch)
-        assert output.predictions is not None  # the filled-in images
+    for images, batch, filled in reconstructions(run, runtime, args.test_images):
         hole = batch.extras["mask"].expand_as(images)
         guesses = {
-            "model": to_unit_range(output.predictions),
+            "model": filled,
             "train mean colour": mean_colour.view(1, 3, 1, 1).expand_as(images),
             "normalisation mean": torch.tensor(MEAN).view(1, 3, 1, 1).expand_as(images),
         }
         for name, guess in guesses.items():
             fills[name] += float((guess - images)[hole].double().square().sum())
         hole_values += int(hole.sum())
-    print(f"  mask {task.config['mask']}, hole fraction {task.config['hole_fraction']}, {hole_values // 3} hole pixels")
+    settings = runtime.task.hparams
+    print(f"  mask {settings['mask']}, hole fraction {settings['hole_fraction']}, {hole_values // 3} hole pixels")
     print(f"  train mean colour: {', '.join(f'{v:.3f}' for v in mean_colour.tolist())} (RGB)")
     print("  | fill | hole MSE | hole PSNR (dB) |")
     print("  |---|---|---|")
@@ -98,24 +102,14 @@ def score_inpainting(
     return {name: squared / hole_values for name, squared in fills.items()}
 
 
-def score_superres(
-    task: PretextTask,
-    backbone: Backbone,
-    modules: nn.ModuleDict,
-    aux: nn.ModuleDict,
-    image_size: int,
-    args: argparse.Namespace,
-) -> dict[str, float]:
+def score_superres(run: Run, runtime: TaskRuntime, args: argparse.Namespace) -> dict[str, float]:
     squared = {"model": 0.0, "bicubic": 0.0}
     values = 0
-    for index, images in enumerate(batches("test", image_size, args.test_images)):
-        batch = task.pseudo_labels(images, BatchRandom(SEED, index, task.name, len(images)))
-        output = task.forward(backbone, modules, aux, batch)
-        assert output.predictions is not None  # the super-resolved images
-        squared["model"] += float((to_unit_range(output.predictions) - images).double().square().sum())
+    for images, batch, upsampled in reconstructions(run, runtime, args.test_images):
+        squared["model"] += float((upsampled - images).double().square().sum())
         squared["bicubic"] += float((to_unit_range(batch.inputs) - images).double().square().sum())
         values += images.numel()
-    print(f"  factor {task.config['factor']}")
+    print(f"  factor {runtime.task.hparams['factor']}")
     print("  | output | MSE | PSNR (dB) |")
     print("  |---|---|---|")
     for name, error in squared.items():
@@ -138,15 +132,13 @@ def main() -> None:
     for run_dir in args.run_dirs:
         started = time.perf_counter()
         run = load_run(run_dir)
-        model = run.model.eval()
-        scored = [runtime for runtime in model.runtimes if runtime.task.name in SCORERS]
+        scored = [runtime for runtime in run.model.eval().runtimes if runtime.task.name in SCORERS]
         if not scored:
             print(f"run {run_dir}: no inpainting or superres task, skipped")
             continue
         for runtime in scored:
             print(f"run {run_dir}: task {runtime.task.name}, {run.image_size} px, step {run.checkpoint.step}")
-            score = SCORERS[runtime.task.name]
-            score(runtime.task, model.backbone, runtime.modules, runtime.aux, run.image_size, args)
+            SCORERS[runtime.task.name](run, runtime, args)
         print(f"  ({time.perf_counter() - started:.0f} s)")
 
 

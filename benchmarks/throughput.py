@@ -344,7 +344,7 @@ class JigsawTiles:
     def __init__(self, size: int, task: PretextTask) -> None:
         self.grid = task.grid  # type: ignore[attr-defined]  # the task's TileGrid for this image size
         self.permutations = task.permutations.numpy()  # type: ignore[attr-defined]  # (P, 9)
-        self.gray_probability = float(task.config["gray_probability"])
+        self.gray_probability = float(task.hparams["gray_probability"])
         self.base = base_augmentation(size)
         self.tile_crop = T.RandomCrop(self.grid.tile)  # the random place of the tile in its cell
 
@@ -390,11 +390,11 @@ class Rotations:
 
 def recipe_for(task: PretextTask, size: int) -> PerImageRecipe:
     if task.name == "simclr":
-        return SimCLRViews(size, dict(task.config))
+        return SimCLRViews(size, dict(task.hparams))
     if task.name == "jigsaw":
         return JigsawTiles(size, task)
     if task.name == "rotation":
-        return Rotations(size, bool(task.config["all_rotations"]))
+        return Rotations(size, bool(task.hparams["all_rotations"]))
     raise ValueError(f"no per-image pipeline for task {task.name!r}; choose from {', '.join(RECIPE_TASKS)}")
 
 
