@@ -9,7 +9,8 @@ workers, which also take each image's random-resized crop, keyed by (seed, step,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -126,34 +127,32 @@ class BatchStream:
                 yield self.images[rows], self.labels[rows]
             return
         if isinstance(self.dataset, FileBackedImages):
-            yield from self._crops(self.dataset, start_step)
+            yield from self.file_batches(self.dataset, start_step)
             return
-        # One loader for the whole run: its workers live as long as the stream, across epochs.
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=_Endless(self, start_step),
-            num_workers=self.workers,
-            pin_memory=self.pin_memory,
-            prefetch_factor=4 if self.workers > 0 else None,
-            # Its own generator: the loader's base seed must not come from torch's global one, which a checkpoint
-            # saves, or a resumed run would write another `rng/torch` than an uninterrupted one.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-        for batch_images, batch_labels in loader:
+        for batch_images, batch_labels in self.loader(self.dataset, _Endless(self, start_step)):
             yield batch_images, torch.as_tensor(batch_labels)
 
-    def _crops(self, images: FileBackedImages, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of random-resized crops decoded by the workers; unreadable files are counted here."""
-        keys = _Keyed(self, start_step)
-        loader = DataLoader(
-            TrainingCrops(images, self.seed),
-            batch_sampler=keys,
+    def loader(
+        self, dataset: Dataset[Any], batch_sampler: Iterable[list[Any]], collate_fn: Callable[..., Any] | None = None
+    ) -> DataLoader[Any]:
+        """One loader for the whole run (its workers live as long as the stream, across epochs), with the stream's
+        workers and prefetching, and its own generator: the loader's base seed must not come from torch's global
+        one, which a checkpoint saves, or a resumed run would write another ``rng/torch`` than an uninterrupted one."""
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
             num_workers=self.workers,
             pin_memory=self.pin_memory,
             prefetch_factor=4 if self.workers > 0 else None,
-            collate_fn=collate_crops,
+            collate_fn=collate_fn,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def file_batches(self, images: FileBackedImages, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of random-resized crops of a file-backed data set, decoded by the workers; unreadable files are
+        counted here. Streams that decode elsewhere (:class:`~ssl_engine.data.device_decode.DeviceDecodedStream`)
+        override this."""
+        loader = self.loader(TrainingCrops(images, self.seed), KeyedSteps(self, start_step), collate_crops)
         for batch_images, batch_labels, failed in loader:
             for index in failed:
                 self.unreadable.setdefault(index, images.name_of(index))
@@ -199,7 +198,7 @@ class BatchStream:
         return report
 
 
-class _Keyed:
+class KeyedSteps:
     """A batch sampler of ``(index, step, slot)`` keys: the sample and its place in the global batch of its step."""
 
     def __init__(self, stream: BatchStream, start_step: int) -> None:

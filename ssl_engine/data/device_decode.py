@@ -40,10 +40,10 @@ from typing import IO
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ssl_engine.config import DECODE_PLACES
-from ssl_engine.data.batches import BatchStream, _Keyed
+from ssl_engine.data.batches import BatchStream, KeyedSteps
 from ssl_engine.data.crops import Box, crop_random, crop_to_tensor, random_resized_box
 from ssl_engine.data.decode import DECODE_ERRORS, open_image
 from ssl_engine.data.device_resize import Crop, draft_scale, resize_crops
@@ -311,16 +311,9 @@ class DeviceDecodedStream(BatchStream):
         super().__init__(dataset, batch_size, seed, rank=rank, world=world, workers=workers)
         self.decode_device = device
 
-    def _crops(self, images: FileBackedImages, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(
-            FetchedCrops(images, self.seed),
-            batch_sampler=_Keyed(self, start_step),
-            num_workers=self.workers,
-            prefetch_factor=4 if self.workers > 0 else None,
-            collate_fn=collate_fetched,
-            generator=torch.Generator().manual_seed(self.seed),  # not torch's global one, as BatchStream's loaders
-        )
-        for fetched in loader:
+    def file_batches(self, images: FileBackedImages, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches decoded on ``decode_device`` from the bytes the workers read; unreadable files counted here."""
+        for fetched in self.loader(FetchedCrops(images, self.seed), KeyedSteps(self, start_step), collate_fetched):
             batch_images, labels, failed = assemble(fetched, images, self.seed, self.decode_device)
             for index in failed:
                 self.unreadable.setdefault(index, images.name_of(index))
