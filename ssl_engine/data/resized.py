@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ssl_engine.data.decode import to_rgb
+
 
 def to_rgb_tensor(image: Any, image_size: int) -> torch.Tensor:
     """PIL image, ``(H, W)``/``(H, W, C)`` array or ``(C, H, W)`` tensor -> uint8 ``(3, S, S)``.
@@ -25,13 +27,7 @@ def to_rgb_tensor(image: Any, image_size: int) -> torch.Tensor:
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         image = Image.fromarray(image)
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16-bit (I;16*) and 32-bit images: scale the full range to 8 bits instead of letting PIL clip at 255.
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = to_rgb(image)
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
