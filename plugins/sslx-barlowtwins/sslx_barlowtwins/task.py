@@ -42,39 +42,14 @@ Departures, for this engine's small images and CPU budgets (every one a setting)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
-from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 
 from ssl_engine import api
 from sslx_barlowtwins.loss import BarlowTwinsLoss, off_diagonal, standardize_over_batch
 
-VIEWS = 2
 
-
-def view_matching(z_a: torch.Tensor, z_b: torch.Tensor, count: int) -> torch.Tensor:
-    """Cosine similarities of this process's views to every view of the global batch (a monitor, not the loss).
-
-    Args:
-        z_a, z_b: ``(N, P)``, the global batch's embeddings of the first and second views, rank-major.
-        count: images on this process ``B`` (the same on every process).
-
-    Returns:
-        ``(2B, 2N)``: row ``2b + v`` is view ``v`` of local image ``b``, column ``2n + v'`` view ``v'`` of global
-        image ``n``; ``-inf`` at each view's own column, so ``argmax`` is its nearest other view.
-    """
-    first = torch.distributed.get_rank() * count if api.is_distributed() else 0
-    views = F.normalize(torch.stack([z_a, z_b], dim=1).flatten(0, 1), dim=1)  # (2N, P), sample-major
-    own = 2 * first + torch.arange(2 * count, device=views.device)  # (2B,)
-    logits = views[own] @ views.T  # (2B, 2N)
-    return logits.scatter(1, own[:, None], float("-inf"))
-
-
-class BarlowTwinsTask(api.PretextTask):
+class BarlowTwinsTask(api.TwoViewTask):
     """Make the cross-correlation of the two views' embeddings the identity matrix.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
@@ -92,9 +67,10 @@ class BarlowTwinsTask(api.PretextTask):
     name = "barlowtwins"
     summary = "redundancy reduction: the two views' cross-correlation matrix towards the identity (Barlow Twins)"
     paper = "Zbontar, Jing, Misra, LeCun & Deny 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction"
-    views = VIEWS
     default_image_size = 32
     default_head = "projector"
+    embedding_dim_setting = "projector_dim"
+    loss_choice = api.own_loss_choice  # Barlow Twins computes its own loss: --loss is refused rather than ignored
     settings = (
         api.TaskSetting(
             "lambda",
@@ -104,14 +80,7 @@ class BarlowTwinsTask(api.PretextTask):
             minimum=0.0,
             min_open=True,
         ),
-        api.TaskSetting(
-            "projector_dim",
-            int,
-            1024,
-            "width of the projector's three layers (paper: 8192; smaller here for 32 px data on a CPU)",
-            minimum=1,
-            maximum=65536,
-        ),
+        api.projector_dim_setting(),
         api.TaskSetting(
             "scale",
             float,
@@ -122,11 +91,6 @@ class BarlowTwinsTask(api.PretextTask):
         ),
         *api.view_settings(strength="BYOL's 0.4, 0.4, 0.2, 0.1 but saturation 0.4 at s = 0.5"),
     )
-
-    @classmethod
-    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
-        """Barlow Twins computes its own loss: ``--loss`` is refused rather than ignored."""
-        return None, cls.default_loss
 
     def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
@@ -139,52 +103,23 @@ class BarlowTwinsTask(api.PretextTask):
         per_dimension = config["scale"] / config["projector_dim"]
         self.loss_weights = {"invariance": per_dimension, "redundancy": per_dimension * config["lambda"]}
 
-    def build_modules(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projector_dim"])})
-
-    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
-        """Two augmented views of every image and the global row of each view's twin.
-
-        Args:
-            images: ``(B, 3, S, S)`` float in [0, 1].
-            random: per-sample randomness.
-
-        Returns:
-            inputs ``(B * 2, 3, S, S)`` normalised; targets ``(B * 2,)`` int64; views 2; extras: the drawn
-            parameters of every view (:meth:`ViewAugmentation.draw`), each ``(B, 2, ...)``.
-        """
-        with torch.autocast(images.device.type, enabled=False):
-            views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
-        rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
-        return api.PretextBatch(api.normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
-
     def forward(
         self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
     ) -> api.TaskOutput:
-        """Embed each view, gather the global batch, and score its cross-correlation.
-
-        Args:
-            backbone: the shared backbone.
-            modules: ``{"head": (B, D) -> (B, projector_dim)}``.
-            aux: unused.
-            batch: from :meth:`pseudo_labels`.
+        """Embed each view on its own through the backbone and the projector ``modules["head"]`` (``(B, D) -> (B, P)``,
+        ``P = projector_dim``), gather the global batch, and score its cross-correlation ``C`` ``(P, P)``.
 
         Returns:
             Terms ``invariance`` and ``redundancy``, metrics ``accuracy``, ``on_diagonal``, ``off_diagonal``, and
             the cosine similarities ``(B * 2, W * B * 2)`` of every local view to every view of the global batch.
         """
-        views = batch.inputs.unflatten(0, (-1, VIEWS))  # (B, 2, 3, S, S)
         # One pass per view, as the paper's f(y_a), f(y_b): batch norm sees one view's batch at a time.
-        z_a = modules["head"](backbone.pooled(views[:, 0]))  # (B, P)
-        z_b = modules["head"](backbone.pooled(views[:, 1]))  # (B, P)
+        z_a, z_b = api.per_view_embeddings(backbone, modules["head"], batch.inputs)  # (N, P) each, the global batch
         with torch.autocast(z_a.device.type, enabled=False):
-            z_a = api.gather_from_all_ranks(z_a.float())  # (N, P): the global batch, rank-major
-            z_b = api.gather_from_all_ranks(z_b.float())
             invariance, redundancy, correlation = self.loss(z_a, z_b)
             # Matched as the loss sees them, standardised: the raw embeddings may share a large mean direction.
-            logits = view_matching(
-                standardize_over_batch(z_a.detach()), standardize_over_batch(z_b.detach()), len(views)
-            )
+            standardized = standardize_over_batch(z_a.detach()), standardize_over_batch(z_b.detach())
+            logits = api.view_matching(*standardized, len(batch.inputs) // self.views)
         size = len(correlation)
         metrics = {
             "accuracy": api.accuracy(logits, batch.targets),
@@ -192,9 +127,3 @@ class BarlowTwinsTask(api.PretextTask):
             "off_diagonal": (off_diagonal(correlation.detach()).square().sum() / max(1, size * (size - 1))).sqrt(),
         }
         return api.TaskOutput({"invariance": invariance, "redundancy": redundancy}, metrics, logits)
-
-    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
-        """``sslx show``: each image and its two views; under each view the view it must be matched with (after
-        a run: the one the model picked, in red when wrong)."""
-        predictions = output.predictions if output is not None else None
-        return api.two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}")

@@ -46,9 +46,6 @@ main optimizer, updated only by :meth:`BYOLTask.after_step`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from PIL import Image
 from torch import nn
@@ -59,7 +56,7 @@ from sslx_byol.loss import BYOLLoss
 VIEWS = 2
 
 
-class BYOLTask(api.PretextTask):
+class BYOLTask(api.MomentumTeacherTask):
     """Predict the momentum target network's projection of the other view.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)`` int64, the image's row in
@@ -78,15 +75,15 @@ class BYOLTask(api.PretextTask):
     loss_kind = "regression"
     default_loss = "mse"
     metric = "cosine"
+    loss_choice = api.own_loss_choice  # the normalised MSE of Algorithm 1: --loss byol=... is refused
+    # The target network starts as the online one and follows it (Sec. 3.1).
+    teachers = {"target_backbone": api.SHARED_BACKBONE, "target_projector": "projector"}
     settings = (
-        api.TaskSetting(
+        api.momentum_setting(
             "base_momentum",
-            float,
             0.996,
             "target EMA momentum at step 0, raised to 1 by a cosine over the run (paper: 0.996; 0.99 for small "
             "data and short runs)",
-            minimum=0.0,
-            maximum=1.0,
         ),
         api.TaskSetting(
             "projection_dim", int, 256, "output size of the projector and predictor (paper: 256)", minimum=1
@@ -103,11 +100,6 @@ class BYOLTask(api.PretextTask):
         self.augmentation = api.view_augmentation(self.hparams, context.image_size, solarize_when_zero=True)
         self.loss = BYOLLoss()
 
-    @classmethod
-    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
-        """BYOL computes its own loss (the normalised MSE of Algorithm 1): ``--loss byol=...`` is refused."""
-        return None, cls.default_loss
-
     def build_modules(self) -> nn.ModuleDict:
         dim, projection = self.context.feature_dim, self.hparams["projection_dim"]
         return nn.ModuleDict(
@@ -118,11 +110,6 @@ class BYOLTask(api.PretextTask):
                 "target_projector": api.freeze(self.context.make_head(dim, projection)),
             }
         )
-
-    def setup(self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
-        """The target network starts as the online one (Sec. 3.1)."""
-        api.copy_weights(modules["target_backbone"], backbone)
-        api.copy_weights(modules["target_projector"], modules["projector"])
 
     def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two augmented views of every image, the first as the paper's ``t``, the second as its ``t'``.
@@ -172,19 +159,6 @@ class BYOLTask(api.PretextTask):
     def momentum(self) -> float:
         """The target's momentum at the clock's step (Sec. 3.2)."""
         return api.cosine_momentum(self.hparams["base_momentum"], self.context.clock.progress)
-
-    def after_step(
-        self,
-        backbone: api.Backbone,
-        modules: nn.ModuleDict,
-        aux: nn.ModuleDict,
-        batch: api.PretextBatch,
-        output: api.TaskOutput,
-    ) -> None:
-        """Move the target network towards the online one just updated: ``target = m target + (1 - m) online``."""
-        momentum = self.momentum()
-        api.ema_update(modules["target_backbone"], backbone, momentum)
-        api.ema_update(modules["target_projector"], modules["projector"], momentum)
 
     def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
         """``sslx show``: each image and its two views (BYOL has no classes to label: each view's online

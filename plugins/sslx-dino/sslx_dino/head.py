@@ -17,6 +17,8 @@ from torch.nn import functional as F
 PAPER_HIDDEN = 2048
 HIDDEN = 512  # the small convnet's features are 256-d: a 2048-wide MLP would cost more than a 16 px local crop
 INIT_STD = 0.02
+PROJECTOR_HELP = f"DINO's paper projector: 3-layer GELU MLP (hidden {HIDDEN}) to the bottleneck, no batch norm"
+"""What ``sslx plugins`` says of the head ``dino`` (:func:`dino_projector`)."""
 
 
 def dino_projector(in_features: int, out_features: int, hidden: int = HIDDEN, layers: int = 3) -> nn.Module:

@@ -146,7 +146,7 @@ def teacher_of(modules: nn.ModuleDict) -> tuple[api.Backbone, nn.Module]:
     return cast(api.Backbone, teacher["backbone"]), teacher["head"]
 
 
-class DINOTask(api.PretextTask):
+class DINOTask(api.MomentumTeacherTask):
     """Match the teacher's centred, sharpened distribution over ``K`` prototypes on every other view.
 
     Views: ``2 + local_crops`` per image, in two resolutions: ``inputs`` the global views ``(B * 2, 3, G, G)``
@@ -170,19 +170,19 @@ class DINOTask(api.PretextTask):
     default_image_size = 32
     default_head = "mlp"
     metric = "agreement"
+    loss_choice = api.own_loss_choice  # a cross-entropy between distributions: no registered loss applies
+    # The teacher starts as the student (Algorithm 1: gt.params = gs.params) and follows it.
+    teachers = {"teacher.backbone": api.SHARED_BACKBONE, "teacher.head": "head"}
     settings = (
         api.TaskSetting("out_dim", int, 1024, "K, outputs (prototypes) of the DINO head (paper: 65536)", minimum=2),
         api.TaskSetting("bottleneck_dim", int, 256, "the head's l2-normalised bottleneck (paper: 256)", minimum=1),
         api.TaskSetting(
             "norm_last_layer", bool, True, "keep the prototypes' norm at 1 (paper: true; false learns a gain)"
         ),
-        api.TaskSetting(
+        api.momentum_setting(
             "momentum",
-            float,
             0.99,
             "teacher momentum at the start, cosine to 1 at the end (paper: 0.996; 0.99 for short runs)",
-            minimum=0.0,
-            maximum=1.0,
         ),
         api.TaskSetting(
             "centre_momentum", float, 0.9, "momentum of the teacher's centre (paper: 0.9)", minimum=0, maximum=1
@@ -243,11 +243,6 @@ class DINOTask(api.PretextTask):
         ),
     )
 
-    @classmethod
-    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
-        """DINO computes its own cross-entropy between distributions: no registered loss applies."""
-        return None, cls.default_loss
-
     def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
         config = self.hparams
@@ -285,12 +280,6 @@ class DINOTask(api.PretextTask):
         modules = nn.ModuleDict({"head": self.make_head(), "teacher": api.freeze(teacher)})
         modules.register_buffer("centre", torch.zeros(1, self.hparams["out_dim"]))
         return modules
-
-    def setup(self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
-        """The teacher starts as the student (Algorithm 1: ``gt.params = gs.params``)."""
-        teacher_backbone, teacher_head = teacher_of(modules)
-        api.copy_weights(teacher_backbone, backbone)
-        api.copy_weights(teacher_head, modules["head"])
 
     # --- one step ------------------------------------------------------------------------------------------------
     def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
@@ -378,19 +367,12 @@ class DINOTask(api.PretextTask):
             {"dino": loss}, metrics, student.detach().flatten(0, 1), extras={"teacher": teacher.detach()}
         )
 
-    def after_step(
-        self,
-        backbone: api.Backbone,
-        modules: nn.ModuleDict,
-        aux: nn.ModuleDict,
-        batch: api.PretextBatch,
-        output: api.TaskOutput,
-    ) -> None:
-        """The teacher follows the student (cosine momentum schedule), the centre the step's teacher outputs."""
-        momentum = api.cosine_momentum(self.hparams["momentum"], self.context.clock.progress)
-        teacher_backbone, teacher_head = teacher_of(modules)
-        api.ema_update(teacher_backbone, backbone, momentum)
-        api.ema_update(teacher_head, modules["head"], momentum)
+    def momentum(self) -> float:
+        """The teacher's momentum at the clock's step: from ``momentum`` to 1 on a cosine (Sec. 3.1)."""
+        return api.cosine_momentum(self.hparams["momentum"], self.context.clock.progress)
+
+    def update_buffers(self, modules: nn.ModuleDict, output: api.TaskOutput) -> None:
+        """After the teacher moved, the centre follows the step's teacher outputs (Eq. 4)."""
         centre = modules.get_buffer("centre")
         centre.copy_(updated_centre(centre, output.extras["teacher"], self.hparams["centre_momentum"]))
 

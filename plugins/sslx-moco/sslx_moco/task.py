@@ -69,7 +69,7 @@ V2_BLUR = (0.5, 0.5)  # v2: half of the views (Chen et al. 2020, as SimCLR)
 V3_BLUR = (1.0, 0.1)  # v3: BYOL's asymmetric blur (Chen, Xie & He 2021, Appendix)
 
 
-class MoCoTask(api.PretextTask):
+class MoCoTask(api.MomentumTeacherTask):
     """Match each query to its key among negatives (v2: a queue; v3: the keys of the global batch).
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``: the query view and the key view (v3: each is
@@ -87,18 +87,17 @@ class MoCoTask(api.PretextTask):
     views = VIEWS
     default_image_size = 32
     default_head = "mlp"
+    # The key encoder starts as the query encoder (He et al. 2020, Algorithm 1) and follows it.
+    teachers = {"key_backbone": api.SHARED_BACKBONE, "key_projector": "projector"}
     settings = (
         api.TaskSetting(
             "version", int, 2, "2: a queue of negatives (Chen et al. 2020); 3: no queue (2021)", choices=(2, 3)
         ),
-        api.TaskSetting(
+        api.momentum_setting(
             "momentum",
-            float,
             0.99,
             "key encoder EMA momentum (v2 paper: 0.999 for 200 ImageNet epochs; 0.99 for short runs); v3: the start "
             "of a cosine to 1",
-            minimum=0.0,
-            maximum=1.0,
         ),
         api.TaskSetting(
             "queue_size",
@@ -107,14 +106,7 @@ class MoCoTask(api.PretextTask):
             "v2: negatives kept, a multiple of the global batch (paper: 65536)",
             minimum=1,
         ),
-        api.TaskSetting(
-            "temperature",
-            float,
-            0.2,
-            "InfoNCE temperature (paper: 0.2; v3 ResNet: 1.0)",
-            minimum=0.01,
-            maximum=10.0,
-        ),
+        api.temperature_setting(0.2, "InfoNCE temperature (paper: 0.2; v3 ResNet: 1.0)"),
         api.TaskSetting("projection_dim", int, 128, "output size of the projection head (v2: 128; v3: 256)", minimum=1),
         api.TaskSetting("predictor_hidden", int, 512, "v3: hidden units of the predictor (paper: 4096)", minimum=1),
         *api.view_settings(
@@ -161,11 +153,6 @@ class MoCoTask(api.PretextTask):
             modules.register_buffer("queue", queue)
             modules.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
         return modules
-
-    def setup(self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict) -> None:
-        """The key encoder starts as the query encoder (He et al. 2020, Algorithm 1)."""
-        api.copy_weights(modules["key_backbone"], backbone)
-        api.copy_weights(modules["key_projector"], modules["projector"])
 
     def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
         """Two augmented views of every image and the column of each query's positive.
@@ -231,18 +218,8 @@ class MoCoTask(api.PretextTask):
         base: float = self.hparams["momentum"]
         return base if self.version == 2 else api.cosine_momentum(base, self.context.clock.progress)
 
-    def after_step(
-        self,
-        backbone: api.Backbone,
-        modules: nn.ModuleDict,
-        aux: nn.ModuleDict,
-        batch: api.PretextBatch,
-        output: api.TaskOutput,
-    ) -> None:
-        """Move the key encoder towards the query encoder just updated; v2: push the global batch's keys."""
-        momentum = self.momentum()
-        api.ema_update(modules["key_backbone"], backbone, momentum)
-        api.ema_update(modules["key_projector"], modules["projector"], momentum)
+    def update_buffers(self, modules: nn.ModuleDict, output: api.TaskOutput) -> None:
+        """v2, after the key encoder moved: the global batch's keys replace the oldest in the queue."""
         if self.version == 2:
             keys = api.gather_from_all_ranks(output.extras["keys"])  # (W*B, P): every process's, in global order
             queue, next_row = modules.get_buffer("queue"), modules.get_buffer("queue_next")

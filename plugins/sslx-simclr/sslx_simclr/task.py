@@ -12,17 +12,13 @@ colour strength 0.5, no blur, temperature 0.5, projection to 128 dimensions.
 
 from __future__ import annotations
 
-import torch
-from PIL import Image
 from torch import nn
 
 from ssl_engine import api
 from sslx_simclr.loss import NTXentLoss
 
-VIEWS = 2
 
-
-class SimCLRTask(api.PretextTask):
+class SimCLRTask(api.TwoViewTask):
     """Tell which of the other views of the batch shows the same image as this one.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
@@ -41,18 +37,12 @@ class SimCLRTask(api.PretextTask):
     paper = (
         "Chen, Kornblith, Norouzi & Hinton 2020, A Simple Framework for Contrastive Learning of Visual Representations"
     )
-    views = VIEWS
     default_image_size = 32
     default_head = "mlp"
+    embedding_dim_setting = "projection_dim"
+    caption = "Under each view: the view it is to be matched with (the other view of its image) among all 2N views."
     settings = (
-        api.TaskSetting(
-            "temperature",
-            float,
-            0.5,
-            "NT-Xent temperature (paper: 0.5 on CIFAR-10, 0.1 on ImageNet)",
-            minimum=0.01,
-            maximum=10.0,
-        ),
+        api.temperature_setting(0.5, "NT-Xent temperature (paper: 0.5 on CIFAR-10, 0.1 on ImageNet)"),
         api.TaskSetting("projection_dim", int, 128, "output size of the projection head (paper: 128)", minimum=1),
         *api.view_settings(
             strength="paper: 0.5 on CIFAR-10, 1 on ImageNet",
@@ -67,27 +57,6 @@ class SimCLRTask(api.PretextTask):
         config = self.hparams
         self.augmentation = api.view_augmentation(config, context.image_size)  # blur: a flag, half the views
         self.loss = NTXentLoss(config["temperature"], cross_entropy=context.loss_fn)
-
-    def build_modules(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projection_dim"])})
-
-    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
-        """Two augmented views of every image and the global row of each view's positive.
-
-        Args:
-            images: ``(B, 3, S, S)`` float in [0, 1].
-            random: per-sample randomness.
-
-        Returns:
-            inputs ``(B * 2, 3, S, S)`` normalised; targets ``(B * 2,)`` int64; views 2; extras: the drawn
-            parameters of every view (``boxes``, ``flips``, ``jittered``, ``jitter``, ``jitter_order``, ``gray``
-            and, with ``blur``, ``blurred`` and ``sigma``; see :meth:`ViewAugmentation.draw`), each ``(B, 2, ...)``.
-        """
-        # Sampling weights and colour arithmetic stay in float32 even inside the trainer's bfloat16 autocast.
-        with torch.autocast(images.device.type, enabled=False):
-            views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
-        rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
-        return api.PretextBatch(api.normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
 
     def forward(
         self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
@@ -107,10 +76,3 @@ class SimCLRTask(api.PretextTask):
         projections = modules["head"](backbone.pooled(batch.inputs))  # (B*2, P)
         loss, logits = self.loss(projections, batch.targets)
         return api.TaskOutput({"contrastive": loss}, {"accuracy": api.accuracy(logits, batch.targets)}, logits)
-
-    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
-        """``sslx show``: each image and its two views; under each view the view it must be matched with (after
-        a run: the one the model picked, in red when wrong)."""
-        predictions = output.predictions if output is not None else None
-        caption = "Under each view: the view it is to be matched with (the other view of its image) among all 2N views."
-        return api.two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}", caption)

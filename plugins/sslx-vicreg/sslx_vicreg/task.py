@@ -35,40 +35,16 @@ Departures, for this engine's small images and CPU budgets (every one a setting)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
-from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 
 from ssl_engine import api
 from sslx_vicreg.loss import VICRegLoss
 
-VIEWS = 2
 TERMS = ("invariance", "variance", "covariance")
 
 
-def view_matching(z_a: torch.Tensor, z_b: torch.Tensor, count: int) -> torch.Tensor:
-    """Cosine similarities of this process's views to every view of the global batch (a monitor, not the loss).
-
-    Args:
-        z_a, z_b: ``(N, P)``, the global batch's embeddings of the first and second views, rank-major.
-        count: images on this process ``B`` (the same on every process).
-
-    Returns:
-        ``(2B, 2N)``: row ``2b + v`` is view ``v`` of local image ``b``, column ``2n + v'`` view ``v'`` of global
-        image ``n``; ``-inf`` at each view's own column, so ``argmax`` is its nearest other view.
-    """
-    first = torch.distributed.get_rank() * count if api.is_distributed() else 0
-    views = F.normalize(torch.stack([z_a, z_b], dim=1).flatten(0, 1), dim=1)  # (2N, P), sample-major
-    own = 2 * first + torch.arange(2 * count, device=views.device)  # (2B,)
-    logits = views[own] @ views.T  # (2B, 2N)
-    return logits.scatter(1, own[:, None], float("-inf"))
-
-
-class VICRegTask(api.PretextTask):
+class VICRegTask(api.TwoViewTask):
     """Keep the two views' embeddings close while each dimension varies over the batch and no two covary.
 
     Views: 2 per image, rows ``2b`` and ``2b + 1`` for image ``b``. Targets: ``(B * 2,)``, the global row of each
@@ -86,9 +62,10 @@ class VICRegTask(api.PretextTask):
     paper = (
         "Bardes, Ponce & LeCun 2022, VICReg: Variance-Invariance-Covariance Regularization for Self-Supervised Learning"
     )
-    views = VIEWS
     default_image_size = 32
     default_head = "projector"
+    embedding_dim_setting = "projector_dim"
+    loss_choice = api.own_loss_choice  # VICReg computes its own loss: --loss is refused rather than ignored
     settings = (
         api.TaskSetting(
             "invariance_weight", float, 25.0, "lambda, weight of the invariance term (paper: 25)", minimum=0
@@ -106,21 +83,9 @@ class VICRegTask(api.PretextTask):
             minimum=0,
             min_open=True,
         ),
-        api.TaskSetting(
-            "projector_dim",
-            int,
-            1024,
-            "width of the expander's three layers (paper: 8192; smaller here for 32 px data on a CPU)",
-            minimum=1,
-            maximum=65536,
-        ),
+        api.projector_dim_setting("expander"),
         *api.view_settings(strength="BYOL's 0.4, 0.4, 0.2, 0.1 but saturation 0.4 at s = 0.5"),
     )
-
-    @classmethod
-    def loss_choice(cls, settings: Mapping[str, Any]) -> tuple[str | None, str]:
-        """VICReg computes its own loss: ``--loss`` is refused rather than ignored."""
-        return None, cls.default_loss
 
     def __init__(self, context: api.TaskContext) -> None:
         super().__init__(context)
@@ -135,55 +100,21 @@ class VICRegTask(api.PretextTask):
         self.loss = VICRegLoss(config["gamma"], config["eps"])
         self.loss_weights = weights
 
-    def build_modules(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"head": self.context.make_head(self.context.feature_dim, self.hparams["projector_dim"])})
-
-    def pseudo_labels(self, images: torch.Tensor, random: api.BatchRandom) -> api.PretextBatch:
-        """Two augmented views of every image and the global row of each view's twin.
-
-        Args:
-            images: ``(B, 3, S, S)`` float in [0, 1].
-            random: per-sample randomness.
-
-        Returns:
-            inputs ``(B * 2, 3, S, S)`` normalised; targets ``(B * 2,)`` int64; views 2; extras: the drawn
-            parameters of every view (:meth:`ViewAugmentation.draw`), each ``(B, 2, ...)``.
-        """
-        with torch.autocast(images.device.type, enabled=False):
-            views, drawn = self.augmentation(images.float(), random)  # (B*2, 3, S, S)
-        rows = 2 * random.offset + torch.arange(len(views), device=images.device)  # global rows of these views
-        return api.PretextBatch(api.normalize(views), rows ^ 1, views=VIEWS, extras=drawn)
-
     def forward(
         self, backbone: api.Backbone, modules: nn.ModuleDict, aux: nn.ModuleDict, batch: api.PretextBatch
     ) -> api.TaskOutput:
-        """Embed each view, gather the global batch, and compute the three terms.
-
-        Args:
-            backbone: the shared backbone.
-            modules: ``{"head": (B, D) -> (B, projector_dim)}``.
-            aux: unused.
-            batch: from :meth:`pseudo_labels`.
+        """The three terms on the global batch's embeddings, each view embedded on its own by the backbone and the
+        expander ``modules["head"]`` (``(B, D) -> (B, P)``, ``P = projector_dim``).
 
         Returns:
             Terms ``invariance``, ``variance``, ``covariance``; metrics ``accuracy`` and ``std``; the cosine
             similarities ``(B * 2, W * B * 2)`` of every local view to every view of the global batch.
         """
-        views = batch.inputs.unflatten(0, (-1, VIEWS))  # (B, 2, 3, S, S)
         # One pass per view, as the paper's code: batch norm sees one view's batch at a time.
-        z_a = modules["head"](backbone.pooled(views[:, 0]))  # (B, P)
-        z_b = modules["head"](backbone.pooled(views[:, 1]))  # (B, P)
+        z_a, z_b = api.per_view_embeddings(backbone, modules["head"], batch.inputs)  # (N, P) each, the global batch
         with torch.autocast(z_a.device.type, enabled=False):
-            z_a = api.gather_from_all_ranks(z_a.float())  # (N, P): the global batch, rank-major
-            z_b = api.gather_from_all_ranks(z_b.float())
             invariance, variance, covariance = self.loss(z_a, z_b)
-            logits = view_matching(z_a.detach(), z_b.detach(), len(views))
+            logits = api.view_matching(z_a.detach(), z_b.detach(), len(batch.inputs) // self.views)
             std = torch.cat([z_a.detach(), z_b.detach()], dim=1).std(dim=0).mean()
         losses = {"invariance": invariance, "variance": variance, "covariance": covariance}
         return api.TaskOutput(losses, {"accuracy": api.accuracy(logits, batch.targets), "std": std}, logits)
-
-    def draw(self, images: torch.Tensor, batch: api.PretextBatch, output: api.TaskOutput | None) -> Image.Image:
-        """``sslx show``: each image and its two views; under each view the view it must be matched with (after
-        a run: the one the model picked, in red when wrong)."""
-        predictions = output.predictions if output is not None else None
-        return api.two_view_drawing(images, batch, predictions, f"{self.name}: {self.summary}")
