@@ -4,39 +4,22 @@ settings, the conformance kit, and the real command line (show, refused settings
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from sslx_barlowtwins.loss import BarlowTwinsLoss, cross_correlation, off_diagonal
 from sslx_barlowtwins.task import BarlowTwinsTask
-from torch.nn import functional as F
 
-from ssl_engine.api import BatchRandom, SettingError, TaskContext, projector_head
+from ssl_engine.api import SettingError
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import assert_refused_before_training, assert_show_draws, check_pretext_task, mixed_run
+from ssl_engine.testing import (
+    assert_two_view_batch,
+    check_pretext_task,
+    pretext_batch,
+    task_instance,
+)
 
 LAMBDA = 0.0051
-
-
-def make_task(**settings: object) -> BarlowTwinsTask:
-    return BarlowTwinsTask(
-        TaskContext(
-            settings=resolve_settings("barlowtwins", BarlowTwinsTask.settings, settings),
-            image_size=32,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=projector_head,
-            loss_fn=F.cross_entropy,
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
-
-
-def draw(task: BarlowTwinsTask, images: torch.Tensor, step: int = 0, seed: int = 0):
-    return task.pseudo_labels(images, BatchRandom(seed, step, "barlowtwins", len(images)))
 
 
 # --- the loss against the paper ------------------------------------------------------------------------------
@@ -118,28 +101,21 @@ def test_loss_stays_float32_under_autocast() -> None:
 # --- the task -------------------------------------------------------------------------------------------------
 def test_views_follow_byol_and_targets_are_the_twins_global_rows() -> None:
     images = torch.rand(8, 3, 32, 32)
-    task = make_task()
-    batch = draw(task, images)
-    assert batch.inputs.shape == (16, 3, 32, 32) and batch.views == 2
-    assert batch.targets.tolist() == [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14]
-    drawn = batch.extras
+    drawn = assert_two_view_batch(task_instance(BarlowTwinsTask), images).extras  # 16 views, targets 1, 0, 3, 2, ...
     assert "blurred" not in drawn  # blur=auto: none below 64 px
     assert not drawn["solarized"][:, 0].any()  # solarization p 0 on the first view, 0.2 on the second
-    blurred = draw(make_task(blur="on"), images).extras["blurred"]
+    blurred = pretext_batch(task_instance(BarlowTwinsTask, blur="on"), images).extras["blurred"]
     assert blurred[:, 0].all()  # the paper's p 1.0 on the first view
-    second_half = task.pseudo_labels(images[4:], BatchRandom(0, 0, "barlowtwins", 4, global_batch=8, offset=4))
-    assert torch.equal(second_half.targets, batch.targets[8:])
-    torch.testing.assert_close(second_half.inputs, batch.inputs[8:])
-    plain = draw(make_task(blur="off", solarize=0), images).extras
+    plain = pretext_batch(task_instance(BarlowTwinsTask, blur="off", solarize=0), images).extras
     assert "blurred" not in plain and "solarized" not in plain
 
 
 def test_forward_gives_the_two_terms_weighted_by_lambda_and_trains_the_backbone() -> None:
-    task = make_task(projector_dim=16)
+    task = task_instance(BarlowTwinsTask, projector_dim=16)
     assert task.loss_weights == pytest.approx({"invariance": 1 / 16, "redundancy": LAMBDA / 16})  # per dimension
     modules = task.build_modules()
     backbone = SmallConvNet(3, width=4)
-    batch = draw(task, torch.rand(6, 3, 32, 32))
+    batch = pretext_batch(task, torch.rand(6, 3, 32, 32))
     output = task.forward(backbone, modules, torch.nn.ModuleDict(), batch)
     assert set(output.losses) == {"invariance", "redundancy"}
     # The views go through the networks one at a time, as the paper's f(y_a), f(y_b).
@@ -154,14 +130,13 @@ def test_forward_gives_the_two_terms_weighted_by_lambda_and_trains_the_backbone(
     assert torch.isneginf(output.predictions.diagonal()).all()
     assert 0 <= float(output.metrics["accuracy"]) <= 1
     assert -1 <= float(output.metrics["on_diagonal"]) <= 1 and float(output.metrics["off_diagonal"]) >= 0
-    assert make_task(scale=0.1, projector_dim=10, **{"lambda": 0.02}).loss_weights == pytest.approx(
-        {"invariance": 0.01, "redundancy": 0.0002}
-    )
+    weights = task_instance(BarlowTwinsTask, scale=0.1, projector_dim=10, **{"lambda": 0.02}).loss_weights
+    assert weights == pytest.approx({"invariance": 0.01, "redundancy": 0.0002})
 
 
 def test_accuracy_finds_twins_that_agree() -> None:
-    task = make_task(projector_dim=8)
-    batch = draw(task, torch.rand(8, 3, 32, 32))
+    task = task_instance(BarlowTwinsTask, projector_dim=8)
+    batch = pretext_batch(task, torch.rand(8, 3, 32, 32))
 
     class Twins(torch.nn.Module):  # each image's two views embed (almost) alike, the images differ
         feature_dim = 8
@@ -191,39 +166,8 @@ def test_accuracy_finds_twins_that_agree() -> None:
 )
 def test_settings_are_validated(settings: dict[str, object], message: str) -> None:
     with pytest.raises(SettingError, match=message.replace(".", r"\.")):
-        make_task(**settings)
+        task_instance(BarlowTwinsTask, **settings)
 
 
 def test_conformance_kit() -> None:
     check_pretext_task(BarlowTwinsTask)
-
-
-# --- the real command line ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
-    assert_show_draws("barlowtwins", tmp_path)  # the original and its two views, three rows
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("option", "message"),
-    [
-        (("--set", "barlowtwins.lambda=0"), "barlowtwins.lambda must be > 0"),
-        (("--set", "barlowtwins.projector_dim=0"), "barlowtwins.projector_dim"),
-        (("--set", "barlowtwins.scale=-1"), "barlowtwins.scale"),
-        (("--loss", "barlowtwins=mse"), "task 'barlowtwins' computes its own loss"),
-    ],
-)
-def test_bad_settings_exit_2_naming_the_task_before_training(
-    tmp_path: Path, option: tuple[str, str], message: str
-) -> None:
-    assert_refused_before_training("barlowtwins", tmp_path, *option, message=message)
-
-
-@pytest.mark.slow
-def test_barlowtwins_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
-    tensors, metrics = mixed_run("barlowtwins", tmp_path)
-    assert any(key.startswith("task/barlowtwins/head.") for key in tensors)
-    assert any(key.startswith("task/rotation/") for key in tensors)
-    assert "barlowtwins/invariance" in metrics and "barlowtwins/redundancy" in metrics
-    assert "rotation/rotation" in metrics

@@ -1,15 +1,7 @@
-"""Barlow Twins on two processes (gloo, CPU) against one process on the whole batch.
-
-What is compared, for ``W = 2`` ranks with ``B`` images each and the ``W * B``-image batch in one process:
-
-* the loss on fixed embeddings: each rank gathers the global batch, so its terms are the one-process terms, and
-  after ``loss.backward()`` on every rank, each rank's gradient on its own rows, divided by ``W``, is the
-  one-process gradient on those rows (the gather's backward sums what all ``W`` identical losses send back,
-  and DistributedDataParallel divides parameter gradients by ``W``);
-* a whole training step of the task: pseudo-labels of each rank's slice of the global batch, the backbone and the
-  projector in DistributedDataParallel with their batch norms over the global batch (``--sync-bn``: the
-  paper's code converts them to SyncBatchNorm), the task's forward, backward and one SGD step. Loss terms,
-  metrics, averaged gradients and the parameters after the step equal those of one process on the whole batch.
+"""Barlow Twins on two processes (gloo, CPU) against one process on the whole batch (the kit's
+:func:`~ssl_engine.testing.rank_two_view_check`): the loss on fixed embeddings, gathered from every process, and a
+whole training step with the projector's batch norms over the global batch (``--sync-bn``: the paper's code converts
+them to SyncBatchNorm); the monitor's accuracy, over the global batch, is the mean of the processes' accuracies.
 """
 
 from __future__ import annotations
@@ -17,27 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from sslx_barlowtwins.loss import BarlowTwinsLoss
 from sslx_barlowtwins.task import BarlowTwinsTask
 
-from ssl_engine.api import gather_from_all_ranks
-from ssl_engine.testing import (
-    assert_rank_losses_match,
-    assert_steps_match,
-    random_images,
-    rank_rows,
-    rank_sgd_step,
-    spawn_ranks,
-    task_instance,
-    twin_embeddings,
-)
+from ssl_engine.testing import assert_two_view_check_matches, rank_two_view_check, spawn_ranks, task_instance
 
 WORLD = 2
-IMAGES_PER_RANK = 4
-DIM = 6
 LAMBDA = 0.05  # not the default, so the setting is carried through
-SEED, STEP = 3, 11
+WEIGHTS = (1.0, LAMBDA)  # of the terms invariance and redundancy
 
 pytestmark = pytest.mark.slow
 
@@ -47,29 +26,13 @@ def make_task() -> BarlowTwinsTask:
 
 
 def rank_result(rank: int) -> dict[str, object]:
-    rows = rank_rows(rank, IMAGES_PER_RANK)
-    z_a, z_b = (z[rows].clone().requires_grad_() for z in twin_embeddings(WORLD * IMAGES_PER_RANK, DIM))
-    invariance, redundancy, _ = BarlowTwinsLoss()(gather_from_all_ranks(z_a), gather_from_all_ranks(z_b))
-    (invariance + LAMBDA * redundancy).backward()
-
-    step = rank_sgd_step(make_task(), random_images(WORLD * IMAGES_PER_RANK), rank, WORLD, seed=SEED, step=STEP)
-    return step | {"terms": (invariance.detach(), redundancy.detach()), "grads": (z_a.grad, z_b.grad)}
+    return rank_two_view_check(make_task(), BarlowTwinsLoss(), WEIGHTS, rank, WORLD)
 
 
 def test_two_processes_train_as_one_process_on_the_whole_batch(tmp_path: Path) -> None:
     ranks = spawn_ranks(rank_result, tmp_path, world=WORLD)
-
-    # The loss on fixed embeddings.
-    z_a, z_b = (z.requires_grad_() for z in twin_embeddings(WORLD * IMAGES_PER_RANK, DIM))
-    invariance, redundancy, _ = BarlowTwinsLoss()(z_a, z_b)
-    grads = torch.autograd.grad(invariance + LAMBDA * redundancy, (z_a, z_b))
-    assert_rank_losses_match(ranks, (invariance, redundancy), grads)
-
-    # A whole step of the task. float32 sums in another order (batch norm over two processes): gradients 5e-5 of the
-    # tensor's scale: a bias just before batch norm has a true gradient of zero, so what is compared there is the
-    # rounding of two sums of ~1-sized terms (seen: 1.2e-5).
-    images = random_images(WORLD * IMAGES_PER_RANK)
+    # float32 sums in another order (batch norm over two processes): gradients 5e-5 of the tensor's scale: a bias
+    # just before batch norm has a true gradient of zero, so what is compared there is the rounding of two sums of
+    # ~1-sized terms (seen: 1.2e-5).
     names = ("invariance", "redundancy", "on_diagonal", "off_diagonal")
-    # The monitor over the global batch: the mean of the ranks' accuracies is the one-process accuracy.
-    assert_steps_match(ranks, make_task(), images, seed=SEED, step=STEP, terms=names, averaged=("accuracy",),
-                       grad_atol=5e-5)  # fmt: skip
+    assert_two_view_check_matches(ranks, make_task(), BarlowTwinsLoss(), WEIGHTS, terms=names, grad_atol=5e-5)

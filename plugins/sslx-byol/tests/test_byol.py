@@ -12,26 +12,10 @@ from sslx_byol.loss import BYOLLoss, normalized_mse
 from sslx_byol.task import BYOLTask
 from torch.nn import functional as F
 
-from ssl_engine.api import BatchRandom, SettingError, TaskContext, mlp_head
+from ssl_engine.api import BatchRandom, SettingError
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import assert_refused_before_training, assert_show_draws, check_pretext_task, mixed_run, prepare
-
-
-def make_task(image_size: int = 32, **settings: object) -> BYOLTask:
-    return BYOLTask(
-        TaskContext(
-            settings=resolve_settings("byol", BYOLTask.settings, settings),
-            image_size=image_size,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=mlp_head,
-            loss_fn=F.mse_loss,
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
+from ssl_engine.testing import assert_teachers_follow, check_pretext_task, prepare, pretext_batch, task_instance
 
 
 # --- the loss against Algorithm 1 -----------------------------------------------------------------------------
@@ -88,7 +72,7 @@ def test_loss_stays_in_float32_under_autocast() -> None:
 def test_views_are_asymmetric_as_in_the_paper() -> None:
     """Blur on every first view and 10% of the second; solarization on 20% of the second only."""
     images = torch.rand(400, 3, 32, 32)
-    drawn = make_task(blur="on").pseudo_labels(images, BatchRandom(0, 3, "byol", 400)).extras
+    drawn = task_instance(BYOLTask, blur="on").pseudo_labels(images, BatchRandom(0, 3, "byol", 400)).extras
     assert drawn["blurred"][:, 0].all()
     assert 0.05 < drawn["blurred"][:, 1].float().mean() < 0.15
     assert not drawn["solarized"][:, 0].any()
@@ -96,19 +80,16 @@ def test_views_are_asymmetric_as_in_the_paper() -> None:
 
 
 def test_blur_auto_blurs_from_64_px_only() -> None:
-    small = make_task(32).pseudo_labels(torch.rand(4, 3, 32, 32), BatchRandom(0, 0, "byol", 4))
+    small = pretext_batch(task_instance(BYOLTask, 32), torch.rand(4, 3, 32, 32))
     assert "blurred" not in small.extras
-    large = make_task(64).pseudo_labels(torch.rand(4, 3, 64, 64), BatchRandom(0, 0, "byol", 4))
+    large = pretext_batch(task_instance(BYOLTask, 64), torch.rand(4, 3, 64, 64))
     assert large.extras["blurred"][:, 0].all()
-    assert (
-        "blurred"
-        not in make_task(64, blur="off").pseudo_labels(torch.rand(4, 3, 64, 64), BatchRandom(0, 0, "byol", 4)).extras
-    )
+    assert "blurred" not in pretext_batch(task_instance(BYOLTask, 64, blur="off"), torch.rand(4, 3, 64, 64)).extras
 
 
 def test_targets_are_the_images_rows_in_the_global_batch() -> None:
     images = torch.rand(6, 3, 32, 32)
-    task = make_task()
+    task = task_instance(BYOLTask)
     whole = task.pseudo_labels(images, BatchRandom(0, 0, "byol", 6))
     assert whole.inputs.shape == (12, 3, 32, 32) and whole.views == 2
     assert whole.targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
@@ -119,7 +100,7 @@ def test_targets_are_the_images_rows_in_the_global_batch() -> None:
 
 # --- the task -------------------------------------------------------------------------------------------------
 def test_forward_trains_the_online_network_and_not_the_target() -> None:
-    task = make_task(projection_dim=16, predictor_hidden=24)
+    task = task_instance(BYOLTask, projection_dim=16, predictor_hidden=24)
     modules = task.build_modules()
     backbone = SmallConvNet(3, width=4)
     task.setup(backbone, modules, torch.nn.ModuleDict())
@@ -138,11 +119,11 @@ def test_forward_trains_the_online_network_and_not_the_target() -> None:
 
 def test_settings_are_validated() -> None:
     with pytest.raises(SettingError, match="byol.base_momentum"):
-        make_task(base_momentum=1.5)
+        task_instance(BYOLTask, base_momentum=1.5)
     with pytest.raises(SettingError, match="byol.base_momentum"):
-        make_task(base_momentum=-0.01)
+        task_instance(BYOLTask, base_momentum=-0.01)
     with pytest.raises(SettingError, match="byol.blur"):
-        make_task(blur="sometimes")
+        task_instance(BYOLTask, blur="sometimes")
 
 
 def test_the_whole_contract_including_the_step_aware_rules() -> None:
@@ -165,18 +146,7 @@ def test_the_target_follows_the_ema_formula_on_the_cosine_schedule(tmp_path: Pat
     for trained in ("projector", "predictor"):
         assert all(id(p) in optimized for p in modules[trained].parameters())
     pairs = [(modules["target_backbone"], backbone), (modules["target_projector"], modules["projector"])]
-    momenta = []
-    for images, _ in trainer.stream.batches(0):
-        if trainer.step == steps:
-            break
-        step = trainer.step
-        before = [[p.detach().clone() for p in target.parameters()] for target, _ in pairs]
-        trainer.device_step(images)
-        m = expected_momentum(base, step, steps)
-        momenta.append(m)
-        for (target, online), old in zip(pairs, before, strict=True):
-            for t, o, previous in zip(target.parameters(), online.parameters(), old, strict=True):
-                torch.testing.assert_close(t, m * previous + (1 - m) * o.detach(), rtol=0, atol=1e-6)
+    momenta = assert_teachers_follow(trainer, pairs, lambda step, total: expected_momentum(base, step, total))
     assert momenta[0] == pytest.approx(base) and momenta[-1] > 0.99  # from the base towards 1
     assert all(a < b for a, b in zip(momenta, momenta[1:], strict=False))
 
@@ -193,26 +163,3 @@ def test_the_target_is_in_the_checkpoint_under_its_prefix(tmp_path: Path) -> Non
     assert any(key.startswith("task/byol/predictor.") for key in tensors)
     # The target has moved away from the online network (EMA), and both are kept.
     assert not torch.equal(tensors["task/byol/target_projector.0.weight"], tensors["task/byol/projector.0.weight"])
-
-
-# --- the real command line ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
-    assert_show_draws("byol", tmp_path)  # the original and its two views, three rows
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("setting", "message"),
-    [("byol.base_momentum=1.01", "byol.base_momentum"), ("byol.base_momentum=-1", "byol.base_momentum")],
-)
-def test_bad_settings_exit_2_naming_the_task_before_training(tmp_path: Path, setting: str, message: str) -> None:
-    assert_refused_before_training("byol", tmp_path, "--set", setting, message=message)
-
-
-@pytest.mark.slow
-def test_byol_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
-    tensors, metrics = mixed_run("byol", tmp_path)
-    assert any(key.startswith("task/byol/target_backbone.") for key in tensors)
-    assert any(key.startswith("task/rotation/") for key in tensors)
-    assert "byol/byol" in metrics and "rotation/rotation" in metrics

@@ -16,7 +16,7 @@ from ssl_engine.api import BatchRandom, SettingError, TaskContext, TaskOutput, m
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import checkpoint_paths, read_checkpoint
 from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import assert_refused_before_training, assert_show_draws, check_pretext_task, mixed_run, prepare
+from ssl_engine.testing import assert_teachers_follow, check_pretext_task, prepare
 
 
 def make_task(global_batch: int = 0, image_size: int = 32, **settings: object) -> MoCoTask:
@@ -200,17 +200,12 @@ def test_the_key_encoder_follows_the_momentum_formula(tmp_path: Path, version: i
     assert not any(id(p) in optimized for name in ("key_backbone", "key_projector") for p in modules[name].parameters())
     assert all(id(p) in optimized for p in modules["projector"].parameters())
     pairs = [(modules["key_backbone"], backbone), (modules["key_projector"], modules["projector"])]
-    for images, _ in trainer.stream.batches(0):
-        if trainer.step == steps:
-            break
-        step = trainer.step
-        before = [[p.detach().clone() for p in key.parameters()] for key, _ in pairs]
-        trainer.device_step(images)
-        # v2: constant (He et al. 2020, Eq. 2); v3: from the base to 1 along a cosine (Chen, Xie & He 2021).
-        m = base if version == 2 else 1 - (1 - base) * (math.cos(math.pi * step / steps) + 1) / 2
-        for (key, query), old in zip(pairs, before, strict=True):
-            for k, q, previous in zip(key.parameters(), query.parameters(), old, strict=True):
-                torch.testing.assert_close(k, m * previous + (1 - m) * q.detach(), rtol=0, atol=1e-6)
+
+    def momentum(step: int, total: int) -> float:
+        """v2: constant (He et al. 2020, Eq. 2); v3: from the base to 1 along a cosine (Chen, Xie & He 2021)."""
+        return base if version == 2 else 1 - (1 - base) * (math.cos(math.pi * step / total) + 1) / 2
+
+    assert_teachers_follow(trainer, pairs, momentum)
 
 
 def test_the_queue_takes_each_steps_keys_in_place_of_the_oldest(tmp_path: Path) -> None:
@@ -244,33 +239,3 @@ def test_the_key_encoder_and_queue_are_in_the_checkpoint_under_their_prefix(tmp_
             assert torch.equal(tensors[f"task/moco/{name}.{key}"], value)
     assert torch.equal(tensors["task/moco/queue"], modules.get_buffer("queue"))
     assert int(tensors["task/moco/queue_next"]) == 8  # 3 steps of 8 keys in a queue of 16
-
-
-# --- the real command line ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
-    assert_show_draws("moco", tmp_path)  # the original and its two views, three rows
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        (("--set", "moco.momentum=1.5"), "moco.momentum"),
-        (("--set", "moco.temperature=0"), "moco.temperature"),
-        (("--batch-size", "48"), "moco.queue_size=4096 must be a multiple of the global batch of 48"),
-    ],
-)
-def test_bad_settings_exit_2_naming_the_task_before_training(
-    tmp_path: Path, options: tuple[str, ...], message: str
-) -> None:
-    assert_refused_before_training("moco", tmp_path, *options, message=message)
-
-
-@pytest.mark.slow
-def test_moco_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
-    tensors, metrics = mixed_run("moco", tmp_path)
-    assert int(tensors["task/moco/queue_next"]) == 16  # two steps of 8 keys
-    assert any(key.startswith("task/moco/key_backbone.") for key in tensors)
-    assert any(key.startswith("task/rotation/") for key in tensors)
-    assert "moco/contrastive" in metrics and "rotation/rotation" in metrics

@@ -5,39 +5,22 @@ a mixed run)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from sslx_vicreg.loss import VICRegLoss, off_diagonal
 from sslx_vicreg.task import VICRegTask
-from torch.nn import functional as F
 
-from ssl_engine.api import BatchRandom, SettingError, TaskContext, projector_head
+from ssl_engine.api import SettingError
 from ssl_engine.backbones.smallconv import SmallConvNet
-from ssl_engine.settings import resolve_settings
-from ssl_engine.testing import assert_refused_before_training, assert_show_draws, check_pretext_task, mixed_run
+from ssl_engine.testing import (
+    assert_two_view_batch,
+    check_pretext_task,
+    pretext_batch,
+    task_instance,
+)
 
 PAPER_WEIGHTS = {"invariance": 25.0, "variance": 25.0, "covariance": 1.0}
-
-
-def make_task(**settings: object) -> VICRegTask:
-    return VICRegTask(
-        TaskContext(
-            settings=resolve_settings("vicreg", VICRegTask.settings, settings),
-            image_size=32,
-            in_channels=3,
-            feature_dim=32,
-            feature_stride=8,
-            make_head=projector_head,
-            loss_fn=F.cross_entropy,
-            make_backbone=lambda channels: SmallConvNet(channels, width=4),
-        )
-    )
-
-
-def draw(task: VICRegTask, images: torch.Tensor, step: int = 0, seed: int = 0):
-    return task.pseudo_labels(images, BatchRandom(seed, step, "vicreg", len(images)))
 
 
 # --- the loss against the paper ------------------------------------------------------------------------------
@@ -124,23 +107,18 @@ def test_loss_refuses_bad_shapes_and_parameters_and_stays_float32() -> None:
 # --- the task -------------------------------------------------------------------------------------------------
 def test_views_follow_byol_and_targets_are_the_twins_global_rows() -> None:
     images = torch.rand(8, 3, 32, 32)
-    task = make_task()
-    batch = draw(task, images)
-    assert batch.inputs.shape == (16, 3, 32, 32) and batch.views == 2
-    assert batch.targets.tolist() == [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14]
+    batch = assert_two_view_batch(task_instance(VICRegTask), images)  # 16 views, targets 1, 0, 3, 2, ...
     assert "blurred" not in batch.extras and not batch.extras["solarized"][:, 0].any()  # blur=auto: none at 32 px
-    assert draw(make_task(blur="on"), images).extras["blurred"][:, 0].all()  # the paper's p 1.0 on the first view
-    second_half = task.pseudo_labels(images[4:], BatchRandom(0, 0, "vicreg", 4, global_batch=8, offset=4))
-    assert torch.equal(second_half.targets, batch.targets[8:])
-    torch.testing.assert_close(second_half.inputs, batch.inputs[8:])
+    blur = task_instance(VICRegTask, blur="on")
+    assert pretext_batch(blur, images).extras["blurred"][:, 0].all()  # the paper's p 1.0 on the first view
 
 
 def test_forward_logs_three_terms_with_the_paper_weights_and_trains_the_backbone() -> None:
-    task = make_task(projector_dim=16)
+    task = task_instance(VICRegTask, projector_dim=16)
     assert task.loss_weights == PAPER_WEIGHTS
     modules = task.build_modules()
     backbone = SmallConvNet(3, width=4)
-    batch = draw(task, torch.rand(6, 3, 32, 32))
+    batch = pretext_batch(task, torch.rand(6, 3, 32, 32))
     output = task.forward(backbone, modules, torch.nn.ModuleDict(), batch)
     assert set(output.losses) == set(PAPER_WEIGHTS)
     views = batch.inputs.unflatten(0, (6, 2))
@@ -151,7 +129,7 @@ def test_forward_logs_three_terms_with_the_paper_weights_and_trains_the_backbone
     assert all(p.grad is not None for p in backbone.parameters())
     assert output.predictions is not None and output.predictions.shape == (12, 12)
     assert 0 <= float(output.metrics["accuracy"]) <= 1 and float(output.metrics["std"]) > 0
-    chosen = make_task(invariance_weight=10, variance_weight=0, covariance_weight=0.5)
+    chosen = task_instance(VICRegTask, invariance_weight=10, variance_weight=0, covariance_weight=0.5)
     assert chosen.loss_weights == {"invariance": 10.0, "variance": 0.0, "covariance": 0.5}
 
 
@@ -171,39 +149,8 @@ def test_forward_logs_three_terms_with_the_paper_weights_and_trains_the_backbone
 )
 def test_settings_are_validated(settings: dict[str, object], message: str) -> None:
     with pytest.raises(SettingError, match=message.replace(".", r"\.")):
-        make_task(**settings)
+        task_instance(VICRegTask, **settings)
 
 
 def test_conformance_kit() -> None:
     check_pretext_task(VICRegTask)
-
-
-# --- the real command line ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_sslx_show_draws_the_two_views(tmp_path: Path) -> None:
-    assert_show_draws("vicreg", tmp_path)  # the original and its two views, three rows
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("option", "message"),
-    [
-        (("--set", "vicreg.variance_weight=-1"), "vicreg.variance_weight must be >= 0"),
-        (("--set", "vicreg.projector_dim=0"), "vicreg.projector_dim"),
-        (("--set", "vicreg.gamma=0"), "vicreg.gamma must be > 0"),
-        (("--loss", "vicreg=mse"), "task 'vicreg' computes its own loss"),
-    ],
-)
-def test_bad_settings_exit_2_naming_the_task_before_training(
-    tmp_path: Path, option: tuple[str, str], message: str
-) -> None:
-    assert_refused_before_training("vicreg", tmp_path, *option, message=message)
-
-
-@pytest.mark.slow
-def test_vicreg_mixed_with_rotation_trains_from_the_command_line(tmp_path: Path) -> None:
-    tensors, metrics = mixed_run("vicreg", tmp_path)
-    assert any(key.startswith("task/vicreg/head.") for key in tensors)
-    assert any(key.startswith("task/rotation/") for key in tensors)
-    assert all(f"vicreg/{term}" in metrics for term in ("invariance", "variance", "covariance"))
-    assert "rotation/rotation" in metrics
