@@ -28,6 +28,7 @@ from ssl_engine.adversarial import (
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.backbones.tokens import TokenBackbone, patchify, unpatchify
 from ssl_engine.color.ab_bins import ABBins, ab_bins, annealed_mean
+from ssl_engine.color.decoding import ColourDecoding
 from ssl_engine.color.drawing import colour_grid, with_colour
 from ssl_engine.color.lab import (
     L_OFFSET,
@@ -40,7 +41,13 @@ from ssl_engine.color.lab import (
     scale_ab,
     scale_lightness,
 )
-from ssl_engine.color.output_grid import REGRESSION_GAIN, decoder_scale, output_size, to_output_grid
+from ssl_engine.color.output_grid import (
+    REGRESSION_GAIN,
+    decoder_scale,
+    output_size,
+    output_stride_setting,
+    to_output_grid,
+)
 from ssl_engine.distributed import all_gather_with_grad, gather_from_all_ranks, is_distributed
 from ssl_engine.drawing import (
     PictureCell,
@@ -76,8 +83,12 @@ from ssl_engine.images import MEAN, STD, denormalize, normalize, standardize_eac
 from ssl_engine.loggers.base import MetricsLogger, RunOutcome
 from ssl_engine.metrics.psnr import masked_psnr, psnr
 from ssl_engine.momentum import copy_weights, cosine_momentum, ema_update, freeze
+from ssl_engine.momentum_teacher import SHARED_BACKBONE, MomentumTeacherTask
+from ssl_engine.own_loss import own_loss_choice
 from ssl_engine.randomness import BatchRandom
+from ssl_engine.reconstruction import ReconstructionTask
 from ssl_engine.settings import SettingError, TaskSetting
+from ssl_engine.shared_settings import momentum_setting, projector_dim_setting, temperature_setting
 from ssl_engine.task import (
     HeadFactory,
     ImageSizeError,
@@ -91,6 +102,7 @@ from ssl_engine.task import (
     TaskOutput,
     accuracy,
 )
+from ssl_engine.two_view import TwoViewTask, per_view_embeddings, view_matching
 from ssl_engine.views.blur import gaussian_blur, kernel_size_for
 from ssl_engine.views.color import color_jitter, random_grayscale, solarize
 from ssl_engine.views.crop import draw_boxes, resized_crop
@@ -134,6 +146,13 @@ __all__ = [
     "ImageSizeError",
     "TaskDeclarationError",
     "accuracy",
+    "own_loss_choice",
+    "TwoViewTask",
+    "MomentumTeacherTask",
+    "SHARED_BACKBONE",
+    "momentum_setting",
+    "temperature_setting",
+    "projector_dim_setting",
     # randomness
     "BatchRandom",
     # images
@@ -163,6 +182,7 @@ __all__ = [
     "discriminator_loss",
     "psnr",
     "masked_psnr",
+    "ReconstructionTask",
     "all_gather_with_grad",
     "gather_from_all_ranks",
     "is_distributed",
@@ -170,6 +190,8 @@ __all__ = [
     "copy_weights",
     "ema_update",
     "cosine_momentum",
+    "per_view_embeddings",
+    "view_matching",
     # view augmentations (SimCLR, BYOL, DINO multi-crop), batched on the device
     "ViewAugmentation",
     "view_settings",
@@ -198,6 +220,8 @@ __all__ = [
     "decoder_scale",
     "output_size",
     "to_output_grid",
+    "output_stride_setting",
+    "ColourDecoding",
     "with_colour",
     "colour_grid",
 ]

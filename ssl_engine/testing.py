@@ -39,6 +39,19 @@ Helpers for the behaviour tests that every plugin writes:
   ``run_cli("pretrain", ...).exit_code == 2``).
 - :func:`spawn_ranks` ``(rank_result, tmp_path)``: ``rank_result(rank)`` in two processes joined in a gloo process
   group (the CPU), each one's result back in the test, for comparing a distributed computation with one process.
+- :func:`check_adversarial_branch` ``(InpaintingTask, images, tmp_path)``: a task's ``adversarial`` setting adds the
+  core's discriminator, its terms and its optimizer, and nothing without it; :func:`assert_adversarial_run_resumes`
+  ``(tmp_path, "inpainting", sslx_inpainting.plugin)``: the same branch through the command line, checkpointed and
+  resumed.
+- For the Lab colour tasks: :func:`lightness_twins` ``(images)``, two colourings of one lightness;
+  :func:`block_means` ``(values, 4)``, the plain reference of targets on a decoder's output grid;
+  :func:`assert_nearest_ab_bins` ``(classes, ab)``, classes checked against all the ab bins.
+- :class:`CommandLineTests`: the real command line on an installed task in fresh processes (``sslx show``, refused
+  settings, a run mixed with rotation), inherited by a plugin's ``class TestCommandLine(CommandLineTests)``.
+- For two-view tasks (:class:`~ssl_engine.api.TwoViewTask`): :func:`assert_two_view_batch` ``(task, images)``, its
+  views and twin targets; :func:`rank_two_view_check` with :func:`assert_two_view_check_matches`, two processes
+  against one on the loss of gathered embeddings and on a whole step. For momentum teachers:
+  :func:`assert_teachers_follow` ``(trainer, pairs, momentum)``, the EMA after every step.
 - :func:`cli_plugins` (``("flip", sslx_flip.plugin)``): a block in which the command line sees these plugin objects
   and the kit's own pieces (:data:`REFERENCE_TASK`, :data:`KIT_DATA`, :data:`KIT_BACKBONE`) instead of the installed
   plugins: the real command line on a task that is not installed, or the core's tests on the reference task.
@@ -113,6 +126,8 @@ rule                        what it asks of a task
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import random as python_random
 import socket
@@ -125,7 +140,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypedDict, TypeVar, Unpack
 
 import numpy as np
 import torch
@@ -138,6 +153,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ssl_engine import plugins as plugin_host
+from ssl_engine.adversarial import discriminator_loss, generator_loss
 from ssl_engine.backbones.base import Backbone
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.checkpoint import (
@@ -148,8 +164,11 @@ from ssl_engine.checkpoint import (
     read_checkpoint,
 )
 from ssl_engine.cli import main as sslx_main
+from ssl_engine.color.ab_bins import ab_bins
+from ssl_engine.color.lab import lab_to_rgb, rgb_to_lab
 from ssl_engine.config import PretrainConfig, TaskSpec
 from ssl_engine.data.shapes import ShapesDataset
+from ssl_engine.distributed import gather_from_all_ranks
 from ssl_engine.hookspecs import hookimpl
 from ssl_engine.images import normalize, to_float
 from ssl_engine.plugins import PluginHost
@@ -157,7 +176,7 @@ from ssl_engine.randomness import BatchRandom
 from ssl_engine.registry import Registry
 from ssl_engine.run import build_run
 from ssl_engine.run_directory import saved_config, write_config
-from ssl_engine.settings import resolve_settings
+from ssl_engine.settings import SettingError, resolve_settings
 from ssl_engine.task import ImageSizeError, PretextBatch, PretextTask, TaskOutput, accuracy
 from ssl_engine.train.loop import Trainer
 from ssl_engine.train.model import PretrainModel, RunSetupError, TaskRuntime, build_model
@@ -167,14 +186,19 @@ __all__ = [
     "CHECKS",
     "KIT_BACKBONE",
     "KIT_DATA",
+    "KitOptions",
     "REFERENCE_PLUGIN",
     "REFERENCE_TASK",
     "RULES",
     "ConformanceError",
     "ReferenceTask",
     "TaskUnderTest",
+    "assert_adversarial_run_resumes",
+    "assert_nearest_ab_bins",
     "assert_resumes_exactly",
     "block_images",
+    "block_means",
+    "check_adversarial_branch",
     "check_aux",
     "check_checkpoint",
     "check_declaration",
@@ -195,10 +219,16 @@ __all__ = [
     "run_checkpoint",
     "run_cli",
     "TaskStep",
+    "CommandLineTests",
+    "Refusal",
+    "assert_two_view_batch",
+    "assert_two_view_check_matches",
+    "rank_two_view_check",
     "assert_rank_losses_match",
     "assert_refused_before_training",
     "assert_show_draws",
     "assert_steps_match",
+    "assert_teachers_follow",
     "assert_tensors_close",
     "random_images",
     "mixed_run",
@@ -208,6 +238,7 @@ __all__ = [
     "spawn_ranks",
     "sslx_process",
     "stop_after",
+    "lightness_twins",
     "task_instance",
     "trained_state",
     "twin_embeddings",
@@ -418,6 +449,18 @@ class TaskUnderTest:
         """Raise the :class:`ConformanceError` of ``rule``."""
         raise ConformanceError(rule, self.name, detail)
 
+    def require_same(self, rule: str, difference: str | None, found: str, advice: str) -> None:
+        """Raise the :class:`ConformanceError` of ``rule`` when two results that must agree differ.
+
+        Args:
+            rule: the rule they keep when they agree.
+            difference: where they differ (:func:`_difference`, :func:`_batch_difference`, ...); ``None`` if nowhere.
+            found: what the task did, e.g. ``"made different pseudo-labels from the same seed, step and stream"``.
+            advice: how a task keeps the rule, shown after the difference.
+        """
+        if difference is not None:
+            self.fail(rule, f"{found} ({difference}); {advice}")
+
     @cached_property
     def registry(self) -> Registry:
         """The core's pieces, the task's plugin and the kit's reference task."""
@@ -516,6 +559,20 @@ class TaskUnderTest:
     def on_device(self, what: str, tensor: torch.Tensor) -> None:
         if tensor.device != self.device:
             self.fail("device", f"made {what} on {tensor.device}, but the images are on {self.device}")
+
+
+class KitOptions(TypedDict, total=False):
+    """How the kit sets a task up: the keyword arguments of :func:`prepare`, which
+    :func:`check_pretext_task` passes on (each described, with its default, in :func:`prepare`)."""
+
+    image_size: int | None
+    batch: int
+    settings: Mapping[str, Any] | None
+    head: str | None
+    loss: str | None
+    plugin: object | None
+    device: torch.device | str
+    backbone: str | None
 
 
 def prepare(
@@ -798,13 +855,12 @@ def check_determinism(task: Subject) -> None:
         first = subject.pseudo_labels(runtime.task, images, first_random)
         _scramble_global_rngs(2)
         again = subject.pseudo_labels(runtime.task, images, subject.random())
-        difference = _batch_difference(first, again)
-        if difference is not None:
-            subject.fail(
-                "deterministic",
-                f"made different pseudo-labels from the same seed, step and stream ({difference}); draw every "
-                f"random number from the BatchRandom given (not torch.rand, random or numpy)",
-            )
+        subject.require_same(
+            "deterministic",
+            _batch_difference(first, again),
+            "made different pseudo-labels from the same seed, step and stream",
+            "draw every random number from the BatchRandom given (not torch.rand, random or numpy)",
+        )
         if first_random.drawn[0]:
             for step in range(STEP + 1, STEP + 1 + OTHER_STEPS):
                 other = subject.pseudo_labels(runtime.task, images, subject.random(step))
@@ -831,14 +887,14 @@ def check_determinism(task: Subject) -> None:
             subject.fail("global-batch", f"made {what} for two halves of the batch that don't concatenate: {error}")
         # Scaled: a GPU picks kernels by tensor size, so a value computed through intermediates of the tensor's
         # size (colour conversions) can differ by their rounding between the halves and the whole.
-        difference = _difference(whole, joined, exact=not whole.is_floating_point(), scaled=True)
-        if difference is not None:
-            subject.fail(
-                "global-batch",
-                f"made {what} for two halves of the batch (BatchRandom with global_batch={subject.batch} and "
-                f"offsets 0, {half}) that differ from the whole batch's ({difference}); draw per sample from "
-                f"the BatchRandom (its rows are the global batch's) and don't mix samples in pseudo_labels",
-            )
+        subject.require_same(
+            "global-batch",
+            _difference(whole, joined, exact=not whole.is_floating_point(), scaled=True),
+            f"made {what} for two halves of the batch (BatchRandom with global_batch={subject.batch} and offsets 0, "
+            f"{half}) that differ from the whole batch's",
+            "draw per sample from the BatchRandom (its rows are the global batch's) and don't mix samples in "
+            "pseudo_labels",
+        )
 
 
 # --- forward -------------------------------------------------------------------------------------------------------
@@ -1085,13 +1141,13 @@ def check_checkpoint(task: Subject) -> None:
                 )
         batch = subject.pseudo_labels(saved_runtime.task, subject.images, subject.random())
         fresh_batch = subject.pseudo_labels(fresh_runtime.task, subject.images, subject.random())
-        difference = _batch_difference(batch, fresh_batch)
-        if difference is not None:
-            subject.fail(
-                "checkpoint-roundtrip",
-                f"makes other pseudo-labels once rebuilt ({difference}): it keeps state outside its modules "
-                f"(not saved) or sets it up from the global RNG; keep state in module buffers",
-            )
+        subject.require_same(
+            "checkpoint-roundtrip",
+            _batch_difference(batch, fresh_batch),
+            "makes other pseudo-labels once rebuilt",
+            "it keeps state outside its modules (not saved) or sets it up from the global RNG: keep state in module "
+            "buffers",
+        )
         outputs = [subject.forward(saved, saved_runtime, batch), subject.forward(fresh, fresh_runtime, fresh_batch)]
         features = [_features(subject, saved), _features(subject, fresh)]
     comparisons = [
@@ -1104,13 +1160,12 @@ def check_checkpoint(task: Subject) -> None:
             continue
         if before is None or after is None:
             subject.fail("checkpoint-roundtrip", f"gives {what} only before or only after the round trip")
-        difference = _difference(before.detach(), after.detach(), exact=False)
-        if difference is not None:
-            subject.fail(
-                "checkpoint-roundtrip",
-                f"gives other {what} after a checkpoint round trip ({difference}); everything the task learns or "
-                f"updates must live in its modules (parameters or buffers)",
-            )
+        subject.require_same(
+            "checkpoint-roundtrip",
+            _difference(before.detach(), after.detach(), exact=False),
+            f"gives other {what} after a checkpoint round trip",
+            "everything the task learns or updates must live in its modules (parameters or buffers)",
+        )
 
 
 # --- mix -----------------------------------------------------------------------------------------------------------
@@ -1172,15 +1227,12 @@ def check_mix(task: Subject) -> None:
     if any(parameter.grad is None for parameter in mixed.backbone.parameters()):
         subject.fail("mix", "leaves backbone parameters without gradient in a mix")
     for term, value in expected.losses.items():
-        difference = _difference(
-            value.detach(), output.losses.get(term, torch.tensor(float("nan"))).detach(), exact=False
+        subject.require_same(
+            "mix-isolated",
+            _difference(value.detach(), output.losses.get(term, torch.tensor(float("nan"))).detach(), exact=False),
+            f"computes loss term {term!r} differently beside another task than alone",
+            "it must not depend on the other tasks of the run",
         )
-        if difference is not None:
-            subject.fail(
-                "mix-isolated",
-                f"computes loss term {term!r} differently beside another task than alone ({difference}); it "
-                f"must not depend on the other tasks of the run",
-            )
 
 
 # --- step-aware ----------------------------------------------------------------------------------------------------
@@ -1257,20 +1309,23 @@ def check_step_aware(task: Subject) -> None:
             _scramble_global_rngs(12)
             second = subject.trainer(root / "second", steps=STEP_AWARE_STEPS, log_every=1, probe=False)
             second.train()
-            difference = _state_difference(_final_state(first), _final_state(second))
-            if difference is not None:
-                subject.fail("after-step-deterministic", f"ends two identical runs in different states "
-                             f"({difference}); after_step and setup may use only the run's tensors")  # fmt: skip
+            subject.require_same(
+                "after-step-deterministic",
+                _state_difference(_final_state(first), _final_state(second)),
+                "ends two identical runs in different states",
+                "after_step and setup may use only the run's tensors",
+            )
             stopped = subject.trainer(root / "resumed", steps=STEP_AWARE_STEPS, checkpoint_every=1, probe=False)
             _stop_after(stopped, STEP_AWARE_STEPS // 2)
             _scramble_global_rngs(13)
             resumed = Trainer(build_run(stopped.config, subject.registry, root / "resumed", resume=True))
             resumed.train()
-            difference = _state_difference(_final_state(first), _final_state(resumed))
-            if difference is not None:
-                subject.fail("state-restored", f"ends a stopped-and-resumed run in another state than an "
-                             f"uninterrupted one ({difference}); keep every state in module parameters or "
-                             "registered buffers")  # fmt: skip
+            subject.require_same(
+                "state-restored",
+                _state_difference(_final_state(first), _final_state(resumed)),
+                "ends a stopped-and-resumed run in another state than an uninterrupted one",
+                "keep every state in module parameters or registered buffers",
+            )
 
 
 CHECKS: dict[str, Callable[[Subject], None]] = {
@@ -1287,45 +1342,18 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
 }
 
 
-def check_pretext_task(
-    task_class: type[PretextTask],
-    *,
-    image_size: int | None = None,
-    batch: int = 4,
-    settings: Mapping[str, Any] | None = None,
-    head: str | None = None,
-    loss: str | None = None,
-    plugin: object | None = None,
-    device: torch.device | str = "cpu",
-    backbone: str | None = None,
-) -> None:
+def check_pretext_task(task_class: type[PretextTask], **options: Unpack[KitOptions]) -> None:
     """Check the whole contract of :mod:`ssl_engine.task` on a task class; raise at the first broken rule.
 
     Args:
         task_class: the :class:`PretextTask` subclass, installed or not.
-        image_size: image side; default ``max(min_image_size, 32)``.
-        batch: images per batch (at least 2).
-        settings: task settings, validated as ``--set`` values are.
-        head: a registered head to give the task.
-        loss: a registered loss to give the task.
-        plugin: the plugin object registering the task, when it also registers heads or losses the task uses.
-        device: where to run.
-        backbone: a registered backbone to run the task on (default ``smallconv``).
+        **options: how to set it up (:class:`KitOptions`: ``image_size``, ``batch``, ``settings``, ``head``,
+            ``loss``, ``plugin``, ``device``, ``backbone``), as :func:`prepare` takes them.
 
     Raises:
         ConformanceError: naming the first rule broken (see the module's table of rules).
     """
-    subject = prepare(
-        task_class,
-        image_size=image_size,
-        batch=batch,
-        settings=settings,
-        head=head,
-        loss=loss,
-        plugin=plugin,
-        device=device,
-        backbone=backbone,
-    )
+    subject = prepare(task_class, **options)
     for check in CHECKS.values():
         check(subject)
 
@@ -1713,6 +1741,126 @@ def assert_steps_match(
         torch.testing.assert_close(mean, whole["terms"][name])
 
 
+# A two-view task's check on two processes: their images, embeddings and step (any step but 0 draws other views).
+TWO_VIEW_PER_RANK, TWO_VIEW_DIM, TWO_VIEW_SEED, TWO_VIEW_STEP = 4, 6, 3, 11
+
+
+def assert_two_view_batch(task: PretextTask, images: torch.Tensor) -> PretextBatch:
+    """``task``'s pseudo-labels of ``images`` ``(B, 3, S, S)`` are a two-view task's
+    (:class:`~ssl_engine.api.TwoViewTask`): inputs ``(B * 2, 3, S, S)`` in 2 views, each view's target its twin's
+    row (``1, 0, 3, 2, ...``); and a second process holding the batch's second half makes the same views and
+    targets as the whole batch's second half.
+
+    Returns:
+        The whole batch's pseudo-labels (:func:`pretext_batch`), for checks of the task's own.
+    """
+    count, half = len(images), len(images) // 2
+    batch = pretext_batch(task, images)
+    assert batch.inputs.shape == (2 * count, *images.shape[1:]) and batch.views == 2
+    assert batch.targets.tolist() == (torch.arange(2 * count) ^ 1).tolist()
+    random = BatchRandom(0, 0, task.name, count - half, global_batch=count, offset=half, device=images.device)
+    second_half = task.pseudo_labels(images[half:], random)
+    assert torch.equal(second_half.targets, batch.targets[2 * half :])
+    torch.testing.assert_close(second_half.inputs, batch.inputs[2 * half :])
+    return batch
+
+
+def _weighted_sum(terms: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    return sum((weight * term for weight, term in zip(weights, terms, strict=True)), torch.tensor(0.0))
+
+
+def rank_two_view_check(
+    task: PretextTask,
+    loss: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]],
+    weights: Sequence[float],
+    rank: int,
+    world: int,
+) -> dict[str, Any]:
+    """On process ``rank`` of :func:`spawn_ranks`: both halves of the check that a two-view task whose loss sees the
+    global batch (Barlow Twins, VICReg) trains on ``world`` processes as one process does on the whole batch.
+
+    * the loss on fixed embeddings: ``loss`` of the global batch's :func:`twin_embeddings` (``W * 4`` rows of 6),
+      this rank holding its rows and gathering every rank's (:func:`~ssl_engine.distributed.gather_from_all_ranks`);
+      its first ``len(weights)`` terms weighted by ``weights`` and back-propagated;
+    * a whole training step of ``task`` on its share of :func:`random_images` ``(W * 4)`` (:func:`rank_sgd_step`).
+
+    Returns:
+        :func:`rank_sgd_step`'s ``batch`` and ``step``, with ``terms``, the loss's terms, and ``grads``, their
+        weighted sum's gradients on this rank's rows of both views: :func:`assert_two_view_check_matches` compares
+        them with one process.
+    """
+    rows = rank_rows(rank, TWO_VIEW_PER_RANK)
+    z_a, z_b = (z[rows].clone().requires_grad_() for z in twin_embeddings(world * TWO_VIEW_PER_RANK, TWO_VIEW_DIM))
+    terms = loss(gather_from_all_ranks(z_a), gather_from_all_ranks(z_b))[: len(weights)]
+    _weighted_sum(terms, weights).backward()
+    images = random_images(world * TWO_VIEW_PER_RANK)
+    step = rank_sgd_step(task, images, rank, world, seed=TWO_VIEW_SEED, step=TWO_VIEW_STEP)
+    return step | {"terms": [term.detach() for term in terms], "grads": (z_a.grad, z_b.grad)}
+
+
+def assert_two_view_check_matches(
+    ranks: list[dict[str, Any]],
+    task: PretextTask,
+    loss: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]],
+    weights: Sequence[float],
+    *,
+    terms: tuple[str, ...],
+    grad_atol: float = 1e-5,
+) -> Sequence[torch.Tensor]:
+    """The ranks' :func:`rank_two_view_check` are what one process computes on the whole batch: the loss's terms and
+    each rank's gradients on its rows (:func:`assert_rank_losses_match`), and the training step with its named
+    ``terms``, its gradients to ``grad_atol`` and the ranks' mean ``accuracy`` (the monitor of each rank's views among
+    the global batch's; :func:`assert_steps_match`).
+
+    Returns:
+        The one-process loss terms on the fixed embeddings (for checks of their own, e.g. that a hinge is active).
+    """
+    world = len(ranks)
+    z_a, z_b = (z.requires_grad_() for z in twin_embeddings(world * TWO_VIEW_PER_RANK, TWO_VIEW_DIM))
+    expected = loss(z_a, z_b)[: len(weights)]
+    assert_rank_losses_match(ranks, expected, torch.autograd.grad(_weighted_sum(expected, weights), (z_a, z_b)))
+    images = random_images(world * TWO_VIEW_PER_RANK)
+    assert_steps_match(
+        ranks,
+        task,
+        images,
+        seed=TWO_VIEW_SEED,
+        step=TWO_VIEW_STEP,
+        terms=terms,
+        averaged=("accuracy",),
+        grad_atol=grad_atol,
+    )
+    return expected
+
+
+def assert_teachers_follow(
+    trainer: Trainer, pairs: Sequence[tuple[nn.Module, nn.Module]], momentum: Callable[[int, int], float]
+) -> list[float]:
+    """Train ``trainer``'s whole run (:meth:`TaskUnderTest.trainer`) one step at a time, checking after each that
+    every parameter of each teacher of ``pairs`` ``(teacher, online)`` moved to ``m * before + (1 - m) * online``
+    (1e-6), the EMA towards the online module just updated (He et al. 2020, Eq. 2; Grill et al. 2020, Sec. 3.1).
+
+    Args:
+        momentum: ``m`` of the step just taken, ``momentum(step, steps)`` (``steps``: the run's budget).
+
+    Returns:
+        Each step's ``m``.
+    """
+    steps, momenta = trainer.run.total_steps, []
+    for images, _ in trainer.stream.batches(0):
+        if trainer.step == steps:
+            break
+        step = trainer.step
+        before = [[p.detach().clone() for p in teacher.parameters()] for teacher, _ in pairs]
+        trainer.device_step(images)
+        m = momentum(step, steps)
+        momenta.append(m)
+        for (teacher, online), old in zip(pairs, before, strict=True):
+            for t, o, previous in zip(teacher.parameters(), online.parameters(), old, strict=True):
+                torch.testing.assert_close(t, m * previous + (1 - m) * o.detach(), rtol=0, atol=1e-6)
+    return momenta
+
+
 def trained_state(
     task_class: type[PretextTask],
     out: Path,
@@ -1802,3 +1950,255 @@ def mixed_run(task: str, folder: Path, *, other: str = "rotation=0.5") -> tuple[
                           "--log-every", "1", "--no-probe", "--out", run, cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return run_checkpoint(run).tensors, (run / "metrics.jsonl").read_text()
+
+
+Refusal = tuple[tuple[str, ...], Mapping[str, Any] | None]
+"""The ``sslx pretrain`` options of a :class:`CommandLineTests` refusal, and the task settings they carry (``None``:
+a ``--loss`` for a task that computes its own)."""
+
+
+class CommandLineTests:
+    """The real command line on a plugin's installed task, each command in a fresh process (:func:`sslx_process`):
+    tests a plugin's test module inherits, as pandas' extension arrays inherit its base tests. A module of their own
+    (every command starts a process: the module is slow) declares a subclass whose name starts with ``Test``, which
+    pytest collects, naming the task class and the settings ``sslx pretrain`` must refuse::
+
+        pytestmark = pytest.mark.slow
+
+        class TestCommandLine(CommandLineTests):
+            task_class = FlipTask
+            refused = ({"k": 0}, {"k": 9, "other": 1})
+
+    Its tests:
+
+    - ``test_show_draws``: ``sslx show --task NAME`` draws each image and its views (:func:`assert_show_draws`);
+    - ``test_refused_before_training``, one per refusal: ``sslx pretrain --task NAME --set NAME.KEY=VALUE ...`` with
+      each settings of :attr:`refused` exits 2 before making the run directory, saying what the task raises in
+      process (:func:`task_instance`); for a task that computes its own loss (:func:`~ssl_engine.api.own_loss_choice`)
+      so does ``--loss NAME=mse``, saying the task computes its own loss;
+    - ``test_trains_mixed_with_rotation``: ``--task NAME --task rotation=0.5`` trains two steps (:func:`mixed_run`);
+      its last checkpoint holds every tensor of the task's modules under ``task/NAME/`` and rotation's under
+      ``task/rotation/``, its ``metrics.jsonl`` every loss term of both (``NAME/TERM``); :meth:`check_mixed_run` is
+      for what else a task's run must hold.
+
+    Attributes:
+        task_class: the task, installed under its ``name``.
+        refused: settings (each a mapping of setting names to values) the task refuses.
+    """
+
+    task_class: type[PretextTask]
+    refused: tuple[Mapping[str, Any], ...] = ()
+
+    def pytest_generate_tests(self, metafunc: Any) -> None:
+        """pytest's hook: ``test_refused_before_training`` once per :meth:`refusals`, named by its options."""
+        if "refusal" in metafunc.fixturenames:
+            refusals = self.refusals()
+            metafunc.parametrize("refusal", refusals, ids=[" ".join(options) for options, _ in refusals])
+
+    def refusals(self) -> list[Refusal]:
+        """A ``--set`` per setting of each of :attr:`refused`; then ``--loss NAME=mse`` for a task that computes its
+        own loss."""
+        name = self.task_class.name
+        refusals: list[Refusal] = []
+        for settings in self.refused:
+            options = tuple(word for key, value in settings.items() for word in ("--set", f"{name}.{key}={value}"))
+            refusals.append((options, settings))
+        if self.task_class.loss_choice(resolve_settings(name, self.task_class.settings, {}))[0] is None:
+            refusals.append((("--loss", f"{name}=mse"), None))
+        return refusals
+
+    def test_show_draws(self, tmp_path: Path) -> None:
+        assert_show_draws(self.task_class.name, tmp_path)  # the original and its views, three rows
+
+    def test_refused_before_training(self, tmp_path: Path, refusal: Refusal) -> None:
+        options, settings = refusal
+        name = self.task_class.name
+        message = f"task {name!r} computes its own loss"
+        if settings is not None:
+            try:
+                task_instance(self.task_class, **settings)
+            except SettingError as error:
+                message = str(error)
+            else:
+                raise AssertionError(f"task {name!r} takes the settings {dict(settings)} it is to refuse")
+        assert_refused_before_training(name, tmp_path, *options, message=message)
+
+    def test_trains_mixed_with_rotation(self, tmp_path: Path) -> None:
+        tensors, metrics = mixed_run(self.task_class.name, tmp_path)
+        subject = prepare(self.task_class)  # the task alone, built as the run builds it: its modules and loss terms
+        model, runtime = subject.build()
+        output = subject.forward(model, runtime, subject.pseudo_labels(runtime.task, subject.images, subject.random()))
+        missing = [key for key in runtime.modules.state_dict() if f"task/{subject.name}/{key}" not in tensors]
+        assert not missing, f"the checkpoint has no task/{subject.name}/ tensors {missing}"
+        assert all(f"{subject.name}/{term}" in metrics for term in output.losses), sorted(output.losses)
+        assert any(key.startswith("task/rotation/") for key in tensors) and "rotation/rotation" in metrics
+        self.check_mixed_run(tensors, metrics)
+
+    def check_mixed_run(self, tensors: dict[str, torch.Tensor], metrics: str) -> None:
+        """What else the mixed run's last checkpoint (``tensors``) and ``metrics.jsonl`` text must hold; nothing by
+        default."""
+
+
+# --- helpers for tasks with the core's adversarial branch (inpainting, super-resolution) -----------------------------
+def check_adversarial_branch(
+    task_class: type[PretextTask], images: torch.Tensor, out: Path, *, plugin: object | None = None
+) -> None:
+    """A task's adversarial branch (:mod:`ssl_engine.adversarial`), switched by its bool setting ``adversarial``.
+
+    Checked on ``images`` ``(B, 3, S, S)`` in [0, 1], then in one training step of the engine's trainer on the kit's
+    data (writing to ``out / "off"`` and ``out / "on"``):
+
+    - off, the default: no aux modules, no ``adversarial`` loss term, no aux losses; in a step no aux optimizer, no
+      ``NAME/adversarial`` or ``NAME/discriminator`` logged; its checkpoint holds every module of the task under
+      ``task/NAME/`` and nothing under ``aux/`` or ``optim/aux/``;
+    - on: the ``adversarial`` term is ``-log D(prediction)`` (:func:`~ssl_engine.adversarial.generator_loss`) and
+      reaches the task's modules; the aux term is ``-log D(original) - log(1 - D(prediction))``
+      (:func:`~ssl_engine.adversarial.discriminator_loss`) on detached predictions, so it trains the discriminator
+      alone;
+    - on, in a step: the task has an aux optimizer, every parameter of the discriminator moves, both terms are
+      logged (the adversarial one above 0), and the logged ``NAME/loss`` is the logged terms weighted by the task's
+      ``loss_weights``.
+
+    Args:
+        task_class: the :class:`PretextTask` subclass, installed or not.
+        images: the batch the terms are checked on.
+        out: a directory of the test's own (pytest's ``tmp_path``).
+        plugin: the plugin object that registers the task (see :func:`prepare`).
+
+    Raises:
+        AssertionError: naming what the branch does otherwise.
+    """
+    name = task_class.name
+    task = task_instance(task_class, images.shape[-1])
+    assert len(task.build_aux_modules()) == 0, "the discriminator is there without adversarial=true"
+    batch = pretext_batch(task, images)
+    output = task.forward(task.context.make_backbone(3), task.build_modules(), nn.ModuleDict(), batch)
+    assert "adversarial" not in output.losses and task.aux_losses(nn.ModuleDict(), batch, output) == {}
+    _check_adversarial_terms(task_instance(task_class, images.shape[-1], adversarial=True), images)
+
+    trainer = prepare(task_class, plugin=plugin).trainer(out / "off")
+    [runtime] = trainer.model.runtimes
+    assert len(runtime.aux) == 0 and trainer.aux_optimizers == {}
+    logged = trainer.train_step(next(iter(trainer.stream.batches(0)))[0])
+    assert f"{name}/adversarial" not in logged and f"{name}/discriminator" not in logged
+    keys = checkpoint_keys(trainer.save_checkpoint())
+    for module in runtime.modules:
+        assert any(key.startswith(f"task/{name}/{module}.") for key in keys), f"{module} is not checkpointed"
+    assert not any(key.startswith(("aux/", "optim/aux/")) for key in keys), "aux state is checkpointed"
+
+    trainer = prepare(task_class, settings={"adversarial": True}, plugin=plugin).trainer(out / "on")
+    [runtime] = trainer.model.runtimes
+    discriminator = runtime.aux["discriminator"]
+    assert name in trainer.aux_optimizers, "the discriminator has no optimizer"
+    before = {key: parameter.detach().clone() for key, parameter in discriminator.named_parameters()}
+    logged = trainer.train_step(next(iter(trainer.stream.batches(0)))[0])
+    moved = [not torch.equal(before[key], parameter) for key, parameter in discriminator.named_parameters()]
+    assert all(moved), "a step left parameters of the discriminator as they were"
+    assert {f"{name}/adversarial", f"{name}/discriminator"} <= set(logged) and logged[f"{name}/adversarial"] > 0
+    weights = runtime.task.loss_weights
+    terms = [term for term in weights if f"{name}/{term}" in logged]
+    expected = sum(weights[term] * logged[f"{name}/{term}"] for term in terms)
+    assert math.isclose(logged[f"{name}/loss"], expected, rel_tol=1e-5), (logged, weights)
+
+
+def _check_adversarial_terms(task: PretextTask, images: torch.Tensor) -> None:
+    """The ``adversarial`` term and the discriminator's aux term of a task built with ``adversarial=true``."""
+    backbone, modules, aux = task.context.make_backbone(3), task.build_modules(), task.build_aux_modules()
+    aux.eval()  # spectral norm's power iteration stays put, so re-evaluating the discriminator gives the same logits
+    batch = pretext_batch(task, images)
+    output = task.forward(backbone, modules, aux, batch)
+    assert output.predictions is not None
+    discriminator = aux["discriminator"]
+    fake_logits = discriminator(output.predictions)
+    torch.testing.assert_close(output.losses["adversarial"], -nn.functional.logsigmoid(fake_logits).mean())
+    torch.testing.assert_close(generator_loss(fake_logits), output.losses["adversarial"])
+    output.losses["adversarial"].backward()
+    assert any(float(p.grad.abs().sum()) > 0 for p in modules.parameters() if p.grad is not None)
+    for parameter in [*modules.parameters(), *backbone.parameters(), *aux.parameters()]:
+        parameter.grad = None
+    [term] = task.aux_losses(aux, batch, output).values()
+    real_logits = discriminator(batch.targets)
+    fake = -nn.functional.logsigmoid(-discriminator(output.predictions)).mean()
+    expected = -nn.functional.logsigmoid(real_logits).mean() + fake
+    torch.testing.assert_close(term, expected)
+    torch.testing.assert_close(discriminator_loss(real_logits, fake_logits), expected)
+    term.backward()
+    assert all(p.grad is None for p in [*modules.parameters(), *backbone.parameters()]), "the fakes were not detached"
+    assert all(p.grad is not None for p in aux.parameters()), "the aux term does not train the discriminator"
+
+
+def assert_adversarial_run_resumes(folder: Path, task: str, plugin: object) -> Path:
+    """``sslx pretrain --task TASK --set TASK.adversarial=true`` in this process with ``plugin`` (:func:`cli_plugins`):
+    2 steps of 16 px images on the kit's data with a checkpoint after each, then ``--resume`` to a third step.
+
+    Checked: both checkpoints hold the task's modules, the discriminator (``aux/TASK/discriminator.``) and its
+    optimizer's state (``optim/aux/TASK/``); every step logs ``TASK/adversarial`` and ``TASK/discriminator``; the
+    discriminator moved between the two checkpoints (trained, not just carried); resuming restores everything
+    exactly (:func:`assert_resumes_exactly`), the discriminator's optimizer state included; the resumed run logs
+    and checkpoints step 3.
+
+    Returns:
+        The run directory.
+    """
+    common = ["--set", f"{task}.adversarial=true", "--data", KIT_DATA, "--log-every", 1, "--image-size", 16]
+    with cli_plugins((task, plugin)):
+        run = pretrain_cli(folder, task, *common, "--steps", 2, "--checkpoint-every", 1)
+        saved = run_checkpoint(run, 2)
+        for prefix in (f"task/{task}/", f"aux/{task}/discriminator.", f"optim/aux/{task}/"):
+            assert any(key.startswith(prefix) for key in saved.tensors), f"nothing under {prefix} is checkpointed"
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [line["step"] for line in lines] == [1, 2]
+        assert all({f"{task}/adversarial", f"{task}/discriminator"} <= set(line) for line in lines)
+        earlier = run_checkpoint(run, 1).module_state(f"aux/{task}")
+        later = saved.module_state(f"aux/{task}")
+        moved = any(not torch.equal(earlier[key], value) for key, value in later.items())
+        assert moved, "the discriminator is the same in both checkpoints: it is not trained"
+        resumed = assert_resumes_exactly(run)
+        assert resumed.aux_optimizers[task].state_dict()["state"], "the discriminator's optimizer has no state"
+        pretrain_cli(folder, task, *common, "--steps", 3, "--resume")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert run_checkpoint(run).step == 3
+    return run
+
+
+# --- helpers for the Lab colour tasks (colorization, split-brain) ----------------------------------------------------
+def lightness_twins(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two colourings of one CIE lightness, for tests of what a colour task's networks see.
+
+    Args:
+        images: ``(B, 3, H, W)`` in [0, 1].
+
+    Returns:
+        ``0.25 + 0.5 * images`` (kept off black and white, where colour fades out) and the images of the same
+        lightness with other colours: their ab halved, mirrored and shifted by 3 Lab units (inside the sRGB gamut for
+        :func:`block_images`); both ``(B, 3, H, W)``.
+    """
+    twin = 0.25 + 0.5 * images
+    lab = rgb_to_lab(twin)
+    lab[:, 1:] = -0.5 * lab[:, 1:] + 3.0
+    return twin, lab_to_rgb(lab, clip=False)
+
+
+def block_means(values: torch.Tensor, block: int) -> torch.Tensor:
+    """Plain loops: the mean of each ``block x block`` square, ``(B, C, S, S)`` -> ``(B, C, S/block, S/block)``; the
+    reference for targets area-averaged to a colour decoder's output grid (:func:`ssl_engine.api.to_output_grid`)."""
+    side = values.shape[-1] // block
+    out = torch.empty(*values.shape[:2], side, side)
+    for i in range(side):
+        for j in range(side):
+            out[:, :, i, j] = values[:, :, i * block : (i + 1) * block, j * block : (j + 1) * block].mean(dim=(2, 3))
+    return out
+
+
+def assert_nearest_ab_bins(classes: torch.Tensor, ab: torch.Tensor) -> None:
+    """Each pixel's class is its nearest in-gamut ab bin (:func:`ssl_engine.api.ab_bins`), by brute force over all
+    ``Q`` bins.
+
+    Args:
+        classes: ``(B, h, w)`` int64.
+        ab: ``(B, 2, h, w)`` in Lab units.
+    """
+    pixels = ab.permute(0, 2, 3, 1).reshape(-1, 2)  # (B*h*w, 2)
+    distances = (pixels[:, None] - ab_bins().centres[None]).square().sum(-1)  # (B*h*w, Q)
+    torch.testing.assert_close(distances.gather(1, classes.reshape(-1, 1))[:, 0], distances.min(1).values)
