@@ -13,19 +13,36 @@ Fashion-MNIST (``apt-get install -y dataset-fashion-mnist``) is evaluated on a s
 with the whole test split (10,000): this keeps the benchmark within the hour on two shared CPU cores. Pretraining
 reads the whole train split (its cost is the step budget). ``--fmnist-train-size 0`` evaluates on everything.
 
+``--pretrain-options`` passes more ``sslx pretrain`` options (quoted, split as a shell would), e.g. a backbone and
+its optimiser: MAE on a ViT as ``benchmarks/mae_quality.py`` pretrains it (issue 20). Those options name a tag (the
+backbone's name, if one is given, and a hash of the options) that ends every run directory, feature-cache key and
+result file of such a run, so runs with different options never share a cache entry; ``--eval-size SPLIT=N``
+(seeded subsets of any data set's splits) adds its own tag to the cache keys. Without either, names are as they
+always were, and results cached before these options existed are reused.
+
 Prints a Markdown table (mean of the seeds, each seed in brackets), the targets of issue 23 checked, and the wall
 times, for ``benchmarks/RESULTS.md``. Usage::
 
     python benchmarks/finetune_vs_linear.py --out benchmarks/results/finetune_vs_linear \\
         [--pretrain-steps 300] [--image-size 16] [--seeds 0,1] [--threads 1] [--finetune-set batch_size=64]
+
+MAE on a ViT-Tiny at 32 px (issue 20; AdamW as in ``benchmarks/mae_quality.py``), on subsets of the splits::
+
+    python benchmarks/finetune_vs_linear.py --out benchmarks/results/finetune_vs_linear --data shapes \\
+        --tasks mae --seeds 0,1 --image-size 32 --pretrain-steps 200 \\
+        --pretrain-options "--backbone timm:vit_tiny_patch16_224 --optimizer adamw --lr 0.001 --weight-decay 0.05" \\
+        [--eval-size train=2000 --eval-size val=500 --eval-size test=1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -48,6 +65,10 @@ from ssl_engine.train.model import build_model
 
 RANDOM_INIT = "random init"
 PROTOCOLS = ("linear", "finetune")
+SPLITS = ("train", "val", "test")
+# sslx pretrain options this script sets itself: --pretrain-options may not give them again
+SET_HERE = ("--task", "--data", "--steps", "--epochs", "--image-size", "--seed", "--batch-size", "--device", "--out",
+            "--resume", "--no-probe")  # fmt: skip
 
 
 class HeldImages(Dataset[tuple[torch.Tensor, int]]):
@@ -82,16 +103,38 @@ class HeldSource:
         return self.splits[split]
 
 
+def options_tag(options: list[str]) -> str:
+    """A short, stable name for extra pretraining options: ``""`` for none (the names runs had before the option),
+    else ``-`` then the backbone's name when one is given and the options' hash, e.g.
+    ``-vit_tiny_patch16_224-3f2a9c1e``."""
+    if not options:
+        return ""
+    digest = hashlib.sha256(shlex.join(options).encode()).hexdigest()[:8]
+    backbone = ""
+    for index, option in enumerate(options):
+        if option.startswith("--backbone="):
+            backbone = option.split("=", 1)[1]
+        elif option == "--backbone" and index + 1 < len(options):
+            backbone = options[index + 1]
+    name = re.sub(r"[^A-Za-z0-9_.]+", "_", re.split(r"[:/]", backbone)[-1]).strip("_.")
+    return f"-{name}-{digest}" if name else f"-{digest}"
+
+
+def eval_size_tag(eval_sizes: dict[str, int]) -> str:
+    """Names the ``--eval-size`` subsets in the cache keys: ``""`` for none, e.g. ``-train2000-val500``."""
+    return "".join(f"-{split}{eval_sizes[split]}" for split in SPLITS if split in eval_sizes)
+
+
 def pretrain(args: argparse.Namespace, data: str, task: str, seed: int) -> tuple[Path, float]:
     """The run of ``task`` on ``data`` with ``seed``, pretrained with the CLI unless done before; its wall time."""
-    run_dir = args.out / "runs" / f"{data}-{task}-seed{seed}"
+    run_dir = args.out / "runs" / f"{data}-{task}-seed{seed}{options_tag(args.pretrain_options)}"
     done = run_dir / "pretrain-wall-time.json"
     if done.exists():
         return run_dir, float(json.loads(done.read_text())["seconds"])
     options = {"--task": task, "--data": data, "--steps": args.pretrain_steps, "--image-size": args.image_size,
                "--seed": seed, "--batch-size": args.batch_size, "--device": args.device, "--out": run_dir}  # fmt: skip
     command = [sys.executable, "-m", "ssl_engine.cli", "pretrain", "--no-probe"]
-    command += [str(part) for pair in options.items() for part in pair]
+    command += [str(part) for pair in options.items() for part in pair] + args.pretrain_options
     if (run_dir / "config.toml").exists():
         command.append("--resume")
     print(f"pretraining: sslx {' '.join(command[3:])}", flush=True)
@@ -203,6 +246,19 @@ def main() -> None:
     parser.add_argument("--fmnist-train-size", type=int, default=10_000, help="0: the whole train split")
     parser.add_argument("--fmnist-val-size", type=int, default=2_000, help="0: the whole val split")
     parser.add_argument(
+        "--eval-size",
+        action="append",
+        default=[],
+        metavar="SPLIT=N",
+        help="evaluate on a seeded subset of N images of SPLIT (train, val, test) of every data set (0: all)",
+    )
+    parser.add_argument(
+        "--pretrain-options",
+        default="",
+        metavar="OPTIONS",
+        help='more sslx pretrain options, quoted (e.g. "--backbone timm:vit_tiny_patch16_224 --optimizer adamw")',
+    )
+    parser.add_argument(
         "--finetune-set",
         action="append",
         default=[],
@@ -216,6 +272,17 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.fractions = [float(f) for f in args.fractions.split(",")]
     args.finetune_set = [tuple(pair.split("=", 1)) for pair in args.finetune_set]
+    args.pretrain_options = shlex.split(args.pretrain_options)
+    taken = sorted({o.split("=", 1)[0] for o in args.pretrain_options if o.split("=", 1)[0] in SET_HERE})
+    if taken:
+        parser.error(f"--pretrain-options may not set {', '.join(taken)}: this script sets those (use its own options)")
+    eval_sizes = {}
+    for pair in args.eval_size:
+        split, _, count = pair.partition("=")
+        if split not in SPLITS or not count.isdigit():
+            parser.error(f"--eval-size {pair!r}: expected SPLIT=N with SPLIT one of {', '.join(SPLITS)}")
+        eval_sizes[split] = int(count)
+    tag = options_tag(args.pretrain_options) + eval_size_tag(eval_sizes)
     torch.set_num_threads(args.threads)
     registry = get_host().registry
     started, load_before = time.perf_counter(), os.getloadavg()
@@ -223,6 +290,7 @@ def main() -> None:
     pretrain_seconds: dict[str, list[float]] = {}
     for data in args.data:
         sizes = {"train": args.fmnist_train_size, "val": args.fmnist_val_size} if data == "fashion-mnist" else {}
+        sizes |= eval_sizes
         source = HeldSource(resolve_data(data, registry, DataOptions()), args.image_size, sizes)
         for seed in args.seeds:
             runs = {task: pretrain(args, data, task, seed) for task in args.tasks}
@@ -231,7 +299,9 @@ def main() -> None:
             for method in [*args.tasks, RANDOM_INIT]:
                 run_dir = runs[args.tasks[0] if method == RANDOM_INIT else method][0]
                 representation = representation_of(run_dir, method, registry, torch.device(args.device))
-                key = f"{data}-{method.replace(' ', '-')}-seed{seed}-{args.image_size}px-{args.pretrain_steps}steps"
+                key = (
+                    f"{data}-{method.replace(' ', '-')}-seed{seed}-{args.image_size}px-{args.pretrain_steps}steps{tag}"
+                )
                 for fraction in args.fractions:
                     for protocol in PROTOCOLS:
                         result = evaluate(args, source, representation, key, seed, fraction, protocol, registry)
@@ -243,8 +313,13 @@ def main() -> None:
         + ", ".join(f"{name} {statistics.mean(s):.0f}" for name, s in pretrain_seconds.items())
     )
     settings = " ".join(f"--finetune-set {k}={v}" for k, v in args.finetune_set)
+    settings += "".join(f" --eval-size {split}={count}" for split, count in eval_sizes.items())
+    if args.pretrain_options:
+        settings += f" --pretrain-options {shlex.quote(shlex.join(args.pretrain_options))}"
     print(
-        f"command: python benchmarks/finetune_vs_linear.py --out {args.out} --pretrain-steps {args.pretrain_steps} "
+        f"command: python benchmarks/finetune_vs_linear.py --out {args.out} --data {','.join(args.data)} "
+        f"--tasks {','.join(args.tasks)} --fractions {','.join(f'{f:g}' for f in args.fractions)} "
+        f"--pretrain-steps {args.pretrain_steps} --batch-size {args.batch_size} "
         f"--image-size {args.image_size} --seeds {','.join(map(str, args.seeds))} --threads {args.threads} "
         f"--fmnist-train-size {args.fmnist_train_size} --fmnist-val-size {args.fmnist_val_size} {settings}"
     )
