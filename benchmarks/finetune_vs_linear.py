@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, cast
 
@@ -125,10 +126,27 @@ def eval_size_tag(eval_sizes: dict[str, int]) -> str:
     return "".join(f"-{split}{eval_sizes[split]}" for split in SPLITS if split in eval_sizes)
 
 
+def check_reused_run(run_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse to reuse (or resume) a run directory pretrained at another image size, budget or batch size: the
+    run directory's name does not carry them, the evaluation keys do, so results would be filed under the wrong
+    settings."""
+    config_path = run_dir / "config.toml"
+    if not config_path.exists():
+        return
+    config = tomllib.loads(config_path.read_text())
+    wanted = {"image_size": args.image_size, "steps": args.pretrain_steps, "batch_size": args.batch_size}
+    found = {key: config.get(key) for key in wanted}
+    if found != wanted:
+        raise SystemExit(
+            f"{run_dir} was pretrained with {found}, not {wanted}: give another --out (or remove that run)"
+        )
+
+
 def pretrain(args: argparse.Namespace, data: str, task: str, seed: int) -> tuple[Path, float]:
     """The run of ``task`` on ``data`` with ``seed``, pretrained with the CLI unless done before; its wall time."""
     run_dir = args.out / "runs" / f"{data}-{task}-seed{seed}{options_tag(args.pretrain_options)}"
     done = run_dir / "pretrain-wall-time.json"
+    check_reused_run(run_dir, args)
     if done.exists():
         return run_dir, float(json.loads(done.read_text())["seconds"])
     options = {"--task": task, "--data": data, "--steps": args.pretrain_steps, "--image-size": args.image_size,
