@@ -3,9 +3,11 @@ data on disk."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +96,15 @@ def sslx() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> None:
+    """A tar file (a WebDataset shard) at ``path`` holding ``members``, name -> bytes, in the given order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def write_images(folder: Path, count: int, size: int = 20, seed: int = 0) -> list[Path]:

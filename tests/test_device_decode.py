@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from ssl_engine.data.options import DataError
 from ssl_engine.data.shapes import ShapesDataset
 from ssl_engine.data.shards import ShardImages, index_shards
 from ssl_engine.testing import KIT_DATA, REFERENCE_TASK, cli_plugins, pretrain_cli, run_cli
+from tests.conftest import write_tar
 
 CPU = torch.device("cpu")
 SIZE = 16
@@ -159,21 +159,13 @@ def test_batches_depend_only_on_seed_and_step(photos: tuple[FileBackedImages, se
     assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(whole, other, strict=True))
 
 
-def write_shard(path: Path, files: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_shards_read_by_offset_decode_on_the_device_too(tmp_path: Path) -> None:
     members = {}
     for number, (width, height) in enumerate(SIZES * 2):
         members[f"s{number:02d}.jpg"] = jpeg_bytes(width, height, seed=number)
         members[f"s{number:02d}.cls"] = str(number % 2).encode()
     members["s99.jpg"] = b""
-    write_shard(tmp_path / "train-000000.tar", members)
+    write_tar(tmp_path / "train-000000.tar", members)
     shard = str(tmp_path / "train-000000.tar")
     images = ShardImages(index_shards(shard), None, SIZE, shard)
     stream = check_against_worker_path(images, seed=1, steps=8, device=CPU, mean=DRAFTED_MEAN, most=DRAFTED_MAX)

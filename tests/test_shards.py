@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from ssl_engine.data.catalog import resolve_data
 from ssl_engine.data.options import DataError, DataOptions
 from ssl_engine.data.shards import ShardWarning, index_shards, looks_like_shards
 from ssl_engine.plugins import get_host
+from tests.conftest import write_tar
 
 pytest.importorskip("webdataset")
 REGISTRY = get_host().registry
@@ -95,14 +95,6 @@ def test_pretrain_and_evaluate_on_shards(invoke, shards: tuple[Path, str], tmp_p
                     "--steps", "3", "--workers", "0", "--out", run)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "pretrained rotation" in result.output  # the closing probe read the val and test shards
-
-
-def write_tar(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def png(value: int) -> bytes:
