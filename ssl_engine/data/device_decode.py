@@ -34,7 +34,6 @@ import io
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from typing import IO
 
 import numpy as np
@@ -44,7 +43,7 @@ from torch.utils.data import Dataset
 
 from ssl_engine.config import DECODE_PLACES
 from ssl_engine.data.batches import BatchStream, KeyedSteps
-from ssl_engine.data.crops import Box, crop_random, crop_to_tensor, random_resized_box
+from ssl_engine.data.crops import crop_random, crop_to_tensor, random_resized_box
 from ssl_engine.data.decode import DECODE_ERRORS, open_image
 from ssl_engine.data.device_resize import Crop, draft_scale, resize_crops
 from ssl_engine.data.file_backed import FileBackedImages, replacements
@@ -241,17 +240,7 @@ def continue_on_cpu(images: FileBackedImages, sample: Fetched, seed: int) -> tup
     """A JPEG that ``decode_jpeg`` refused, decoded by PIL as the worker path would, or when PIL refuses it too,
     the chain of :func:`replacements` continued from it: image uint8 ``(3, S, S)``, label, indices that failed."""
     index, step, slot = sample.key
-    failed: list[int] = []
-
-    def box_of(width: int, height: int) -> Box:
-        return random_resized_box(width, height, crop_random(seed, step, slot))
-
-    for candidate in islice(replacements(index, len(images)), sample.attempt, None):
-        loaded = images.try_load(candidate, box_of)
-        if not isinstance(loaded, str):
-            return loaded[0], loaded[1], failed
-        failed.append(candidate)
-    raise DataError(f"no image of {images.where} can be decoded ({len(images)} tried)")
+    return images.training_sample(index, seed, step, slot, start=sample.attempt)
 
 
 def assemble(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import IO
 
 import torch
@@ -85,25 +86,31 @@ class FileBackedImages(Dataset[tuple[torch.Tensor, int]]):
         except DECODE_ERRORS as error:
             return f"{type(error).__name__}: {error}".strip()
 
-    def load(self, index: int, box_of: Callable[[int, int], Box]) -> tuple[torch.Tensor, int, list[tuple[int, str]]]:
+    def load(
+        self, index: int, box_of: Callable[[int, int], Box], start: int = 0
+    ) -> tuple[torch.Tensor, int, list[tuple[int, str]]]:
         """Sample ``index``, or when it can't be decoded the replacement that :func:`replacements` picks; also
-        returns each ``(index, reason)`` that failed on the way."""
+        returns each ``(index, reason)`` that failed on the way. ``start`` skips that many candidates of the chain
+        (tried elsewhere already: the device-decode path continues a chain its worker began)."""
         failed: list[tuple[int, str]] = []
-        for candidate in replacements(index, len(self)):
+        for candidate in islice(replacements(index, len(self)), start, None):
             loaded = self.try_load(candidate, box_of)
             if not isinstance(loaded, str):
                 return loaded[0], loaded[1], failed
             failed.append((candidate, loaded))
         raise DataError(f"no image of {self.where} can be decoded ({len(self)} tried)")
 
-    def training_sample(self, index: int, seed: int, step: int, slot: int) -> tuple[torch.Tensor, int, list[int]]:
-        """Sample ``index`` as place ``slot`` of the global batch of ``step``: random-resized crop and flip."""
+    def training_sample(
+        self, index: int, seed: int, step: int, slot: int, start: int = 0
+    ) -> tuple[torch.Tensor, int, list[int]]:
+        """Sample ``index`` as place ``slot`` of the global batch of ``step``: random-resized crop and flip (from
+        candidate ``start`` of its replacement chain, as :meth:`load`); the indices that failed on the way."""
         rng_seed = (seed, step, slot)
 
         def box_of(width: int, height: int) -> Box:
             return random_resized_box(width, height, crop_random(*rng_seed))
 
-        image, label, failed = self.load(index, box_of)
+        image, label, failed = self.load(index, box_of, start)
         return image, label, [where for where, _ in failed]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
