@@ -137,10 +137,14 @@ def shown_value(key: str, value: Any, config: PretrainConfig, registry: Registry
     """A config value as a resume message shows it: a field left to its default says which value that is."""
     if value is not None:
         return repr(value)
-    if key == "lr":
+    if key in ("lr", "optimizer"):
+        from ssl_engine.train.model import resolve_optimizer
         from ssl_engine.train.optim import DEFAULT_LR
 
-        return f"{DEFAULT_LR.get(config.optimizer, 0.05)!r} ({config.optimizer}'s default)"
+        optimizer = resolve_optimizer(config, registry)
+        if key == "optimizer":
+            return f"{optimizer!r} (the tasks' default)"
+        return f"{DEFAULT_LR[optimizer]!r} ({optimizer}'s default)"
     if key == "image_size":
         from ssl_engine.train.model import resolve_image_size
 

@@ -202,7 +202,13 @@ class PretrainConfig:
             minimum=1,
         ),
     )
-    optimizer: str = declared("sgd", FieldRule("Optimiser.", choices=OPTIMIZER_NAMES))
+    optimizer: str | None = declared(
+        None,
+        FieldRule(
+            "Optimiser [default: the one the tasks name as their default_optimizer (lars for vicreg), else sgd].",
+            choices=OPTIMIZER_NAMES,
+        ),
+    )
     lr: float | None = declared(
         None, FieldRule("Peak learning rate [sgd 0.05, adamw 1e-3, lars 1].", minimum=0, min_open=True)
     )

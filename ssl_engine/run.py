@@ -51,6 +51,7 @@ from ssl_engine.train.model import (
     build_model,
     pinned_settings,
     resolve_image_size,
+    resolve_optimizer,
     task_classes,
 )
 from ssl_engine.train.optim import DEFAULT_LR
@@ -105,6 +106,12 @@ class Run:
     loggers: tuple[Registered[LoggerFactory], ...] = ()
 
     @property
+    def optimizer(self) -> str:
+        """The optimiser's name: ``--optimizer``, else the one the tasks name (:func:`resolve_optimizer`; a run built
+        by :func:`build_run` holds it in its config)."""
+        return resolve_optimizer(self.config, self.registry)
+
+    @property
     def step(self) -> int:
         """The step the model's weights are from (0: fresh)."""
         return self.checkpoint.step if self.checkpoint is not None else 0
@@ -157,6 +164,7 @@ def build_run(
             be built as asked (each message names the option, task or file).
     """
     task_classes(config, registry)  # names and mix checked before anything is created
+    config = replace(config, optimizer=resolve_optimizer(config, registry))  # kept in the config: resumes reproduce
     image_size = resolve_image_size(config, registry)
     registry.get("backbone", config.backbone)
     loggers = tuple(chosen_loggers(config.loggers, registry))  # an unknown name: refused before the run dir exists
@@ -190,7 +198,7 @@ def build_run(
     prepare_run_dir(out, resume, create=world.is_main)
     barrier(world)  # every rank has checked the directory before rank 0 writes into it
     checkpoint, damaged = resumed_checkpoint(model, out, restart) if resume else (None, ())
-    base_lr = config.lr if config.lr is not None else DEFAULT_LR.get(config.optimizer, 0.05)
+    base_lr = config.lr if config.lr is not None else DEFAULT_LR[resolve_optimizer(config, registry)]
     stream = training_stream(
         dataset, config.batch_size, config.seed, decode_on_device=on_device, workers=config.workers,
         device=device, rank=world.rank, world=world.size,

@@ -53,6 +53,7 @@ from PIL import Image
 from torch import nn
 
 from ssl_engine.backbones.base import Backbone
+from ssl_engine.config import OPTIMIZER_NAMES
 from ssl_engine.drawing import default_drawing
 from ssl_engine.images import normalize
 from ssl_engine.randomness import BatchRandom
@@ -205,6 +206,9 @@ class PretextTask:
         settings: declared settings (:class:`~ssl_engine.settings.TaskSetting`), validated on every run.
         min_image_size: smallest image side the task supports; smaller data is refused before training.
         default_image_size: image side used when ``--image-size`` is not given (largest over a mixed run).
+        default_optimizer: the optimiser the task's recipe trains with when ``--optimizer`` is not given
+            (``"sgd"``, ``"adamw"`` or ``"lars"``; ``None``, the default, leaves it to the engine's SGD). In a mixed
+            run it is used when every task that names one names the same; otherwise the run uses SGD and says so.
         needs_color: True if the task is meaningless on grayscale data (it is then refused).
         shares_backbone: False if the task cannot share the backbone with other tasks in a mixed run.
         head_kind: ``"classifier"`` (pooled features) or ``"decoder"`` (spatial map), selecting which
@@ -226,6 +230,7 @@ class PretextTask:
     settings: ClassVar[tuple[TaskSetting, ...]] = ()
     min_image_size: ClassVar[int] = 16
     default_image_size: ClassVar[int] = 32
+    default_optimizer: ClassVar[str | None] = None
     needs_color: ClassVar[bool] = False
     shares_backbone: ClassVar[bool] = True
     head_kind: ClassVar[str] = "classifier"
@@ -262,6 +267,8 @@ class PretextTask:
             problems.append("`head_kind` must be 'classifier' or 'decoder'")
         if cls.loss_kind not in ("classification", "regression"):
             problems.append("`loss_kind` must be 'classification' or 'regression'")
+        if cls.default_optimizer is not None and cls.default_optimizer not in OPTIMIZER_NAMES:
+            problems.append(f"`default_optimizer` must be None or one of {', '.join(OPTIMIZER_NAMES)}")
         if cls.views < 1 or cls.min_image_size < 1:
             problems.append("`views` and `min_image_size` must be positive")
         for method in ("build_modules", "pseudo_labels", "forward"):

@@ -31,7 +31,7 @@ def train_supervised(run: Run, classes: int, progress: PhaseProgress | None = No
     config, device, total = run.config, run.device, run.total_steps
     backbone = run.model.backbone
     head = nn.Linear(backbone.feature_dim, classes).to(device)
-    optimizer = make_optimizer(config.optimizer, [backbone, head], run.lr, config.weight_decay)
+    optimizer = make_optimizer(run.optimizer, [backbone, head], run.lr, config.weight_decay)
     loss = torch.zeros(())
     described = f"training with labels for {total:,} steps of {config.batch_size} images"
     with (progress or PhaseProgress()).phase(described, total, "step") as phase:

@@ -93,10 +93,10 @@ class Trainer:
         config = self.config
         self.loggers = list(run.loggers)  # resolved (and an unknown name refused) by build_run
         self.optimizer = make_optimizer(
-            config.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
+            run.optimizer, self.model.main_parameters_modules(), self.lr, config.weight_decay
         )
         self.aux_optimizers = {
-            runtime.spec.name: make_optimizer(config.optimizer, [runtime.aux], self.lr, config.weight_decay)
+            runtime.spec.name: make_optimizer(run.optimizer, [runtime.aux], self.lr, config.weight_decay)
             for runtime in self.model.runtimes
             if any(True for _ in runtime.aux.parameters())
         }

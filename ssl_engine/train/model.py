@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,29 @@ def resolve_image_size(config: PretrainConfig, registry: Registry) -> int:
     if config.image_size is not None:
         return config.image_size
     return max(registry.get("task", spec.name).obj.default_image_size for spec in config.tasks)
+
+
+def resolve_optimizer(config: PretrainConfig, registry: Registry) -> str:
+    """``--optimizer``, or else the ``default_optimizer`` the run's tasks name, or else ``sgd``.
+
+    A mix whose tasks name different optimisers trains with SGD, with a warning naming each task's choice.
+    """
+    if config.optimizer is not None:
+        return config.optimizer
+    named = {
+        spec.name: choice
+        for spec in config.tasks
+        if (choice := registry.get("task", spec.name).obj.default_optimizer) is not None
+    }
+    if len(set(named.values())) == 1:
+        return next(iter(named.values()))
+    if named:
+        choices = ", ".join(f"{name}: {choice}" for name, choice in named.items())
+        warnings.warn(
+            f"the tasks name different default optimizers ({choices}); training with sgd: pass --optimizer to choose",
+            stacklevel=2,
+        )
+    return "sgd"
 
 
 def task_classes(config: PretrainConfig, registry: Registry) -> list[type[PretextTask]]:

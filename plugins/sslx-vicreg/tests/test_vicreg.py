@@ -5,6 +5,8 @@ a mixed run)."""
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +16,12 @@ from sslx_vicreg.task import VICRegTask
 from ssl_engine.api import SettingError
 from ssl_engine.backbones.smallconv import SmallConvNet
 from ssl_engine.testing import (
+    KIT_DATA,
     assert_two_view_batch,
     check_pretext_task,
+    cli_plugins,
     pretext_batch,
+    pretrain_cli,
     task_instance,
 )
 
@@ -154,3 +159,13 @@ def test_settings_are_validated(settings: dict[str, object], message: str) -> No
 
 def test_conformance_kit() -> None:
     check_pretext_task(VICRegTask)
+
+
+def test_trains_with_lars_unless_told_otherwise(tmp_path: Path) -> None:
+    """The paper's optimiser is the task's default (SGD at the engine's rate barely trains it); ``--optimizer``
+    still wins, and the run's config keeps what it trained with."""
+    with cli_plugins(VICRegTask):  # the kit's small data
+        default = pretrain_cli(tmp_path, "vicreg", "--data", KIT_DATA, "--steps", "1", "--out", tmp_path / "default")
+        chosen = pretrain_cli(tmp_path, "vicreg", "--data", KIT_DATA, "--steps", "1", "--optimizer", "sgd")
+    assert tomllib.loads((default / "config.toml").read_text())["optimizer"] == "lars"
+    assert tomllib.loads((chosen / "config.toml").read_text())["optimizer"] == "sgd"
