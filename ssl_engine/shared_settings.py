@@ -47,18 +47,19 @@ def temperature_setting(default: float, help: str) -> TaskSetting:
     return TaskSetting("temperature", float, default, help, minimum=MIN_TEMPERATURE, maximum=MAX_TEMPERATURE)
 
 
-def projector_dim_setting(module: str = "projector") -> TaskSetting:
+def projector_dim_setting(module: str = "projector", default: int = PROJECTOR_DIM) -> TaskSetting:
     """``projector_dim``, the width ``P`` of the three layers of the projector that Barlow Twins (Zbontar et al.
     2021, Fig. 4) and VICReg (Bardes et al. 2022, Table 8, where it is the "expander") put on the backbone: both
     papers use 8192 and find accuracy rising with it; :data:`PROJECTOR_DIM` by default here.
 
     Args:
         module: what the paper calls the projector, in the help (``"expander"`` for VICReg).
+        default: the task's default width, when its small-data recipe differs from :data:`PROJECTOR_DIM`.
     """
     return TaskSetting(
         "projector_dim",
         int,
-        PROJECTOR_DIM,
+        default,
         f"width of the {module}'s three layers (paper: 8192; smaller here for 32 px data on a CPU)",
         minimum=1,
         maximum=MAX_PROJECTOR_DIM,
