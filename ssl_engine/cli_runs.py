@@ -16,6 +16,7 @@ from ssl_engine.cli_common import (
     interrupted,
     os_error_line,
     parse_options,
+    parse_settings,
     refuse_unknown_tasks,
     shell_path,
     user_errors,
@@ -213,6 +214,13 @@ def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     "--backbone", help="Backbone of a fresh --task (e.g. timm:vit_tiny_patch16_224 for mae) [default: smallconv]."
 )
 @click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="TASK.KEY=VALUE",
+    help="A setting of the fresh --task, e.g. dino.local_crops=4 (a RUN_DIR draws with its own).",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="PNG to write [default: TASK.png, or RUN_DIR/show-TASK.png].",
@@ -225,6 +233,7 @@ def show(
     count: int,
     seed: int,
     backbone: str | None,
+    settings: tuple[str, ...],
     out: Path | None,
 ) -> None:
     """Draw real examples of a task's pretext batch (after a run: with the model's predictions).
@@ -235,15 +244,22 @@ def show(
       sslx show --task jigsaw --data cifar10 --data-dir ~/data
       sslx show runs/rot
       sslx show --task mae --backbone timm:vit_tiny_patch16_224
+      sslx show --task dino --set dino.local_crops=4
     """
     if run_dir is None and task is not None:  # a fresh task's name answers before torch loads
         refuse_unknown_tasks([task])
+    task_settings = parse_settings(settings)
+    if task_settings and run_dir is not None:
+        fail("--set is for a fresh --task: a RUN_DIR is drawn with the settings it trained with")
+    others = sorted(set(task_settings) - {task})
+    if others:
+        fail(f"--set {others[0]}.…: the task drawn is {task!r}; --set takes only its settings")
     host = host_or_exit()
     from ssl_engine.show import render
 
     try:
         pictures = render(host.registry, run_dir=run_dir, task=task, data=data, image_size=image_size, count=count,
-                          seed=seed, backbone=backbone)  # fmt: skip
+                          seed=seed, backbone=backbone, settings=task_settings.get(str(task), {}))  # fmt: skip
     except user_errors(ValueError) as error:
         fail(error)
     for name, picture in pictures.items():

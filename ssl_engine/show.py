@@ -6,8 +6,10 @@ module picks the images and the model: a fresh one for ``--task``, a finished ru
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -35,9 +37,10 @@ def render(
     count: int = 6,
     seed: int = 0,
     backbone: str | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Image.Image]:
-    """Pictures of the pretext batches of a task (fresh, on ``backbone`` or the default one) or of a run's tasks
-    (with the model's predictions).
+    """Pictures of the pretext batches of a task (fresh, on ``backbone`` or the default one, with ``settings``,
+    unparsed values as ``--set`` gives them) or of a run's tasks (with the model's predictions).
 
     Returns:
         task name -> picture.
@@ -51,7 +54,7 @@ def render(
     else:
         if task is None:
             raise ValueError("give --task NAME (or a RUN_DIR)")
-        config = PretrainConfig([TaskSpec(task)])
+        config = PretrainConfig([TaskSpec(task, settings=dict(settings or {}))])
         config = replace(config, backbone=backbone) if backbone else config
         size = image_size or resolve_image_size(config, registry)
         model = build_model(config, registry, size, seed=seed)

@@ -202,7 +202,8 @@ class PretextTask:
         summary: one line for listings.
         paper: the paper, e.g. ``"Gidaris et al. 2018, Unsupervised Representation Learning by Predicting
             Image Rotations"``.
-        views: views per image (documentation and the contract test).
+        views: views per image (documentation and the contract test); a task whose settings change it sets
+            ``self.views`` in ``__init__`` (DINO's ``local_crops``).
         settings: declared settings (:class:`~ssl_engine.settings.TaskSetting`), validated on every run.
         min_image_size: smallest image side the task supports; smaller data is refused before training.
         default_image_size: image side used when ``--image-size`` is not given (largest over a mixed run).
@@ -226,7 +227,7 @@ class PretextTask:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    views: ClassVar[int] = 1
+    views: int = 1  # an instance may set its own from its settings (see above)
     settings: ClassVar[tuple[TaskSetting, ...]] = ()
     min_image_size: ClassVar[int] = 16
     default_image_size: ClassVar[int] = 32

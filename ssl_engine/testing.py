@@ -769,11 +769,11 @@ def check_pseudo_labels(task: Subject) -> None:
             "modified the images given to pseudo_labels in place; the other tasks of a mixed run see the same "
             "tensor next (work on a copy, e.g. `images.flip(2)` instead of `images.flip_(2)`)",
         )
-    _check_pretext_batch(subject, batch, subject.batch)
+    _check_pretext_batch(subject, batch, subject.batch, runtime.task.views)
 
 
-def _check_pretext_batch(subject: TaskUnderTest, batch: PretextBatch, images: int) -> None:
-    declared = subject.task_class.views
+def _check_pretext_batch(subject: TaskUnderTest, batch: PretextBatch, images: int, declared: int) -> None:
+    """``declared``: the task's ``views``, the instance's (a setting may change it, as DINO's ``local_crops``)."""
     if batch.views not in (1, declared):
         subject.fail("views", f"returned views={batch.views}; it declares views={declared} (or 1 may be returned)")
     inputs, targets = batch.inputs, batch.targets

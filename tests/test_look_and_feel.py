@@ -49,6 +49,18 @@ def test_show_after_a_run_draws_predictions(invoke, finished_run: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("reference_cli")
+def test_show_set_takes_only_the_settings_of_the_fresh_task_drawn(invoke, finished_run: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    other = invoke("show", "--task", REFERENCE_TASK, "--set", "jigsaw.permutations=30", "--out", tmp_path / "a.png")
+    assert other.exit_code == 2 and f"--set jigsaw.…: the task drawn is {REFERENCE_TASK!r}" in other.output
+    of_a_run = invoke("show", finished_run, "--set", f"{REFERENCE_TASK}.x=1")
+    assert of_a_run.exit_code == 2 and "a RUN_DIR is drawn with the settings it trained with" in of_a_run.output
+    unknown = invoke("show", "--task", REFERENCE_TASK, "--set", f"{REFERENCE_TASK}.colour=1", "--out", tmp_path / "b")
+    assert unknown.exit_code == 2 and "colour" in unknown.output
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("reference_cli")
 def test_plot_draws_curves_of_several_runs(invoke, finished_run: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "curves.png"
     result = invoke("plot", finished_run, finished_run, "--out", out)

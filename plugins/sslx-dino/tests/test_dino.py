@@ -136,7 +136,8 @@ def images(count: int = 4, size: int = 32) -> torch.Tensor:
 
 
 def test_global_and_local_views_at_their_sizes_batched_per_resolution() -> None:
-    task, _, _ = make_task()
+    assert make_task()[0].local_crops == 0  # the default at 32 px: see the task's notes
+    task, _, _ = make_task(local_crops=4)
     batch = task.pseudo_labels(images(), BatchRandom(0, 3, "dino", 4))
     assert batch.views == 6
     assert batch.inputs.shape == (8, 3, 32, 32)
@@ -159,7 +160,8 @@ def test_global_and_local_views_at_their_sizes_batched_per_resolution() -> None:
 
 # --- the whole contract ---------------------------------------------------------------------------------------------
 def test_the_task_keeps_the_whole_contract() -> None:
-    check_pretext_task(DINOTask, plugin=plugin)
+    check_pretext_task(DINOTask, plugin=plugin)  # the default: the two global views only
+    check_pretext_task(DINOTask, plugin=plugin, settings={"local_crops": 4})  # multi-crop
 
 
 def test_forward_with_the_papers_head_no_local_crops_and_a_mix_of_settings() -> None:
@@ -185,7 +187,7 @@ def test_teacher_starts_as_the_student_and_is_the_representation() -> None:
 
 
 def test_forward_uses_the_scheduled_temperature_and_the_centre() -> None:
-    task, runtime, model = make_task(teacher_temperature=0.07, teacher_temperature_warmup=10)
+    task, runtime, model = make_task(teacher_temperature=0.07, teacher_temperature_warmup=10, local_crops=4)
     batch = task.pseudo_labels(images(), BatchRandom(0, 0, "dino", 4))
     centre = runtime.modules.get_buffer("centre")
     centre.copy_(torch.randn_like(centre))
@@ -205,7 +207,7 @@ STEPS = 5
 
 
 def test_teacher_and_centre_follow_their_formulas_over_the_schedule(tmp_path: Path) -> None:
-    settings = {"momentum": 0.9, "centre_momentum": 0.8, "freeze_last_layer": 2}
+    settings = {"momentum": 0.9, "centre_momentum": 0.8, "freeze_last_layer": 2, "local_crops": 4}
     trainer = prepare(DINOTask, plugin=plugin, settings=settings).trainer(tmp_path / "run", steps=STEPS)
     modules = trainer.model.task_modules["dino"]
     [runtime] = trainer.model.runtimes
@@ -248,7 +250,7 @@ def test_teacher_and_centre_follow_their_formulas_over_the_schedule(tmp_path: Pa
 def test_checkpoint_keeps_teacher_and_centre_under_task_dino_and_a_resume_continues_bit_for_bit(
     tmp_path: Path,
 ) -> None:
-    settings = {"freeze_last_layer": 1, "teacher_temperature_warmup": 3}
+    settings = {"freeze_last_layer": 1, "teacher_temperature_warmup": 3, "local_crops": 4}
     subject = prepare(DINOTask, plugin=plugin, settings=settings)
     straight = subject.trainer(tmp_path / "straight", steps=4)
     straight.train()
@@ -301,7 +303,7 @@ def test_bad_settings_exit_2_naming_the_task_before_training(tmp_path: Path, set
 
 
 def test_the_drawing_shows_globals_and_locals_at_their_sizes() -> None:
-    task, runtime, model = make_task()
+    task, runtime, model = make_task(local_crops=4)
     originals = images(3)
     batch = task.pseudo_labels(originals, BatchRandom(0, 0, "dino", 3))
     picture = task.draw(originals, batch, None)
@@ -319,12 +321,17 @@ def test_the_drawing_shows_globals_and_locals_at_their_sizes() -> None:
     assert isinstance(task.draw(originals, batch, output), Image.Image)
 
 
-def test_sslx_show_draws_the_task(tmp_path: Path) -> None:
-    out = tmp_path / "dino.png"
-    result = CliRunner().invoke(sslx, ["show", "--task", "dino", "--count", "2", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    with Image.open(out) as picture:
-        assert picture.height > 2 * 64 and picture.width > 3 * 64  # two rows: the image and its views
+def test_sslx_show_draws_the_task_and_its_local_views_when_asked(tmp_path: Path) -> None:
+    sizes = []
+    for words in ([], ["--set", "dino.local_crops=4"]):
+        out = tmp_path / f"dino{len(words)}.png"
+        result = CliRunner().invoke(sslx, ["show", "--task", "dino", "--count", "2", *words, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        with Image.open(out) as picture:
+            sizes.append(picture.size)
+    (width, height), (wider, _) = sizes
+    assert height > 2 * 64 and width > 3 * 64  # two rows: the image and its two global views
+    assert wider >= 3 * 64 + 4 * 32  # and four local views at half the size
 
 
 @pytest.mark.slow
