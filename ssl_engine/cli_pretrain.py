@@ -143,7 +143,7 @@ def shown_value(key: str, value: Any, config: PretrainConfig, registry: Registry
 
         optimizer = resolve_optimizer(config, registry)
         if key == "optimizer":
-            return f"{optimizer!r} (the tasks' default)"
+            return f"{optimizer!r} (the default)"
         return f"{DEFAULT_LR[optimizer]!r} ({optimizer}'s default)"
     if key == "image_size":
         from ssl_engine.train.model import resolve_image_size

@@ -251,7 +251,7 @@ def show(
     task_settings = parse_settings(settings)
     if task_settings and run_dir is not None:
         fail("--set is for a fresh --task: a RUN_DIR is drawn with the settings it trained with")
-    others = sorted(set(task_settings) - {task})
+    others = sorted(set(task_settings) - {task}) if task is not None else []  # no --task: render says to give one
     if others:
         fail(f"--set {others[0]}.…: the task drawn is {task!r}; --set takes only its settings")
     host = host_or_exit()
