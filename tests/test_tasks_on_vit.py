@@ -30,8 +30,9 @@ IMAGE_SIZE = 32
 REFUSALS = (RunSetupError, SettingError, ImageSizeError, UnknownNameError)
 
 
-def one_step(name: str) -> dict[str, object]:
-    """Build task ``name`` on the ViT at 32 px and train one step on two images of the embedded data.
+def one_step(name: str, settings: dict[str, object] | None = None) -> dict[str, object]:
+    """Build task ``name`` (with ``settings``) on the ViT at 32 px and train one step on two images of the embedded
+    data.
 
     Returns:
         ``{"runs": True, "inputs": sorted view sizes the ViT saw, "loss": float}``, or ``{"runs": False,
@@ -40,7 +41,8 @@ def one_step(name: str) -> dict[str, object]:
     registry = get_host().registry
     torch.manual_seed(0)
     try:
-        model = build_model(PretrainConfig([TaskSpec(name)], backbone=VIT), registry, IMAGE_SIZE, seed=0)
+        config = PretrainConfig([TaskSpec(name, settings=dict(settings or {}))], backbone=VIT)
+        model = build_model(config, registry, IMAGE_SIZE, seed=0)
         registry.tasks[name].obj.check_images(IMAGE_SIZE)
     except REFUSALS as error:
         return {"runs": False, "reason": str(error)}
@@ -71,6 +73,14 @@ def test_every_task_trains_on_a_vit_or_is_refused_with_a_reason(name: str) -> No
         assert result["inputs"], "the ViT saw no input"
     else:
         assert str(result["reason"]).strip(), f"task {name!r} was refused without a reason"
+
+
+@pytest.mark.slow
+def test_dinos_local_crops_reach_the_vit_at_their_own_size() -> None:
+    if "dino" not in get_host().registry.tasks:
+        pytest.skip("the dino plugin is not installed")
+    assert one_step("dino")["inputs"] == [32]  # the default: the two global views only
+    assert one_step("dino", {"local_crops": 2})["inputs"] == [16, 32]  # multi-crop: 4x4 tokens for the locals
 
 
 def test_a_decoder_on_a_stride_it_cannot_upsample_is_refused_before_training(tmp_path: Path) -> None:
