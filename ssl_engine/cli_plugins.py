@@ -54,6 +54,7 @@ def task_record(entry: Registered[Any]) -> dict[str, Any]:
         "plugin": entry.plugin,
         "distribution": entry.distribution,
         "summary": entry.help,
+        "default_optimizer": entry.obj.default_optimizer,
         "settings": [setting_record(setting) for setting in entry.obj.settings],
     }
 
@@ -68,6 +69,8 @@ def echo_settings(records: list[dict[str, Any]]) -> None:
     """Each task's settings, aligned within the task: name, type, default, accepted range, help."""
     for record in records:
         click.echo(f"{record['task']}  ({record['distribution']}): {record['summary']}")
+        if record["default_optimizer"] is not None:
+            click.echo(f"  trains with {record['default_optimizer']} unless --optimizer says otherwise")
         rows = [setting_row(setting) for setting in record["settings"]]
         if not rows:
             click.echo("  (no settings)")

@@ -102,3 +102,10 @@ def test_an_unknown_default_optimizer_is_a_declaration_error() -> None:
 
     with pytest.raises(TaskDeclarationError, match="`default_optimizer` must be None or one of sgd, adamw, lars"):
         Misdeclared.check_declaration()
+
+
+def test_sslx_plugins_says_which_optimizer_a_task_trains_with(invoke: Callable[..., Result]) -> None:
+    listed = invoke("plugins", LarsTask.name)
+    assert listed.exit_code == 0 and "trains with lars unless --optimizer says otherwise" in listed.output
+    assert json.loads(invoke("plugins", LarsTask.name, "--json").stdout)["default_optimizer"] == "lars"
+    assert json.loads(invoke("plugins", REFERENCE_TASK, "--json").stdout)["default_optimizer"] is None
