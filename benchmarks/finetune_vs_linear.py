@@ -260,9 +260,9 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.01,0.1,1")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64, help="pretraining batch size")
-    # 32 px, the tasks' own default. At 16 px (this script's first default, for speed) SimCLR's crops of crops are a
-    # few pixels wide: its backbone fine-tuned with 10% of the labels scored 0.71 against random init's 0.80 on
-    # shapes, and 0.815 against 0.8085 at 32 px (benchmarks/RESULTS.md). 32 px costs about four times the compute.
+    # 32 px, the tasks' own default. At 16 px (this script's first default, for speed) SimCLR's random-resized crops
+    # are a few pixels wide: fine-tuned with 10% of the shapes labels its backbone scored 0.714-0.7145, and 0.775-0.815
+    # at 32 px (benchmarks/RESULTS.md). 32 px costs about four times the compute.
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--fmnist-train-size", type=int, default=10_000, help="0: the whole train split")
     parser.add_argument("--fmnist-val-size", type=int, default=2_000, help="0: the whole val split")
