@@ -19,7 +19,7 @@ Following the paper (and its code):
   (p 0.8), grayscale (p 0.2), Gaussian blur (p 1.0 on the first view, 0.1 on the second), solarization (p 0 and
   0.2), batched on the device by the core's :class:`~ssl_engine.api.ViewAugmentation`.
 
-It trains with LARS unless ``--optimizer`` says otherwise (``default_optimizer``), as the paper does (Sec. 4.1,
+It trains with LARS unless ``--optimizer`` says otherwise (``default_optimizer``), as the paper does (its
 base rate 0.2 x batch / 256 there), here at the engine's LARS rate of 1.0: with the engine's SGD at 0.05 the
 terms barely move in 600 steps (the loss from 38.8 to 36.1, the embeddings' std 0.34 to 0.43 against the target 1)
 and the linear probe on ``shapes`` fell below the random-init backbone on seed 1 (0.391 against 0.423), while
