@@ -164,7 +164,8 @@ def build_run(
             be built as asked (each message names the option, task or file).
     """
     task_classes(config, registry)  # names and mix checked before anything is created
-    config = replace(config, optimizer=resolve_optimizer(config, registry))  # kept in the config: resumes reproduce
+    optimizer = resolve_optimizer(config, registry)
+    config = replace(config, optimizer=optimizer)  # kept in the config: resumes reproduce
     image_size = resolve_image_size(config, registry)
     registry.get("backbone", config.backbone)
     loggers = tuple(chosen_loggers(config.loggers, registry))  # an unknown name: refused before the run dir exists
@@ -198,7 +199,7 @@ def build_run(
     prepare_run_dir(out, resume, create=world.is_main)
     barrier(world)  # every rank has checked the directory before rank 0 writes into it
     checkpoint, damaged = resumed_checkpoint(model, out, restart) if resume else (None, ())
-    base_lr = config.lr if config.lr is not None else DEFAULT_LR[resolve_optimizer(config, registry)]
+    base_lr = config.lr if config.lr is not None else DEFAULT_LR[optimizer]
     stream = training_stream(
         dataset, config.batch_size, config.seed, decode_on_device=on_device, workers=config.workers,
         device=device, rank=world.rank, world=world.size,
