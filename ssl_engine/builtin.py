@@ -102,7 +102,7 @@ def register_losses(register: LossRegister) -> None:
 @hookimpl
 def register_evaluators(register: EvaluatorRegister) -> None:
     register("linear", linear_protocol, help="linear classifier on frozen features; weight decay chosen on val")
-    register("finetune", finetune_protocol, help="all parameters trained with a fresh linear head; epoch chosen on val")
+    register("finetune", finetune_protocol, help="linear probe, then all parameters (LP-FT); step chosen on val")
     register("knn", knn_protocol, help="weighted cosine kNN on frozen features (k=200, T=0.1); no training")
 
 

@@ -102,6 +102,48 @@ def test_every_parameter_warms_up_linearly_then_decays_along_a_cosine(
     assert got[0] == pytest.approx(0.005) and max(got) == pytest.approx(0.02) and got[-1] < 0.0002
 
 
+def recorded_rates(monkeypatch: pytest.MonkeyPatch, kind: type[torch.optim.Optimizer]) -> list[float]:
+    """The learning rate of every step ``kind`` takes from now on (one rate for all its groups, checked)."""
+    rates: list[float] = []
+    step = kind.step
+
+    def recording(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        assert len({group["lr"] for group in self.param_groups}) == 1
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(kind, "step", recording)
+    return rates
+
+
+def test_a_convnet_fine_tunes_with_sgd_and_a_vit_with_adamw_at_the_mae_rate(
+    tinted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("timm")
+    sgd, adamw = recorded_rates(monkeypatch, torch.optim.SGD), recorded_rates(monkeypatch, torch.optim.AdamW)
+    convnet = finetune_protocol(context_on(tinted, options={"steps": "3", "warmup": "0"}))
+    assert (convnet["optimizer"], convnet["lr"], len(sgd), len(adamw)) == ("sgd", 0.01, 3, 0)
+    assert "SGD lr 0.01 (momentum 0.9, weight decay 0.0005)" in convnet["recipe"]
+    torch.manual_seed(0)
+    vit = get_host().registry.backbones["timm:vit_tiny_patch16_224?depth=1"].obj(3, 12)
+    source = resolve_data(str(tinted), get_host().registry, DataOptions())
+    options = {"steps": "3", "warmup": "0", "batch_size": "32"}
+    result = finetune_protocol(EvalContext(Representation(vit), source, 12, torch.device("cpu"), options=options))
+    # He et al. 2022: base lr 5e-4 per 256 images, so 1.25e-4 x 32 / 64 at a batch of 32
+    assert result["optimizer"] == "adamw" and result["lr"] == pytest.approx(5e-4 * 32 / 256)
+    assert adamw[0] == pytest.approx(5e-4 * 32 / 256) and len(adamw) == 3 and len(sgd) == 3
+    assert "AdamW lr 6.25e-05 (betas 0.9/0.999, weight decay 0.05)" in result["recipe"]
+
+
+def test_the_optimizer_and_its_rate_can_be_chosen(tinted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    adamw = recorded_rates(monkeypatch, torch.optim.AdamW)
+    chosen = finetune_protocol(context_on(tinted, options={"steps": "2", "warmup": "0", "optimizer": "adamw"}))
+    assert chosen["optimizer"] == "adamw" and adamw[0] == pytest.approx(5e-4 * 64 / 256)  # 120 images: batch 64
+    given = finetune_protocol(context_on(tinted, options={"steps": "2", "warmup": "0", "optimizer": "adamw",
+                                                          "lr": "0.003"}))  # fmt: skip
+    assert given["lr"] == 0.003 and adamw[2] == pytest.approx(0.003)
+
+
 def test_the_head_starts_at_the_linear_probe_so_step_0_is_the_linear_protocol(tinted: Path) -> None:
     context = context_on(tinted)
     linear = linear_protocol(context)
@@ -142,7 +184,7 @@ def tinted_run(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("option", "named"),
     [("epochs=0", "epochs"), ("steps=0", "steps"), ("lr=-0.1", "lr"), ("lr=0", "lr"), ("warmup=1", "warmup"),
-     ("steps=ten", "steps"), ("steps=10,epochs=2", "steps and epochs")],
+     ("steps=ten", "steps"), ("steps=10,epochs=2", "steps and epochs"), ("optimizer=adam", "optimizer")],
 )  # fmt: skip
 def test_bad_finetune_options_exit_2_naming_the_option(
     invoke: Invoke, tinted_run: Path, option: str, named: str

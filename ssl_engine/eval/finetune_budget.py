@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ssl_engine.data.options import DataError
 from ssl_engine.eval.context import EvalContext
+from ssl_engine.eval.finetune_optimizer import check_optimizer_choice
 from ssl_engine.train.schedule import warmup_cosine
 
 DEFAULT_EPOCHS = 5
@@ -59,7 +60,9 @@ class FinetuneOptions:
     Attributes:
         steps: exact number of optimisation steps, or ``None``.
         epochs: exact number of epochs, or ``None``; with neither, ``max(5 epochs, 500 steps)``.
-        lr: base learning rate of every parameter (backbone and head).
+        lr: base learning rate of every parameter (backbone and head), or ``None`` for the optimiser's own
+            (:mod:`ssl_engine.eval.finetune_optimizer`).
+        optimizer: ``auto``, ``sgd`` or ``adamw`` (:mod:`ssl_engine.eval.finetune_optimizer`).
         batch_size: images per step.
         warmup: share of the steps spent warming up, in [0, 1).
         eval_every: steps between val checks, or ``None`` for about 10 checks.
@@ -67,7 +70,8 @@ class FinetuneOptions:
 
     steps: int | None
     epochs: int | None
-    lr: float
+    lr: float | None
+    optimizer: str
     batch_size: int
     warmup: float
     eval_every: int | None
@@ -93,7 +97,8 @@ class FinetuneOptions:
         return cls(
             steps=steps,
             epochs=epochs,
-            lr=context.option("lr", 0.01, float, minimum=0, min_open=True),
+            lr=context.option("lr", None, float, minimum=0, min_open=True) if "lr" in given else None,
+            optimizer=check_optimizer_choice(str(given.get("optimizer", "auto")).strip()),
             batch_size=context.option("batch_size", DEFAULT_BATCH_SIZE, int, minimum=1),
             warmup=warmup,
             eval_every=context.option("eval_every", None, int, minimum=1) if "eval_every" in given else None,
