@@ -28,10 +28,12 @@ times, for ``benchmarks/RESULTS.md``. Usage::
 
 MAE on a ViT-Tiny at 32 px (issue 20; AdamW as in ``benchmarks/mae_quality.py``), on subsets of the splits::
 
-    python benchmarks/finetune_vs_linear.py --out benchmarks/results/finetune_vs_linear --data shapes \\
-        --tasks mae --seeds 0,1 --image-size 32 --pretrain-steps 200 \\
+    python benchmarks/finetune_vs_linear.py --out benchmarks/results/mae-ft --data shapes,fashion-mnist \\
+        --tasks mae --seeds 0,1 --fractions 1 --image-size 32 --pretrain-steps 600 \\
         --pretrain-options "--backbone timm:vit_tiny_patch16_224 --optimizer adamw --lr 0.001 --weight-decay 0.05" \\
-        [--eval-size train=2000 --eval-size val=500 --eval-size test=1000]
+        --eval-size train=2000 --eval-size val=500 --eval-size test=1000 --finetune-set steps=200
+
+(the fine-tuning protocol trains the ViT with AdamW: ``optimizer=auto``).
 """
 
 from __future__ import annotations
