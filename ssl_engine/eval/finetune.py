@@ -10,7 +10,7 @@ Features and Underperform Out-of-Distribution"):
    large, random gradients into the pretrained features for the first hundreds of steps, and with few labels that
    is most of the budget.
 2. Then every parameter is trained with one learning rate (:mod:`ssl_engine.eval.finetune_optimizer`: SGD with
-   momentum 0.9 and weight decay 5e-4 at lr 0.01 for convnets, AdamW at 1.25e-4 for vision transformers), linear
+   momentum 0.9 and weight decay 5e-4 at lr 0.01 for convnets, AdamW at 5e-4 x batch / 256 for ViTs), linear
    warm-up then cosine decay, for a budget in steps (:mod:`ssl_engine.eval.finetune_budget`: by default
    ``max(5 epochs, 500 steps)``, so 1% of the labels gets as many updates as 10%), on batches augmented on the
    device by the base augmentation (random crop with reflection padding, horizontal flip).

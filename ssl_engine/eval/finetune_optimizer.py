@@ -2,16 +2,17 @@
 
 Two recipes, chosen with ``--set optimizer=auto|sgd|adamw`` (default ``auto``):
 
-* ``sgd``: SGD with momentum 0.9 and weight decay 5e-4, lr 0.01, the convnet recipe (Kumar et al. 2022 fine-tune
-  their convnets with SGD; Gidaris et al. 2018 and Chen et al. 2020 report SGD fine-tuning beside the linear probe).
+* ``sgd``: SGD with momentum 0.9 and weight decay 5e-4, lr 0.01: the protocol's recipe for convnets, measured on
+  them in benchmarks/RESULTS.md (issue 23).
 * ``adamw``: AdamW with betas (0.9, 0.999) and weight decay 0.05, lr ``5e-4 x batch / 256`` (1.25e-4 at the
-  default batch of 64): the fine-tuning recipe of masked autoencoders (He et al. 2022, "Masked Autoencoders Are
-  Scalable Vision Learners", Table 9: base lr 5e-4 per 256 images), without its layer-wise lr decay.
+  default batch of 64): the fine-tuning recipe of masked autoencoders for ViT-B (He et al. 2022, "Masked
+  Autoencoders Are Scalable Vision Learners": base lr 5e-4 per 256 images), without its layer-wise lr decay.
 
 ``auto`` takes ``adamw`` when the representation holds a vision transformer (a
 :class:`~ssl_engine.backbones.tokens.TokenBackbone`) and ``sgd`` otherwise. A ViT-Tiny pretrained with MAE and
 fine-tuned by the SGD recipe falls from its probe's val accuracy (0.30 on ``shapes``) to below chance within 20
-steps and does not recover in 200 (benchmarks/RESULTS.md, issue 20). ``lr`` given with ``--set`` replaces either
+steps and does not recover in 200; with AdamW, MAE fine-tuned beats the random-init ViT fine-tuned on both seeds
+of ``shapes`` and Fashion-MNIST (benchmarks/RESULTS.md, issue 20). ``lr`` given with ``--set`` replaces either
 recipe's rate.
 """
 
