@@ -98,7 +98,7 @@ class FinetuneOptions:
             steps=steps,
             epochs=epochs,
             lr=context.option("lr", None, float, minimum=0, min_open=True) if "lr" in given else None,
-            optimizer=check_optimizer_choice(str(given.get("optimizer", "auto")).strip()),
+            optimizer=check_optimizer_choice(context.option("optimizer", "auto", str).strip()),
             batch_size=context.option("batch_size", DEFAULT_BATCH_SIZE, int, minimum=1),
             warmup=warmup,
             eval_every=context.option("eval_every", None, int, minimum=1) if "eval_every" in given else None,

@@ -67,7 +67,8 @@ def build_optimizer(name: str, parameters: Iterable[nn.Parameter], lr: float) ->
 
 
 def describe(name: str, lr: float) -> str:
-    """The recipe in words, for the result's ``recipe``: e.g. ``"SGD lr 0.01 (momentum 0.9, weight decay 5e-4)"``."""
+    """The recipe in words, for the result's ``recipe``: e.g. ``"SGD lr 0.01 (momentum 0.9, weight decay 0.0005)"``."""
     if name == "adamw":
-        return f"AdamW lr {lr:g} (betas 0.9/0.999, weight decay {ADAMW_WEIGHT_DECAY:g})"
+        betas = "/".join(f"{beta:g}" for beta in ADAMW_BETAS)
+        return f"AdamW lr {lr:g} (betas {betas}, weight decay {ADAMW_WEIGHT_DECAY:g})"
     return f"SGD lr {lr:g} (momentum {SGD_MOMENTUM:g}, weight decay {SGD_WEIGHT_DECAY:g})"
