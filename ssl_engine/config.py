@@ -205,7 +205,8 @@ class PretrainConfig:
     optimizer: str | None = declared(
         None,
         FieldRule(
-            "Optimiser [default: the one the tasks name as their default_optimizer (lars for vicreg), else sgd].",
+            "Optimiser [default: the one the tasks name as their default_optimizer (lars for vicreg, adamw for "
+            "mae), else sgd].",
             choices=OPTIMIZER_NAMES,
         ),
     )

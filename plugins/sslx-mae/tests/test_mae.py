@@ -5,6 +5,8 @@ pixels, the decoder, the refusals (a convolutional backbone, a ratio outside (0,
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,19 @@ def test_the_command_line_refuses_a_convnet_and_a_bad_ratio_with_exit_2(tmp_path
     assert result.exit_code == 2 and "needs a vision transformer" in result.output
     result = invoke(*common, "--backbone", VIT, "--set", "mae.mask_ratio=1", "--out", tmp_path / "ratio")
     assert result.exit_code == 2 and "strictly between 0 and 1" in result.output
+
+
+def test_mae_trains_with_adamw_unless_told_otherwise(tmp_path: Path) -> None:
+    common = ("pretrain", "--task", "mae", "--backbone", VIT, "--steps", "1", "--batch-size", "2", "--no-probe")
+    assert invoke(*common, "--out", tmp_path / "default").exit_code == 0
+    assert invoke(*common, "--optimizer", "sgd", "--out", tmp_path / "sgd").exit_code == 0
+    for run, optimizer, lr in (("default", "adamw", 1e-3), ("sgd", "sgd", 0.05)):
+        config = tomllib.loads((tmp_path / run / "config.toml").read_text())
+        assert config["optimizer"] == optimizer
+        lrs = [json.loads(line)["lr"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert lrs and max(lrs) <= lr and lrs[-1] > 0  # the optimiser's own rate, under warm-up and cosine
+    listed = invoke("plugins", "mae")
+    assert "trains with adamw unless --optimizer says otherwise" in listed.output
 
 
 @pytest.mark.slow
