@@ -40,7 +40,8 @@ from ssl_engine.cli_common import (
     "protocol_options",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Protocol option, e.g. k=20 or temperature=0.07 (knn), epochs=10, lr=0.005 or optimizer=adamw (finetune).",
+    help="Protocol option, e.g. k=20 or temperature=0.07 (knn), epochs=10, lr=0.005, optimizer=adamw or "
+    "layer_decay=0.75 (finetune).",
 )
 @device_option("Where to compute features and train classifiers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

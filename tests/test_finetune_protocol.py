@@ -26,6 +26,7 @@ from ssl_engine.eval.finetune import (
     linear_probe_network,
 )
 from ssl_engine.eval.finetune_budget import MIN_STEPS, FinetuneOptions
+from ssl_engine.eval.finetune_optimizer import parameter_groups
 from ssl_engine.eval.linear import linear_protocol, solve_linear_probe
 from ssl_engine.plugins import get_host
 from ssl_engine.task import Representation
@@ -102,14 +103,21 @@ def test_every_parameter_warms_up_linearly_then_decays_along_a_cosine(
     assert got[0] == pytest.approx(0.005) and max(got) == pytest.approx(0.02) and got[-1] < 0.0002
 
 
-def recorded_rates(monkeypatch: pytest.MonkeyPatch, kind: type[torch.optim.Optimizer]) -> list[float]:
-    """The learning rate of every step ``kind`` takes from now on (one rate for all its groups, checked)."""
+def recorded_rates(
+    monkeypatch: pytest.MonkeyPatch, kind: type[torch.optim.Optimizer], groups: list[list[dict[str, Any]]] | None = None
+) -> list[float]:
+    """The learning rate of every step ``kind`` takes from now on: the rate of its groups at full rate (the head's),
+    every group's rate a fraction of it; each step's groups (rate, decay, parameters) appended to ``groups``."""
     rates: list[float] = []
     step = kind.step
 
     def recording(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-        assert len({group["lr"] for group in self.param_groups}) == 1
-        rates.append(self.param_groups[0]["lr"])
+        full = max(group["lr"] for group in self.param_groups)
+        assert all(group["lr"] == pytest.approx(full * group["lr_scale"]) for group in self.param_groups)
+        rates.append(full)
+        if groups is not None:
+            groups.append([{"lr": g["lr"], "weight_decay": g["weight_decay"], "params": g["params"]}
+                           for g in self.param_groups])  # fmt: skip
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(kind, "step", recording)
@@ -132,7 +140,68 @@ def test_a_convnet_fine_tunes_with_sgd_and_a_vit_with_adamw_at_the_mae_rate(
     # He et al. 2022: base lr 5e-4 per 256 images, so 1.25e-4 x 32 / 64 at a batch of 32
     assert result["optimizer"] == "adamw" and result["lr"] == pytest.approx(5e-4 * 32 / 256)
     assert adamw[0] == pytest.approx(5e-4 * 32 / 256) and len(adamw) == 3 and len(sgd) == 3
-    assert "AdamW lr 6.25e-05 (betas 0.9/0.999, weight decay 0.05)" in result["recipe"]
+    assert (
+        "AdamW lr 6.25e-05 (betas 0.9/0.999, weight decay 0.05 but not on biases, norms and token embeddings)"
+        in result["recipe"]
+    )
+
+
+def tiny_vit(depth: int = 2) -> Representation:
+    """A random-init ViT-Tiny of ``depth`` blocks at 12 px (seeded), as a representation."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return Representation(get_host().registry.backbones[f"timm:vit_tiny_patch16_224?depth={depth}"].obj(3, 12))
+
+
+def tiny_vit_context(folder: Path, options: dict[str, str]) -> EvalContext:
+    """An evaluation context on ``folder`` at 12 px with a two-block ViT (:func:`tiny_vit`)."""
+    source = resolve_data(str(folder), get_host().registry, DataOptions())
+    return EvalContext(tiny_vit(), source, 12, torch.device("cpu"), options=options)
+
+
+def test_a_vit_fine_tunes_with_layer_wise_lr_decay_when_asked(tinted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    groups: list[list[dict[str, Any]]] = []
+    recorded_rates(monkeypatch, torch.optim.AdamW, groups)
+    options = {"steps": "2", "warmup": "0", "batch_size": "32", "layer_decay": "0.65"}
+    result = finetune_protocol(tiny_vit_context(tinted, options))
+    assert result["layer_decay"] == 0.65 and "layer-wise lr decay 0.65" in result["recipe"]
+    full = max(group["lr"] for group in groups[0])
+    # two blocks: embedding, block 0, block 1, then the final norm and the head at the full rate
+    assert sorted({round(group["lr"] / full, 6) for group in groups[0]}) == [round(0.65**k, 6) for k in (3, 2, 1, 0)]
+    assert {group["weight_decay"] for group in groups[0]} == {0.0, 0.05}
+
+
+def test_mae_s_parameter_groups_scale_each_block_and_spare_biases_norms_and_token_embeddings() -> None:
+    vit = tiny_vit()
+    head = torch.nn.Linear(192, 3)
+    model = torch.nn.Sequential(vit, head)
+    rate, decay = {}, {}  # by parameter name
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    for group in parameter_groups(model, "adamw", 0.65):
+        for parameter in group["params"]:
+            rate[names[id(parameter)]], decay[names[id(parameter)]] = group["lr_scale"], group["weight_decay"]
+    assert len(rate) == len(names)
+    # two blocks: the embedding at depth 0, block i at i + 1, the final norm at 3 (the top), the head outside
+    expected_rate = {
+        "0.backbone.model.patch_embed.proj.weight": 0.65**3, "0.backbone.model.pos_embed": 0.65**3,
+        "0.backbone.model.cls_token": 0.65**3, "0.backbone.model.blocks.0.attn.qkv.weight": 0.65**2,
+        "0.backbone.model.blocks.1.mlp.fc1.weight": 0.65, "0.backbone.model.blocks.1.norm1.bias": 0.65,
+        "0.backbone.model.norm.weight": 1.0, "1.weight": 1.0, "1.bias": 1.0,
+    }  # fmt: skip
+    assert {name: rate[name] for name in expected_rate} == pytest.approx(expected_rate)
+    decayed = {name for name, value in decay.items() if value == 0.05}
+    assert decayed == {name for name in rate if name.endswith("weight") and "norm" not in name}
+    assert set(decay.values()) == {0.0, 0.05}
+    sgd = parameter_groups(model, "sgd", 1.0)  # the convnets' recipe: one rate, every parameter decayed
+    assert [(group["lr_scale"], group["weight_decay"]) for group in sgd] == [(1.0, 5e-4)]
+
+
+def test_by_default_every_parameter_of_a_vit_trains_at_one_rate(tinted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    groups: list[list[dict[str, Any]]] = []
+    recorded_rates(monkeypatch, torch.optim.AdamW, groups)
+    result = finetune_protocol(tiny_vit_context(tinted, {"steps": "1", "warmup": "0", "batch_size": "32"}))
+    assert result["layer_decay"] == 1.0 and "layer-wise" not in result["recipe"]
+    assert len({group["lr"] for group in groups[0]}) == 1
 
 
 def test_the_optimizer_and_its_rate_can_be_chosen(tinted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +253,8 @@ def tinted_run(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("option", "named"),
     [("epochs=0", "epochs"), ("steps=0", "steps"), ("lr=-0.1", "lr"), ("lr=0", "lr"), ("warmup=1", "warmup"),
-     ("steps=ten", "steps"), ("steps=10,epochs=2", "steps and epochs"), ("optimizer=adam", "optimizer")],
+     ("steps=ten", "steps"), ("steps=10,epochs=2", "steps and epochs"), ("optimizer=adam", "optimizer"),
+     ("layer_decay=0", "layer_decay"), ("layer_decay=1.5", "layer_decay")],
 )  # fmt: skip
 def test_bad_finetune_options_exit_2_naming_the_option(
     invoke: Invoke, tinted_run: Path, option: str, named: str

@@ -340,6 +340,11 @@ class TimmBackbone(Backbone):
         return self(images).mean(dim=(2, 3))
 
 
+# The parts of a timm VisionTransformer before its blocks, and its learnt free vectors.
+EMBEDDING_PARTS = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
+TOKEN_EMBEDDINGS = ("cls_token", "reg_token", "pos_embed")
+
+
 class TimmViT(TimmBackbone, TokenBackbone):
     """A timm ``VisionTransformer`` with the token interface of :class:`TokenBackbone` (masked image modelling).
 
@@ -401,6 +406,22 @@ class TimmViT(TimmBackbone, TokenBackbone):
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         return TimmBackbone.pooled(self, images)
+
+    def parameter_depths(self) -> dict[str, int]:
+        blocks = len(self.model.blocks)
+        depths = {}
+        for name, _ in self.named_parameters():
+            part = name.removeprefix("model.").split(".")
+            if part[0] in EMBEDDING_PARTS:
+                depths[name] = 0
+            elif part[0] == "blocks":
+                depths[name] = int(part[1]) + 1
+            else:  # the final norm, and any pooling or head after the blocks
+                depths[name] = blocks + 1
+        return depths
+
+    def token_embedding_names(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if name.removeprefix("model.") in TOKEN_EMBEDDINGS}
 
 
 def build_timm_backbone(spec: TimmSpec, in_channels: int, image_size: int) -> TimmBackbone:

@@ -67,6 +67,21 @@ class TokenBackbone(Backbone):
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         return self.pool_tokens(self.encode_tokens(self.tokens(images)))
 
+    def parameter_depths(self) -> dict[str, int]:
+        """How deep each parameter sits, for layer-wise learning-rate decay (Bao et al. 2022, "BEiT"; MAE's
+        fine-tuning, He et al. 2022): names as :meth:`named_parameters` gives them, 0 for the embedding (patch
+        embedding, position embedding, prefix tokens), ``i + 1`` for transformer block ``i``, ``blocks + 1`` for
+        what follows the blocks (the final norm).
+
+        The base class knows no depths and returns ``{}``: every parameter then counts as the top layer.
+        """
+        return {}
+
+    def token_embedding_names(self) -> set[str]:
+        """Names of the learnt free vectors among the parameters (position embedding, class and register
+        tokens): not layer weights, so MAE's fine-tuning recipe keeps them out of weight decay. Base class: none."""
+        return set()
+
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Images ``(B, C, H, W)`` -> per-patch pixels ``(B, N, p * p * C)``, patches in row-major order.

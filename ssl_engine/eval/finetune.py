@@ -9,8 +9,8 @@ Features and Underperform Out-of-Distribution"):
    layer (:func:`linear_probe_head`), so the network at step 0 *is* the linear probe. A fresh head would send
    large, random gradients into the pretrained features for the first hundreds of steps, and with few labels that
    is most of the budget.
-2. Then every parameter is trained with one learning rate (:mod:`ssl_engine.eval.finetune_optimizer`: SGD with
-   momentum 0.9 and weight decay 5e-4 at lr 0.01 for convnets, AdamW at 5e-4 x batch / 256 for ViTs), linear
+2. Then every parameter is trained (:mod:`ssl_engine.eval.finetune_optimizer`: SGD with momentum 0.9 and weight
+   decay 5e-4 at lr 0.01 for convnets; for ViTs, MAE's recipe, AdamW at 5e-4 x batch / 256), linear
    warm-up then cosine decay, for a budget in steps (:mod:`ssl_engine.eval.finetune_budget`: by default
    ``max(5 epochs, 500 steps)``, so 1% of the labels gets as many updates as 10%), on batches augmented on the
    device by the base augmentation (random crop with reflection padding, horizontal flip).
@@ -20,7 +20,7 @@ Features and Underperform Out-of-Distribution"):
 
 Options (``sslx evaluate --set``): ``steps`` (exact budget) or ``epochs`` (exact passes), ``optimizer`` (``auto``,
 ``sgd``, ``adamw``), ``lr`` (default: the optimiser's), ``batch_size`` (64), ``warmup`` (share of the steps, 0.1),
-``eval_every`` (steps between val checks).
+``eval_every`` (steps between val checks), ``layer_decay`` (a ViT's layer-wise lr decay; 1, none, by default).
 """
 
 from __future__ import annotations
@@ -39,7 +39,13 @@ from ssl_engine.data.batches import BatchStream
 from ssl_engine.data.options import DataError
 from ssl_engine.eval.context import EvalContext
 from ssl_engine.eval.finetune_budget import FinetuneOptions
-from ssl_engine.eval.finetune_optimizer import build_optimizer, default_lr, describe, resolve_optimizer
+from ssl_engine.eval.finetune_optimizer import (
+    build_optimizer,
+    default_lr,
+    describe,
+    parameter_groups,
+    resolve_optimizer,
+)
 from ssl_engine.eval.linear import LinearSolution, solve_linear_probe
 from ssl_engine.images import to_float
 from ssl_engine.randomness import BatchRandom
@@ -125,7 +131,8 @@ def finetune_protocol(context: EvalContext) -> dict[str, Any]:
     val, test = LabelledImages.of(context, "val"), LabelledImages.of(context, "test")
     optimizer_name = resolve_optimizer(options.optimizer, model[0])
     lr = options.lr if options.lr is not None else default_lr(optimizer_name, budget.batch_size)
-    optimizer = build_optimizer(optimizer_name, model.parameters(), lr)
+    groups = parameter_groups(model, optimizer_name, options.layer_decay)
+    optimizer = build_optimizer(optimizer_name, groups, lr)
     start_val = accuracy_on(model, val)
     best_val, best_step, best_state = start_val, 0, copy.deepcopy(model.state_dict())
     history = [(0, start_val)]  # (steps done, val accuracy)
@@ -138,7 +145,7 @@ def finetune_protocol(context: EvalContext) -> dict[str, Any]:
     with context.progress.phase(described, budget.steps, "step") as phase:
         for step in range(budget.steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr * budget.learning_rate_factor(step)
+                group["lr"] = lr * group["lr_scale"] * budget.learning_rate_factor(step)
             batch, targets = next(batches)
             batch = to_float(batch.to(context.device))  # (B, 3, S, S) in [0, 1]
             random = BatchRandom(context.seed, step, "finetune", len(batch), device=context.device)
@@ -167,11 +174,11 @@ def finetune_protocol(context: EvalContext) -> dict[str, Any]:
         "batch_size": budget.batch_size,
         "optimizer": optimizer_name,
         "lr": lr,
+        "layer_decay": options.layer_decay,
         "train_size": len(keep),
         "recipe": (
             f"head from the linear probe (its standardisation as batch norm), then all parameters (LP-FT): "
-            f"{budget.steps} steps "
-            f"({budget.warmup_steps} warm-up, then cosine), batch {budget.batch_size}, {describe(optimizer_name, lr)}, "
-            "crop+flip; step chosen on val"
+            f"{budget.steps} steps ({budget.warmup_steps} warm-up, then cosine), batch {budget.batch_size}, "
+            f"{describe(optimizer_name, lr, options.layer_decay)}, crop+flip; step chosen on val"
         ),
     }

@@ -63,6 +63,7 @@ class FinetuneOptions:
         lr: base learning rate of every parameter (backbone and head), or ``None`` for the optimiser's own
             (:mod:`ssl_engine.eval.finetune_optimizer`).
         optimizer: ``auto``, ``sgd`` or ``adamw`` (:mod:`ssl_engine.eval.finetune_optimizer`).
+        layer_decay: layer-wise lr decay of a ViT's parameters, in (0, 1] (1: none).
         batch_size: images per step.
         warmup: share of the steps spent warming up, in [0, 1).
         eval_every: steps between val checks, or ``None`` for about 10 checks.
@@ -72,6 +73,7 @@ class FinetuneOptions:
     epochs: int | None
     lr: float | None
     optimizer: str
+    layer_decay: float
     batch_size: int
     warmup: float
     eval_every: int | None
@@ -94,11 +96,15 @@ class FinetuneOptions:
         warmup = context.option("warmup", DEFAULT_WARMUP, float, minimum=0)
         if warmup >= 1:
             raise DataError(f"evaluation option warmup (a share of the steps) must be < 1; got {warmup!r}")
+        layer_decay = context.option("layer_decay", 1.0, float, minimum=0, min_open=True)
+        if layer_decay > 1:
+            raise DataError(f"evaluation option layer_decay must be at most 1 (1: no decay); got {layer_decay!r}")
         return cls(
             steps=steps,
             epochs=epochs,
             lr=context.option("lr", None, float, minimum=0, min_open=True) if "lr" in given else None,
             optimizer=check_optimizer_choice(context.option("optimizer", "auto", str).strip()),
+            layer_decay=layer_decay,
             batch_size=context.option("batch_size", DEFAULT_BATCH_SIZE, int, minimum=1),
             warmup=warmup,
             eval_every=context.option("eval_every", None, int, minimum=1) if "eval_every" in given else None,
