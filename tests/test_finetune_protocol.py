@@ -171,6 +171,12 @@ def test_a_vit_fine_tunes_with_layer_wise_lr_decay_when_asked(tinted: Path, monk
     assert {group["weight_decay"] for group in groups[0]} == {0.0, 0.05}
 
 
+def test_layer_decay_on_a_convnet_warns_that_it_has_no_effect(invoke: Invoke, tinted_run: Path) -> None:
+    result = invoke("evaluate", tinted_run, "--protocol", "finetune", "--set", "steps=1", "--set", "layer_decay=0.5")
+    assert result.exit_code == 0, result.output
+    assert "warning: evaluation option layer_decay=0.5 has no effect" in result.stderr
+
+
 def test_mae_s_parameter_groups_scale_each_block_and_spare_biases_norms_and_token_embeddings() -> None:
     vit = tiny_vit()
     head = torch.nn.Linear(192, 3)

@@ -25,6 +25,7 @@ recipe's rate.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -53,12 +54,16 @@ def check_optimizer_choice(value: str) -> str:
     return value
 
 
+def holds_transformer(model: nn.Module) -> bool:
+    """Whether ``model`` contains a vision transformer (a :class:`~ssl_engine.backbones.tokens.TokenBackbone`)."""
+    return any(isinstance(module, TokenBackbone) for module in model.modules())
+
+
 def resolve_optimizer(choice: str, representation: nn.Module) -> str:
     """``sgd`` or ``adamw``: the choice itself, or for ``auto`` the recipe that suits the representation."""
     if choice != "auto":
         return choice
-    is_transformer = any(isinstance(module, TokenBackbone) for module in representation.modules())
-    return "adamw" if is_transformer else "sgd"
+    return "adamw" if holds_transformer(representation) else "sgd"
 
 
 def default_lr(name: str, batch_size: int) -> float:
@@ -75,6 +80,12 @@ def parameter_groups(model: nn.Module, name: str, layer_decay: float) -> list[di
     included, by 1. Under ``adamw``, biases, norms (every parameter of at most one dimension) and a ViT's token
     embeddings get no weight decay; under ``sgd`` every parameter is decayed, as measured for convnets.
     """
+    if layer_decay != 1 and not holds_transformer(model):
+        warnings.warn(
+            f"evaluation option layer_decay={layer_decay:g} has no effect: it scales the rates of a ViT's blocks, "
+            "and this representation has none",
+            stacklevel=2,
+        )
     scales: dict[int, float] = {}
     undecayed: set[int] = set()
     for module in model.modules():
