@@ -13,7 +13,7 @@ Two recipes, chosen with ``--set optimizer=auto|sgd|adamw`` (default ``auto``):
 with 0.65 for ViT-B (Bao et al. 2022, "BEiT"): block ``i`` of ``L`` trains at ``0.65 ** (L - i)`` times the rate,
 the embedding at ``0.65 ** (L + 1)``, the final norm and the head at the full rate. It is not the default because
 at this protocol's budget it did worse: MAE's ViT-Tiny on ``shapes``, fine-tuned 200 steps, scored 0.262 and 0.298
-with it against 0.291 and 0.392 without (benchmarks/RESULTS.md, "layer-wise lr decay").
+with it against 0.283 and 0.392 without (benchmarks/RESULTS.md, "layer-wise lr decay").
 
 ``auto`` takes ``adamw`` when the representation holds a vision transformer (a
 :class:`~ssl_engine.backbones.tokens.TokenBackbone`) and ``sgd`` otherwise. A ViT-Tiny pretrained with MAE and
