@@ -50,9 +50,17 @@ class EvalContext:
     progress: PhaseProgress = field(default_factory=PhaseProgress)
     _memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
-    def option(self, name: str, default: Any, kind: type, minimum: float | None = None, min_open: bool = False) -> Any:
-        """A protocol option converted to ``kind`` (``default`` when not given), finite and at least ``minimum``
-        (above it with ``min_open``).
+    def option(
+        self,
+        name: str,
+        default: Any,
+        kind: type,
+        minimum: float | None = None,
+        min_open: bool = False,
+        maximum: float | None = None,
+    ) -> Any:
+        """A protocol option converted to ``kind`` (``default`` when not given), finite, at least ``minimum``
+        (above it with ``min_open``) and at most ``maximum``.
 
         Raises:
             DataError: the value is not a ``kind`` or out of range (the message names the option).
@@ -67,7 +75,7 @@ class EvalContext:
             raise DataError(f"evaluation option {name}={value!r} should be {kind.__name__}") from None
         if kind in (int, float):
             try:
-                check_number(f"evaluation option {name}", parsed, minimum, None, min_open)
+                check_number(f"evaluation option {name}", parsed, minimum, maximum, min_open)
             except ConfigError as error:
                 raise DataError(str(error)) from None
         return parsed

@@ -96,15 +96,12 @@ class FinetuneOptions:
         warmup = context.option("warmup", DEFAULT_WARMUP, float, minimum=0)
         if warmup >= 1:
             raise DataError(f"evaluation option warmup (a share of the steps) must be < 1; got {warmup!r}")
-        layer_decay = context.option("layer_decay", 1.0, float, minimum=0, min_open=True)
-        if layer_decay > 1:
-            raise DataError(f"evaluation option layer_decay must be at most 1 (1: no decay); got {layer_decay!r}")
         return cls(
             steps=steps,
             epochs=epochs,
             lr=context.option("lr", None, float, minimum=0, min_open=True) if "lr" in given else None,
             optimizer=check_optimizer_choice(context.option("optimizer", "auto", str).strip()),
-            layer_decay=layer_decay,
+            layer_decay=context.option("layer_decay", 1.0, float, minimum=0, min_open=True, maximum=1),
             batch_size=context.option("batch_size", DEFAULT_BATCH_SIZE, int, minimum=1),
             warmup=warmup,
             eval_every=context.option("eval_every", None, int, minimum=1) if "eval_every" in given else None,
