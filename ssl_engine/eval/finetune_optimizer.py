@@ -33,6 +33,7 @@ from torch import nn
 
 from ssl_engine.backbones.tokens import TokenBackbone
 from ssl_engine.data.options import DataError
+from ssl_engine.train.optim import spared_weight_decay
 
 OPTIMIZER_CHOICES = ("auto", "sgd", "adamw")
 SGD_LR = 0.01
@@ -99,7 +100,7 @@ def parameter_groups(model: nn.Module, name: str, layer_decay: float) -> list[di
     decay = ADAMW_WEIGHT_DECAY if name == "adamw" else SGD_WEIGHT_DECAY
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for parameter in model.parameters():
-        exempt = name == "adamw" and (parameter.ndim <= 1 or id(parameter) in undecayed)
+        exempt = name == "adamw" and (spared_weight_decay(parameter) or id(parameter) in undecayed)
         key = (scales.get(id(parameter), 1.0), 0.0 if exempt else decay)
         groups.setdefault(key, []).append(parameter)
     return [

@@ -15,6 +15,12 @@ OPTIMIZERS = OPTIMIZER_NAMES
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3, "lars": 1.0}
 
 
+def spared_weight_decay(parameter: nn.Parameter) -> bool:
+    """Whether ``parameter`` is a bias or a normalisation parameter (at most one dimension), which the recipes
+    here leave out of weight decay (SimCLR/MoCo practice, and MAE's)."""
+    return parameter.ndim <= 1
+
+
 def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, object]]:
     """Two groups: weights decayed, biases and normalisation parameters not (as in SimCLR/MoCo practice)."""
     decay: list[nn.Parameter] = []
@@ -22,7 +28,7 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[
     for module in modules:
         for parameter in module.parameters():
             if parameter.requires_grad:
-                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+                (no_decay if spared_weight_decay(parameter) else decay).append(parameter)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
